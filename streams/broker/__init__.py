@@ -1,0 +1,1 @@
+"""Everything that talks to brokers: the local broker, admin operations, client settings."""

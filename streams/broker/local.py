@@ -1,0 +1,349 @@
+"""A real, single-node Apache Kafka broker (KRaft) run as a plain JVM process.
+
+Jars come from Maven Central through ``deploy/kafka/pom.xml`` into a git-ignored cache;
+each instance keeps its config, data, log and pid file in one directory. Every wait has a
+deadline, and every failure raises a :class:`BrokerError` carrying the broker log's tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.errors import BrokerError
+
+KAFKA_VERSION = "4.1.1"
+STARTED_MARKER = "Kafka Server started"
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _resource_dir() -> Path:
+    """The pom and log4j config: shipped in the wheel, or in ``deploy/kafka`` of a checkout."""
+    shipped = _PACKAGE_DIR / "_kafka"
+    return shipped if shipped.is_dir() else _PACKAGE_DIR.parent / "deploy" / "kafka"
+
+
+def cache_root() -> Path:
+    """``STREAMS_CACHE_DIR``, else ``.cache`` of a source checkout, else ``~/.cache/streams``."""
+    configured = os.environ.get("STREAMS_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    checkout = _PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / ".cache"
+    return Path.home() / ".cache" / "streams"
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something already listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _require(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise BrokerError(f"`{tool}` not found on PATH: {hint}")
+    return path
+
+
+def fetch_jars(version: str = KAFKA_VERSION, *, timeout_s: float = 600.0) -> Path:
+    """Download the broker jars with Maven once; later calls return the cached directory."""
+    libs = cache_root() / "kafka" / version / "libs"
+    if (libs / ".complete").is_file():
+        return libs
+    mvn = _require("mvn", "install Maven (e.g. `apt-get install maven`) to fetch the Kafka jars")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    cmd = [
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(_resource_dir() / "pom.xml"),
+        f"-Dkafka.version={version}",
+        "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BrokerError(
+            f"Maven did not finish fetching Kafka {version} within {timeout_s:.0f}s; "
+            "check access to Maven Central and retry"
+        ) from None
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+        raise BrokerError(f"Maven could not fetch Kafka {version} jars: {tail}")
+    (staging / ".complete").write_text(version)
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    return libs
+
+
+@dataclass
+class BrokerStatus:
+    """What ``streams kafka status`` reports."""
+
+    running: bool
+    bootstrap: str
+    pid: int | None
+    version: str
+    home: str
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready view."""
+        return dict(self.__dict__)
+
+
+class LocalKafka:
+    """One local broker instance living in ``home`` (config, data, logs, pid file)."""
+
+    def __init__(
+        self,
+        home: Path | None = None,
+        *,
+        port: int = 9092,
+        controller_port: int = 9093,
+        version: str = KAFKA_VERSION,
+        heap_mb: int = 512,
+    ) -> None:
+        self.home = home or cache_root() / "kafka" / "run" / "default"
+        self.port = port
+        self.controller_port = controller_port
+        self.version = version
+        self.heap_mb = heap_mb
+
+    @property
+    def bootstrap(self) -> str:
+        """The address clients connect to."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """Where the broker's console output goes."""
+        return self.home / "logs" / "broker.log"
+
+    @property
+    def _pid_path(self) -> Path:
+        return self.home / "broker.pid"
+
+    def pid(self) -> int | None:
+        """The pid of this instance's broker if it is alive."""
+        try:
+            pid = int(self._pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"kafka.Kafka" in cmdline else None
+
+    def status(self) -> BrokerStatus:
+        """Running or not, where, which pid and version."""
+        pid = self.pid()
+        return BrokerStatus(pid is not None, self.bootstrap, pid, self.version, str(self.home))
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of the broker log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no broker log yet)"
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def _write_config(self) -> Path:
+        data = self.home / "data"
+        props = self.home / "server.properties"
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=6",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "transaction.state.log.num.partitions=6",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "transaction.max.timeout.ms=900000",
+                    "",
+                ]
+            )
+        )
+        return props
+
+    def _java_cmd(self, libs: Path, main: str, *args: str, heap: bool = False) -> list[str]:
+        java = _require("java", "install a Java 17+ runtime (e.g. `apt-get install default-jre`)")
+        cmd = [java]
+        if heap:
+            cmd += [
+                f"-Xms{self.heap_mb}m",
+                f"-Xmx{self.heap_mb}m",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                f"-Dkafka.logs.dir={self.home / 'logs'}",
+            ]
+        cmd += [
+            f"-Dlog4j2.configurationFile={_resource_dir() / 'log4j2.properties'}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
+        return cmd
+
+    def start(self, *, timeout_s: float = 90.0) -> bool:
+        """Start the broker and wait until it answers; False when it was already running."""
+        if self.pid() is not None:
+            return False
+        for port in (self.port, self.controller_port):
+            if port_in_use(port):
+                raise BrokerError(
+                    f"port {port} is already in use by another process; stop that process "
+                    "or pick other ports (KAFKA_BOOTSTRAP_SERVERS, --port)"
+                )
+        libs = fetch_jars(self.version)
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        props = self._write_config()
+        if not (self.home / "data" / "meta.properties").is_file():
+            self._format(libs, props)
+        env = {**os.environ, "KAFKA_LOG_LEVEL": os.environ.get("KAFKA_LOG_LEVEL", "INFO")}
+        with self.log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                self._java_cmd(libs, "kafka.Kafka", str(props), heap=True),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        self._pid_path.write_text(str(proc.pid))
+        try:
+            self._wait_ready(proc, timeout_s)
+        except BaseException:
+            self._terminate(proc.pid, grace_s=5)
+            raise
+        return True
+
+    def _format(self, libs: Path, props: Path) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cmd = self._java_cmd(
+            libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)
+        )
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        except subprocess.TimeoutExpired:
+            raise BrokerError("formatting the Kafka data dir took over 120s; retry") from None
+        if done.returncode != 0:
+            tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+            raise BrokerError(f"formatting the Kafka data dir failed: {tail}")
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BrokerError(
+                    f"the Kafka broker exited with code {proc.returncode} during start; "
+                    f"log tail:\n{self.log_tail()}"
+                )
+            if STARTED_MARKER in self.log_path.read_text(errors="replace") and metadata_answers(
+                self.bootstrap, timeout_s=max(1.0, deadline - time.monotonic())
+            ):
+                return
+            time.sleep(0.2)
+        raise BrokerError(
+            f"the Kafka broker did not become ready within {timeout_s:.0f}s; "
+            f"log tail:\n{self.log_tail()}"
+        )
+
+    def stop(self, *, timeout_s: float = 30.0) -> bool:
+        """SIGTERM (clean shutdown), then SIGKILL after ``timeout_s``; False if not running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        self._terminate(pid, grace_s=timeout_s)
+        self._pid_path.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the broker: a crash, for fault tests."""
+        pid = self.pid()
+        if pid is not None:
+            self._terminate(pid, grace_s=0)
+
+    @staticmethod
+    def _terminate(pid: int, grace_s: float) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def metadata_answers(bootstrap: str, *, timeout_s: float = 5.0) -> bool:
+    """True when a broker at ``bootstrap`` answers a metadata request within the deadline."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def probe() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        try:
+            await asyncio.wait_for(admin.start(), timeout_s)
+            await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+            return True
+        except Exception:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+    return asyncio.run(probe())

@@ -1,0 +1,145 @@
+"""Settings from the environment (12-factor). Names and defaults are a contract: see README."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.errors import ConfigError
+
+GUARANTEES = ("at_least_once", "exactly_once")
+EMIT_MODES = ("final", "updates")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not an integer; set it to a whole number (e.g. {default})"
+        ) from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is below the minimum {minimum}; raise it")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}; pick one of them")
+    return value
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach and authenticate to the brokers. Secrets never appear in ``repr``."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
+        """Read ``KAFKA_*`` variables."""
+        env = os.environ if env is None else env
+        protocol = _choice(env, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS)
+        mechanism = env.get("KAFKA_SASL_MECHANISM") or None
+        if protocol.startswith("SASL"):
+            mechanism = _choice(env, "KAFKA_SASL_MECHANISM", "PLAIN", SASL_MECHANISMS)
+            if not env.get("KAFKA_SASL_USERNAME") or not env.get("KAFKA_SASL_PASSWORD"):
+                raise ConfigError(
+                    f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                    "KAFKA_SASL_PASSWORD; set both"
+                )
+        return cls(
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092",
+            security_protocol=protocol,
+            sasl_mechanism=mechanism,
+            sasl_username=env.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
+            ssl_certfile=env.get("KAFKA_SSL_CERTFILE") or None,
+            ssl_keyfile=env.get("KAFKA_SSL_KEYFILE") or None,
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by every aiokafka client (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the pipeline reads from the environment."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    app_id: str = "streams-pipeline"
+    input_topic: str = "events"
+    output_topic: str = "aggregates"
+    dlq_topic: str = "events.dlq"
+    late_topic: str = "events.late"
+    partitions: int = 6
+    window_size_ms: int = 60_000
+    window_step_ms: int = 60_000
+    grace_ms: int = 10_000
+    idle_timeout_ms: int = 30_000
+    dedupe_horizon_ms: int = 3_600_000
+    guarantee: str = "at_least_once"
+    emit: str = "final"
+    metrics_port: int = 9108
+    max_message_bytes: int = 1_048_576
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every ``STREAMS_*`` and ``KAFKA_*`` variable."""
+        env = os.environ if env is None else env
+        size = _int(env, "STREAMS_WINDOW_SIZE_MS", 60_000, minimum=1)
+        step = _int(env, "STREAMS_WINDOW_STEP_MS", size, minimum=1)
+        if step > size:
+            raise ConfigError(
+                f"STREAMS_WINDOW_STEP_MS={step} is larger than STREAMS_WINDOW_SIZE_MS={size}; "
+                "a hop must not exceed the window size"
+            )
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            app_id=env.get("STREAMS_APP_ID") or "streams-pipeline",
+            input_topic=env.get("STREAMS_INPUT_TOPIC") or "events",
+            output_topic=env.get("STREAMS_OUTPUT_TOPIC") or "aggregates",
+            dlq_topic=env.get("STREAMS_DLQ_TOPIC") or "events.dlq",
+            late_topic=env.get("STREAMS_LATE_TOPIC") or "events.late",
+            partitions=_int(env, "STREAMS_PARTITIONS", 6, minimum=1),
+            window_size_ms=size,
+            window_step_ms=step,
+            grace_ms=_int(env, "STREAMS_GRACE_MS", 10_000),
+            idle_timeout_ms=_int(env, "STREAMS_IDLE_TIMEOUT_MS", 30_000, minimum=1),
+            dedupe_horizon_ms=_int(env, "STREAMS_DEDUPE_HORIZON_MS", 3_600_000),
+            guarantee=_choice(env, "STREAMS_GUARANTEE", "at_least_once", GUARANTEES),
+            emit=_choice(env, "STREAMS_EMIT", "final", EMIT_MODES),
+            metrics_port=_int(env, "STREAMS_METRICS_PORT", 9108),
+            max_message_bytes=_int(env, "STREAMS_MAX_MESSAGE_BYTES", 1_048_576, minimum=1),
+        )

@@ -1,0 +1,15 @@
+"""Errors meant for people: each carries one line saying what is wrong and what to do."""
+
+
+class StreamsError(Exception):
+    """An error the CLI prints as a single line (no traceback) before exiting non-zero."""
+
+    exit_code = 2
+
+
+class ConfigError(StreamsError):
+    """A configuration value is missing or malformed."""
+
+
+class BrokerError(StreamsError):
+    """The Kafka broker cannot be reached, started or used."""
