@@ -14,9 +14,9 @@ from types import TracebackType
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
-from streams.broker.admin import unreachable
+from streams.broker.admin import start_client
 from streams.broker.batches import BatchSender, partition_for
 from streams.config import KafkaSettings
 from streams.errors import BrokerError
@@ -77,15 +77,6 @@ def make_producer(
         linger_ms=linger_ms,
         transactional_id=transactional_id,
     )
-
-
-async def start_client(client: AIOKafkaProducer, kafka: KafkaSettings, timeout_s: float = 20.0) -> None:
-    """Start a client; a broker that does not answer in time raises one clear BrokerError."""
-    try:
-        await asyncio.wait_for(client.start(), timeout_s)
-    except (TimeoutError, KafkaConnectionError, OSError):
-        await client.stop()
-        raise unreachable(kafka) from None
 
 
 class Publisher:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
@@ -20,6 +21,16 @@ def unreachable(kafka: KafkaSettings) -> BrokerError:
         f"cannot reach Kafka at {kafka.bootstrap_servers}: start one with "
         "`streams kafka start` or set KAFKA_BOOTSTRAP_SERVERS to a running cluster"
     )
+
+
+async def start_client(client: Any, kafka: KafkaSettings, timeout_s: float = 20.0) -> None:
+    """Start a producer or consumer; a broker that does not answer raises one BrokerError."""
+    try:
+        await asyncio.wait_for(client.start(), timeout_s)
+    except (TimeoutError, KafkaConnectionError, OSError):
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise unreachable(kafka) from None
 
 
 @contextlib.asynccontextmanager
@@ -73,3 +84,13 @@ async def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec]) -> lis
                 f"could not create topics {[s.name for s in missing]}: {exc}"
             ) from None
         return [s.name for s in missing]
+
+
+async def topic_partitions(kafka: KafkaSettings, topic: str) -> list[int]:
+    """Partition numbers of ``topic``; a missing topic raises BrokerError."""
+    async with admin_client(kafka) as admin:
+        described = await admin.describe_topics([topic])
+    info = described[0] if described else {}
+    if info.get("error_code", 0) != 0 or not info.get("partitions"):
+        raise BrokerError(f"topic {topic!r} does not exist at {kafka.bootstrap_servers}")
+    return sorted(p["partition"] for p in info["partitions"])

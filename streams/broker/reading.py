@@ -1,0 +1,60 @@
+"""Reading whole topics (audits, replays): every partition from its beginning to its end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.broker.admin import start_client, topic_partitions, unreachable
+from streams.config import KafkaSettings
+from streams.errors import BrokerError
+
+
+async def read_topic(
+    kafka: KafkaSettings,
+    topic: str,
+    *,
+    read_committed: bool = True,
+    timeout_s: float = 300.0,
+) -> dict[int, list[Any]]:
+    """All records of ``topic`` up to its current end, per partition, in offset order.
+
+    With ``read_committed`` the end is the last stable offset: aborted transactions are
+    skipped and open ones are waited for (up to ``timeout_s``).
+    """
+    consumer = AIOKafkaConsumer(
+        **kafka.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+    )
+    await start_client(consumer, kafka)
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"reading {topic!r} did not reach its end within {timeout_s:.0f}s "
+                    "(an open transaction?); retry later"
+                )
+            batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=100_000)
+            for tp, records in batches.items():
+                out[tp.partition].extend(r for r in records if r.offset < ends[tp])
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return out
+    except OSError:
+        raise unreachable(kafka) from None
+    finally:
+        await consumer.stop()

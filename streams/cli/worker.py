@@ -1,0 +1,33 @@
+"""``streams worker``: run one stream worker (scale out by running more)."""
+
+from __future__ import annotations
+
+import click
+import orjson
+
+from streams.config import Settings
+
+
+@click.command(name="worker")
+@click.option(
+    "--exit-when-idle",
+    type=float,
+    default=None,
+    help="Exit after this many seconds with nothing to consume or emit (demos, tests).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run's totals as JSON at exit.")
+def command(exit_when_idle: float | None, as_json: bool) -> None:
+    """Validate, dedupe, window and aggregate events; emit final aggregates.
+
+    Configured by environment variables (STREAMS_*, KAFKA_*): see the README.
+    """
+    from streams.worker.app import run
+
+    stats = run(Settings.from_env(), exit_when_idle_s=exit_when_idle)
+    if as_json:
+        click.echo(orjson.dumps(stats.__dict__).decode())
+    else:
+        click.echo(
+            f"worker consumed {stats.consumed} events: {stats.invalid} invalid, "
+            f"{stats.duplicates} duplicates, {stats.late} late; emitted {stats.emitted} results"
+        )

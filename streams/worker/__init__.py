@@ -1,0 +1,1 @@
+"""The stream worker: a Faust app whose hot path is the batched pipeline in ``pipeline.py``."""

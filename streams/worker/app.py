@@ -1,0 +1,101 @@
+"""The worker process: Faust runs the lifecycle and the web server; the pipeline does the work.
+
+Faust gives the worker its process model (signals, graceful shutdown, logging, a service
+tree) and serves ``/metrics``, ``/health/live`` and ``/health/ready`` from its web server.
+Faust's own Kafka consumer is switched off: consuming goes through the batched pipeline, whose
+consumer group id is the app id (see docs/decisions/0001-batched-hot-path.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import faust
+from faust.app.base import BootStrategy
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.broker.local import port_in_use
+from streams.config import Settings
+from streams.errors import ConfigError, StreamsError
+from streams.faust_codec import register
+from streams.worker.metrics import WorkerMetrics
+from streams.worker.pipeline import Health, Pipeline, RunStats
+
+log = logging.getLogger(__name__)
+
+
+class _WorkerBoot(BootStrategy):
+    """Faust services minus its Kafka consumer and producer: the pipeline owns those."""
+
+    enable_kafka = False
+    enable_sensors = False
+
+
+def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float | None) -> Any:
+    """The Faust app that hosts one pipeline; returns (app, outcome) for :func:`run`."""
+    register()
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka.bootstrap_servers.split(',')[0]}",
+        value_serializer="orjson",
+        web_enabled=True,
+        web_port=settings.metrics_port,
+        web_bind="0.0.0.0",
+        web_in_thread=False,
+    )
+    app.boot_strategy = _WorkerBoot(app)
+    registry = pipeline.metrics.registry
+    health = pipeline.health
+    outcome: dict[str, Any] = {}
+
+    @app.page("/metrics")
+    async def metrics(self: Any, request: Any) -> Any:
+        return self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    @app.page("/health/live")
+    async def live(self: Any, request: Any) -> Any:
+        ok = health.live()
+        return self.json({"live": ok}, status=200 if ok else 503)
+
+    @app.page("/health/ready")
+    async def ready(self: Any, request: Any) -> Any:
+        ok = health.ready()
+        body = {"ready": ok, "rebalancing": health.rebalancing, "restoring": health.restoring}
+        return self.json(body, status=200 if ok else 503)
+
+    @app.task
+    async def run_pipeline() -> None:
+        try:
+            await pipeline.start()
+            outcome["stats"] = await pipeline.run(exit_when_idle_s=exit_when_idle_s)
+        except StreamsError as exc:
+            outcome["error"] = exc
+        finally:
+            with contextlib.suppress(Exception):
+                await pipeline.stop()
+            if "stats" in outcome or "error" in outcome:
+                stopping = asyncio.ensure_future(app._worker.stop())
+                outcome["stopping"] = stopping
+
+    return app, outcome
+
+
+def run(settings: Settings, *, exit_when_idle_s: float | None = None) -> RunStats:
+    """Run one worker until SIGTERM/SIGINT (or idle, when asked); returns its totals."""
+    if settings.metrics_port and port_in_use(settings.metrics_port):
+        raise ConfigError(
+            f"STREAMS_METRICS_PORT={settings.metrics_port} is already in use; pick a free port"
+        )
+    pipeline = Pipeline(settings, WorkerMetrics(), Health())
+    app, outcome = build_app(settings, pipeline, exit_when_idle_s=exit_when_idle_s)
+    worker = faust.Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+    worker.spinner = None
+    app._worker = worker
+    with contextlib.suppress(SystemExit):
+        worker.execute_from_commandline()
+    if "error" in outcome:
+        raise outcome["error"]
+    return pipeline.stats

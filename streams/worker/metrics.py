@@ -1,0 +1,86 @@
+"""The worker's Prometheus metrics: one registry per process, low-cardinality labels only."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+
+
+class WorkerMetrics:
+    """Every metric a worker exports, registered in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter(
+            "streams_events_consumed_total", "Messages consumed.", ["topic"], registry=r
+        )
+        self.produced = Counter(
+            "streams_events_produced_total", "Records produced.", ["topic"], registry=r
+        )
+        self.invalid = Counter(
+            "streams_events_invalid_total", "Messages that failed validation.", registry=r
+        )
+        self.duplicates = Counter(
+            "streams_events_duplicate_total", "Events dropped as duplicates.", registry=r
+        )
+        self.late = Counter("streams_events_late_total", "Events past window+grace.", registry=r)
+        self.dlq_writes = Counter(
+            "streams_dlq_writes_total", "Records written to the dead-letter topic.", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "streams_batch_processing_seconds",
+            "Time to process one fetched batch, produce its output and commit.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "streams_batch_size_events", "Messages per fetched batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.emit_latency = Histogram(
+            "streams_emit_latency_seconds",
+            "Delay until a result is produced: from window end (event_time) or from the "
+            "broker append time of the newest input in its batch (append).",
+            ["since"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.buffered = Gauge(
+            "streams_buffered_events", "Events fetched and not yet committed.", registry=r
+        )
+        self.paused = Gauge(
+            "streams_paused_partitions", "Input partitions paused by backpressure.", registry=r
+        )
+        self.assigned = Gauge(
+            "streams_assigned_partitions", "Input partitions assigned to this worker.", registry=r
+        )
+        self.rebalances = Counter(
+            "streams_rebalances_total", "Partition assignments received.", registry=r
+        )
+        self.restored = Counter(
+            "streams_recovery_records_restored_total", "Changelog records replayed.", registry=r
+        )
+        self.restore_remaining = Gauge(
+            "streams_recovery_records_remaining", "Changelog records left to replay.", registry=r
+        )
+        self.open_windows = Gauge(
+            "streams_state_open_windows", "(key, window) aggregates held in state.", registry=r
+        )
+        self.dedupe_ids = Gauge(
+            "streams_state_dedupe_ids", "Event ids held for deduplication.", registry=r
+        )
+        self.commits = Counter("streams_commits_total", "Offset commits.", registry=r)
+        self.commit_failures = Counter(
+            "streams_commit_failures_total", "Offset commits that failed.", registry=r
+        )
+        self.transactions = Counter(
+            "streams_transactions_total", "Kafka transactions by outcome.", ["result"], registry=r
+        )
+        self.lag = Gauge(
+            "streams_consumer_lag_records",
+            "Per assigned partition: log end offset minus the next offset to process.",
+            ["topic", "partition"],
+            registry=r,
+        )

@@ -1,0 +1,471 @@
+"""The worker's batched hot path: fetch, validate, process, produce, commit — per batch.
+
+One fetched batch per partition goes through a synchronous loop (decode + validate, then the
+pure core), and its results (aggregates, dead letters, late events, changelog records) are
+appended to record batches and sent together. Nothing on this path creates a task or awaits
+per message. Offsets are committed only after everything the batch produced is acknowledged
+(at_least_once), or in the same Kafka transaction as it (exactly_once).
+
+Exactly-once uses one transactional producer per input partition, with a transactional id
+derived from the partition: a worker that takes the partition over fences any zombie of the
+previous owner and aborts its open transaction before it replays the state changelog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from streams.broker.admin import ensure_topics, pipeline_topics, start_client
+from streams.broker.batches import BatchSender, partition_for
+from streams.config import Settings
+from streams.core.config import CoreConfig
+from streams.core.processor import PartitionProcessor
+from streams.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC, dead_letter_headers
+from streams.publish import make_producer
+from streams.validation import decode_event
+from streams.worker.metrics import WorkerMetrics
+from streams.worker.state import changelog_spec, changelog_topic, restore
+
+log = logging.getLogger(__name__)
+
+TICK_INTERVAL_S = 0.5
+BACKPRESSURE_AFTER_S = 1.0
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Health:
+    """What the health endpoints report."""
+
+    started: bool = False
+    rebalancing: bool = False
+    restoring: bool = False
+    stopping: bool = False
+    last_loop: float = field(default_factory=time.monotonic)
+
+    def live(self, max_stall_s: float = 60.0) -> bool:
+        """The loop is turning (it passes at least every fetch timeout)."""
+        return not self.stopping and time.monotonic() - self.last_loop < max_stall_s
+
+    def ready(self) -> bool:
+        """Started, not in a rebalance, not restoring state."""
+        return self.started and not (self.rebalancing or self.restoring or self.stopping)
+
+
+@dataclass
+class RunStats:
+    """Totals of one worker run (also logged periodically)."""
+
+    consumed: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    late: int = 0
+    emitted: int = 0
+    batches: int = 0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._pipeline.on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._pipeline.on_assigned({tp.partition for tp in assigned})
+
+
+class Pipeline:
+    """Runs the reference pipeline for the partitions this worker is assigned."""
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics, health: Health) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.health = health
+        self.stats = RunStats()
+        self.eos = settings.guarantee == "exactly_once"
+        self.core_config = CoreConfig(
+            window_size_ms=settings.window_size_ms,
+            window_step_ms=settings.window_step_ms,
+            grace_ms=settings.grace_ms,
+            idle_timeout_ms=settings.idle_timeout_ms,
+            dedupe_horizon_ms=settings.dedupe_horizon_ms,
+            emit_updates=settings.emit == "updates",
+        )
+        self.changelog = changelog_topic(settings)
+        self.processors: dict[int, PartitionProcessor] = {}
+        self._txn_producers: dict[int, AIOKafkaProducer] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self._partitions: dict[str, int] = {}
+        self._last_tick = 0.0
+        self.last_work = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create missing topics, start the clients, join the consumer group."""
+        s = self.settings
+        kafka = s.kafka
+        await ensure_topics(kafka, pipeline_topics(s))
+        probe = make_producer(kafka)
+        await start_client(probe, kafka)
+        try:
+            for topic in (s.input_topic, s.output_topic, s.dlq_topic, s.late_topic):
+                self._partitions[topic] = len(await probe.partitions_for(topic))
+            await ensure_topics(kafka, [changelog_spec(s, self._partitions[s.input_topic])])
+            self._partitions[self.changelog] = len(await probe.partitions_for(self.changelog))
+        finally:
+            await probe.stop()
+        if not self.eos:
+            self._producer = make_producer(kafka)
+            await start_client(self._producer, kafka)
+        self._consumer = AIOKafkaConsumer(
+            **kafka.client_kwargs(),
+            group_id=s.app_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if self.eos else "read_uncommitted",
+            max_partition_fetch_bytes=2 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+            fetch_max_wait_ms=100,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            max_poll_interval_ms=300_000,
+        )
+        self._consumer.subscribe([s.input_topic], listener=_Rebalance(self))
+        await start_client(self._consumer, kafka)
+        self.health.started = True
+        log.info(
+            "worker %s started: %s -> %s (guarantee=%s, window=%d/%d ms, grace=%d ms)",
+            s.app_id,
+            s.input_topic,
+            s.output_topic,
+            s.guarantee,
+            s.window_size_ms,
+            s.window_step_ms,
+            s.grace_ms,
+        )
+
+    async def stop(self) -> None:
+        """Leave the group (committed work stays committed) and close every client."""
+        self.health.stopping = True
+        async with self._lock:
+            if self._consumer is not None:
+                await self._consumer.stop()
+            for producer in [self._producer, *self._txn_producers.values()]:
+                if producer is not None:
+                    await producer.stop()
+            self._txn_producers.clear()
+
+    async def run(self, *, exit_when_idle_s: float | None = None) -> RunStats:
+        """Process until cancelled, or until idle for ``exit_when_idle_s`` seconds."""
+        consumer = self._consumer
+        assert consumer is not None, "start() first"
+        while True:
+            self.health.last_loop = time.monotonic()
+            batches = await consumer.getmany(timeout_ms=200, max_records=20_000)
+            async with self._lock:
+                if batches:
+                    await self._process(batches)
+                if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
+                    await self._tick()
+            if exit_when_idle_s is not None and await self._idle_for(exit_when_idle_s):
+                return self.stats
+
+    # -- rebalancing -----------------------------------------------------------------------
+
+    async def on_revoked(self, partitions: set[int]) -> None:
+        """Let the in-flight batch finish (the lock), then forget the partitions."""
+        self.health.rebalancing = True
+        async with self._lock:
+            for p in partitions:
+                self.processors.pop(p, None)
+                producer = self._txn_producers.pop(p, None)
+                if producer is not None:
+                    await producer.stop()
+            self._update_state_gauges()
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """Restore state of newly assigned partitions before processing them."""
+        self.metrics.rebalances.inc()
+        self.metrics.assigned.set(len(partitions))
+        async with self._lock:
+            new = partitions - set(self.processors)
+            gone = set(self.processors) - partitions
+            for p in gone:
+                self.processors.pop(p, None)
+            if new:
+                await self._adopt(new)
+        self.health.rebalancing = False
+        log.info("assigned input partitions %s", sorted(partitions))
+
+    async def _adopt(self, partitions: set[int]) -> None:
+        self.health.restoring = True
+        try:
+            if self.eos:
+                # Fence the previous owner and abort its open transaction first, so that the
+                # changelog's last stable offset moves and the restore below can finish.
+                for p in partitions:
+                    producer = make_producer(
+                        self.settings.kafka,
+                        transactional_id=f"{self.settings.app_id}-{self.settings.input_topic}-{p}",
+                    )
+                    await start_client(producer, self.settings.kafka)
+                    self._txn_producers[p] = producer
+            fresh = {p: PartitionProcessor(self.core_config) for p in partitions}
+            await restore(
+                self.settings.kafka,
+                self.changelog,
+                fresh,
+                read_committed=self.eos,
+                metrics=self.metrics,
+            )
+            self.processors.update(fresh)
+            self._update_state_gauges()
+        finally:
+            self.health.restoring = False
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def _sender(self, partition: int, senders: dict[int, BatchSender]) -> BatchSender:
+        key = partition if self.eos else -1
+        sender = senders.get(key)
+        if sender is None:
+            producer = self._txn_producers[partition] if self.eos else self._producer
+            assert producer is not None
+            sender = senders[key] = BatchSender(producer)
+        return sender
+
+    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        started = time.perf_counter()
+        wall = now_ms()
+        s = self.settings
+        m = self.metrics
+        senders: dict[int, BatchSender] = {}
+        offsets: dict[int, int] = {}
+        newest_append = 0
+        consumed = invalid = late_count = duplicates = 0
+        dlq_parts = self._partitions[s.dlq_topic]
+        late_parts = self._partitions[s.late_topic]
+        max_bytes = s.max_message_bytes
+        for tp, records in batches.items():
+            p = tp.partition
+            processor = self.processors.get(p)
+            if processor is None or not records:
+                continue
+            sender = self._sender(p, senders)
+            append = sender.append
+            valid: list[dict[str, Any]] = []
+            sources: list[Any] = []
+            for record in records:
+                event, reason = decode_event(record.value, max_bytes)
+                if reason is None:
+                    valid.append(event)  # type: ignore[arg-type]
+                    sources.append(record)
+                else:
+                    headers = dead_letter_headers(
+                        "validate", reason, tp.topic, p, record.offset, wall
+                    )
+                    append(s.dlq_topic, p % dlq_parts, record.key, record.value, headers=headers)
+            invalid += len(records) - len(valid)
+            if valid:
+                outcome = processor.process(valid, wall, records[0].offset)
+                for index in outcome.late:
+                    record = sources[index]
+                    headers = [
+                        (HEADER_TOPIC, tp.topic.encode()),
+                        (HEADER_PARTITION, str(p).encode()),
+                        (HEADER_OFFSET, str(record.offset).encode()),
+                    ]
+                    append(s.late_topic, p % late_parts, record.key, record.value, headers=headers)
+                late_count += len(outcome.late)
+                duplicates += len(outcome.duplicates)
+                self._emit(sender, outcome.emitted, wall)
+            else:
+                processor.touch(wall)
+            self._append_changelog(sender, p, processor)
+            consumed += len(records)
+            offsets[p] = records[-1].offset + 1
+            last_ts = records[-1].timestamp
+            if last_ts > newest_append:
+                newest_append = last_ts
+        await self._commit(senders, offsets)
+        self.last_work = time.monotonic()
+        st = self.stats
+        st.consumed += consumed
+        st.invalid += invalid
+        st.late += late_count
+        st.duplicates += duplicates
+        st.batches += 1
+        m.consumed.labels(s.input_topic).inc(consumed)
+        m.invalid.inc(invalid)
+        m.dlq_writes.inc(invalid)
+        m.late.inc(late_count)
+        m.duplicates.inc(duplicates)
+        m.produced.labels(s.dlq_topic).inc(invalid)
+        m.produced.labels(s.late_topic).inc(late_count)
+        m.batch_size.observe(consumed)
+        m.batch_seconds.observe(time.perf_counter() - started)
+        if newest_append:
+            m.emit_latency.labels("append").observe(max(0.0, (now_ms() - newest_append) / 1000))
+        self._update_state_gauges()
+
+    def _emit(self, sender: BatchSender, emitted: list[dict[str, Any]], wall: int) -> None:
+        if not emitted:
+            return
+        topic = self.settings.output_topic
+        parts = self._partitions[topic]
+        append = sender.append
+        observe = self.metrics.emit_latency.labels("event_time").observe
+        dumps = orjson.dumps
+        for result in emitted:
+            key = result["key"].encode()
+            append(topic, partition_for(key, parts), key, dumps(result))
+            if result["final"]:
+                observe(max(0.0, (wall - result["window_end"]) / 1000))
+        self.stats.emitted += len(emitted)
+        self.metrics.produced.labels(topic).inc(len(emitted))
+
+    def _append_changelog(self, sender: BatchSender, p: int, processor: PartitionProcessor) -> None:
+        records = processor.drain_changelog()
+        if records:
+            append = sender.append
+            topic = self.changelog
+            for key, value in records:
+                append(topic, p, key, value)
+            self.metrics.produced.labels(topic).inc(len(records))
+
+    async def _commit(self, senders: dict[int, BatchSender], offsets: dict[int, int]) -> None:
+        if self.eos:
+            parts = [p for p in senders if p >= 0]
+            await asyncio.gather(*(self._commit_txn(p, senders[p], offsets.get(p)) for p in parts))
+            return
+        sender = senders.get(-1)
+        if sender is not None:
+            await self._flush_with_backpressure(sender)
+        if offsets:
+            consumer = self._consumer
+            assert consumer is not None
+            topic = self.settings.input_topic
+            try:
+                await consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
+            except Exception:
+                self.metrics.commit_failures.inc()
+                raise
+            self.metrics.commits.inc()
+
+    async def _flush_with_backpressure(self, sender: BatchSender) -> None:
+        """Wait for the batch's output; if that is slow, pause fetching until it is through."""
+        flush = asyncio.ensure_future(sender.flush())
+        done, _ = await asyncio.wait({flush}, timeout=BACKPRESSURE_AFTER_S)
+        if done:
+            flush.result()
+            return
+        consumer = self._consumer
+        assert consumer is not None
+        paused = list(consumer.assignment())
+        consumer.pause(*paused)
+        self.metrics.paused.set(len(paused))
+        log.warning("output is slow: paused %d partitions until it catches up", len(paused))
+        try:
+            await flush
+        finally:
+            consumer.resume(*paused)
+            self.metrics.paused.set(0)
+
+    async def _commit_txn(self, p: int, sender: BatchSender, offset: int | None) -> None:
+        producer = self._txn_producers[p]
+        await producer.begin_transaction()
+        try:
+            await sender.flush()
+            if offset is not None:
+                tp = TopicPartition(self.settings.input_topic, p)
+                await producer.send_offsets_to_transaction({tp: offset}, self.settings.app_id)
+            await producer.commit_transaction()
+        except Exception:
+            self.metrics.transactions.labels("aborted").inc()
+            log.exception("transaction for partition %d failed; restoring its state", p)
+            await self._recover(p, producer)
+            return
+        self.metrics.transactions.labels("committed").inc()
+        self.metrics.commits.inc()
+
+    async def _recover(self, p: int, producer: AIOKafkaProducer) -> None:
+        """After a failed transaction: abort it, rebuild state, rewind to committed offsets."""
+        try:
+            await producer.abort_transaction()
+        except Exception:
+            log.exception("abort failed for partition %d; recreating its producer", p)
+            await producer.stop()
+            self._txn_producers.pop(p, None)
+        self.processors.pop(p, None)
+        await self._adopt({p})
+        consumer = self._consumer
+        assert consumer is not None
+        tp = TopicPartition(self.settings.input_topic, p)
+        committed = await consumer.committed(tp)
+        if committed is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+
+    # -- idle partitions -------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Advance idle, caught-up partitions by the wall clock; refresh lag gauges."""
+        self._last_tick = time.monotonic()
+        consumer = self._consumer
+        assert consumer is not None
+        wall = now_ms()
+        topic = self.settings.input_topic
+        senders: dict[int, BatchSender] = {}
+        for p, processor in self.processors.items():
+            tp = TopicPartition(topic, p)
+            end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except Exception:
+                continue
+            self.metrics.lag.labels(topic, str(p)).set(max(0, end - position))
+            emitted = processor.tick(wall, caught_up=position >= end)
+            sender = self._sender(p, senders)
+            self._emit(sender, emitted, wall)
+            self._append_changelog(sender, p, processor)
+            if emitted:
+                self.last_work = time.monotonic()
+        if any(s.records for s in senders.values()):
+            await self._commit(senders, {})
+
+    async def _idle_for(self, seconds: float) -> bool:
+        """True when assigned, caught up, and nothing was consumed or emitted for ``seconds``."""
+        if not self.processors or time.monotonic() - self.last_work < seconds:
+            return False
+        consumer = self._consumer
+        assert consumer is not None
+        for p in self.processors:
+            tp = TopicPartition(self.settings.input_topic, p)
+            end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
+            if end is None or await consumer.position(tp) < end:
+                return False
+        return True
+
+    def _update_state_gauges(self) -> None:
+        procs = self.processors.values()
+        self.metrics.open_windows.set(sum(p.open_windows for p in procs))
+        self.metrics.dedupe_ids.set(sum(p.dedupe_size for p in procs))
