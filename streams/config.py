@@ -113,6 +113,7 @@ class Settings:
     emit: str = "final"
     metrics_port: int = 9108
     max_message_bytes: int = 1_048_576
+    session_timeout_ms: int = 10_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,4 +143,5 @@ class Settings:
             emit=_choice(env, "STREAMS_EMIT", "final", EMIT_MODES),
             metrics_port=_int(env, "STREAMS_METRICS_PORT", 9108),
             max_message_bytes=_int(env, "STREAMS_MAX_MESSAGE_BYTES", 1_048_576, minimum=1),
+            session_timeout_ms=_int(env, "STREAMS_SESSION_TIMEOUT_MS", 10_000, minimum=6_000),
         )

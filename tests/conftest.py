@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
+import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
+import orjson
 import pytest
 
-from streams.broker.admin import TopicSpec, ensure_topics
+from streams.broker.admin import TopicSpec, ensure_topics, pipeline_topics
 from streams.broker.local import KAFKA_VERSION, LocalKafka, free_port, metadata_answers
-from streams.config import KafkaSettings
+from streams.config import KafkaSettings, Settings
+from streams.core.config import CoreConfig
+from streams.generator import generate_messages
+from streams.publish import Publisher
+from streams.verify import VerifyReport, verify
 
 
 def _docker_daemon_answers() -> bool:
@@ -115,3 +126,169 @@ def project_env(kafka_bootstrap: str) -> dict[str, str]:
     env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class PipelineRun:
+    """One isolated reference pipeline on the test broker: its own topics and group id."""
+
+    def __init__(self, bootstrap: str, unique_name: Callable[[str], str], partitions: int) -> None:
+        self.kafka = KafkaSettings(bootstrap_servers=bootstrap)
+        self.partitions = partitions
+        self.app_id = unique_name("app")
+        self.input = unique_name("events")
+        self.output = unique_name("aggregates")
+        self.dlq = unique_name("dlq")
+        self.late = unique_name("late")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMS_")}
+        self.env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "STREAMS_APP_ID": self.app_id,
+                "STREAMS_INPUT_TOPIC": self.input,
+                "STREAMS_OUTPUT_TOPIC": self.output,
+                "STREAMS_DLQ_TOPIC": self.dlq,
+                "STREAMS_LATE_TOPIC": self.late,
+                "STREAMS_PARTITIONS": str(partitions),
+                "STREAMS_IDLE_TIMEOUT_MS": "2000",
+                "STREAMS_SESSION_TIMEOUT_MS": "6000",
+            }
+        )
+        self.workers: list[subprocess.Popen[str]] = []
+
+    @property
+    def settings(self) -> Settings:
+        """The settings a worker of this run reads."""
+        return Settings.from_env(self.env)
+
+    async def create_topics(self) -> None:
+        """Create input, output, DLQ and late topics."""
+        await ensure_topics(self.kafka, pipeline_topics(self.settings))
+
+    async def publish(self, count: int, **generator_args: Any) -> Counter[str]:
+        """Publish generated messages (invalid ones included, as raw bytes); counts by kind."""
+        kinds: Counter[str] = Counter()
+
+        def messages() -> Iterator[tuple[bytes | None, bytes]]:
+            for message in generate_messages(count, **generator_args):
+                kinds[message.kind] += 1
+                yield message.key, message.value
+
+        async with Publisher(self.kafka) as publisher:
+            await publisher.publish(self.input, messages())
+        return kinds
+
+    def start_worker(self, *, exit_when_idle: float | None = None, **env: str) -> Worker:
+        """Start ``streams worker`` as a subprocess with its own metrics port."""
+        port = free_port()
+        cmd = [sys.executable, "-m", "streams", "worker", "--json"]
+        if exit_when_idle is not None:
+            cmd += ["--exit-when-idle", str(exit_when_idle)]
+        proc = subprocess.Popen(
+            cmd,
+            env={**self.env, "STREAMS_METRICS_PORT": str(port), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.workers.append(proc)
+        return Worker(proc, port)
+
+    async def verify(self, **settings: int) -> VerifyReport:
+        """``streams verify`` of this run's output against its input."""
+        s = self.settings
+        config = CoreConfig(
+            window_size_ms=settings.get("window_size_ms", s.window_size_ms),
+            window_step_ms=settings.get("window_step_ms", s.window_step_ms),
+            grace_ms=settings.get("grace_ms", s.grace_ms),
+            dedupe_horizon_ms=s.dedupe_horizon_ms,
+        )
+        return await verify(
+            self.kafka,
+            input_topic=self.input,
+            output_topic=self.output,
+            config=config,
+            dlq_topic=self.dlq,
+            late_topic=self.late,
+        )
+
+    def kill_all(self) -> None:
+        """SIGKILL every worker still running (test teardown)."""
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=30)
+
+
+class Worker:
+    """A running ``streams worker`` subprocess and its metrics endpoint."""
+
+    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    def metric(self, name: str) -> float | None:
+        """Sum of a metric's samples from ``/metrics`` (None when not reachable yet)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                head = line.split(" ")[0]
+                if head == name or head.startswith(name + "{"):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait_metric_at_least(self, name: str, value: float, timeout_s: float = 90) -> float:
+        """Poll ``/metrics`` until ``name`` reaches ``value``; fails the test on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"worker exited early ({self.proc.returncode}): {self.stderr_tail()}")
+            current = self.metric(name)
+            if current is not None and current >= value:
+                return current
+            time.sleep(0.1)
+        pytest.fail(f"{name} did not reach {value} within {timeout_s}s: {self.stderr_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.communicate(timeout=30)
+
+    def finish(self, timeout_s: float = 180) -> dict[str, Any]:
+        """Wait for a worker started with ``exit_when_idle``; returns its JSON totals."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            pytest.fail(f"worker did not finish within {timeout_s}s: {err[-3000:]}")
+        assert self.proc.returncode == 0, err[-3000:]
+        return dict(orjson.loads(out.strip().splitlines()[-1]))
+
+    def stderr_tail(self) -> str:
+        """The end of the worker's log (only once it exited)."""
+        if self.proc.poll() is None:
+            return "(still running)"
+        return (self.proc.stderr.read() if self.proc.stderr else "")[-3000:]
+
+
+@pytest.fixture
+def pipeline_run(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> Iterator[Callable[..., PipelineRun]]:
+    """Factory of isolated pipelines; every worker it started is killed at teardown."""
+    runs: list[PipelineRun] = []
+
+    def make(partitions: int = 3) -> PipelineRun:
+        run = PipelineRun(kafka_bootstrap, unique_name, partitions)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        run.kill_all()

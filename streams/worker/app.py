@@ -53,7 +53,7 @@ def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float
 
     @app.page("/metrics")
     async def metrics(self: Any, request: Any) -> Any:
-        return self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+        return self.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/health/live")
     async def live(self: Any, request: Any) -> Any:

@@ -113,6 +113,7 @@ class Pipeline:
         self._partitions: dict[str, int] = {}
         self._last_tick = 0.0
         self.last_work = time.monotonic()
+        self._assigned_once = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,8 +143,8 @@ class Pipeline:
             max_partition_fetch_bytes=2 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
             fetch_max_wait_ms=100,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=2_000,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(1_000, s.session_timeout_ms // 5),
             max_poll_interval_ms=300_000,
         )
         self._consumer.subscribe([s.input_topic], listener=_Rebalance(self))
@@ -202,6 +203,7 @@ class Pipeline:
     async def on_assigned(self, partitions: set[int]) -> None:
         """Restore state of newly assigned partitions before processing them."""
         self.metrics.rebalances.inc()
+        self._assigned_once = True
         self.metrics.assigned.set(len(partitions))
         async with self._lock:
             new = partitions - set(self.processors)
@@ -454,7 +456,7 @@ class Pipeline:
 
     async def _idle_for(self, seconds: float) -> bool:
         """True when assigned, caught up, and nothing was consumed or emitted for ``seconds``."""
-        if not self.processors or time.monotonic() - self.last_work < seconds:
+        if not self._assigned_once or time.monotonic() - self.last_work < seconds:
             return False
         consumer = self._consumer
         assert consumer is not None
