@@ -94,3 +94,28 @@ async def topic_partitions(kafka: KafkaSettings, topic: str) -> list[int]:
     if info.get("error_code", 0) != 0 or not info.get("partitions"):
         raise BrokerError(f"topic {topic!r} does not exist at {kafka.bootstrap_servers}")
     return sorted(p["partition"] for p in info["partitions"])
+
+
+async def committed_offsets(kafka: KafkaSettings, group: str, topic: str) -> dict[int, int]:
+    """Offsets ``group`` committed on ``topic``, per partition (empty for a new group)."""
+    async with admin_client(kafka) as admin:
+        offsets = await admin.list_consumer_group_offsets(group)
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+async def commit_offsets(
+    kafka: KafkaSettings, group: str, topic: str, offsets: dict[int, int]
+) -> None:
+    """Commit ``offsets`` for ``group`` without joining it (a tool's progress marker)."""
+    if not offsets:
+        return
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=group, enable_auto_commit=False)
+    await start_client(consumer, kafka)
+    try:
+        tps = {TopicPartition(topic, p): o for p, o in offsets.items()}
+        consumer.assign(list(tps))
+        await consumer.commit(tps)
+    finally:
+        await consumer.stop()

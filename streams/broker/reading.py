@@ -18,11 +18,13 @@ async def read_topic(
     *,
     read_committed: bool = True,
     timeout_s: float = 300.0,
+    start_offsets: dict[int, int] | None = None,
 ) -> dict[int, list[Any]]:
     """All records of ``topic`` up to its current end, per partition, in offset order.
 
     With ``read_committed`` the end is the last stable offset: aborted transactions are
-    skipped and open ones are waited for (up to ``timeout_s``).
+    skipped and open ones are waited for (up to ``timeout_s``). ``start_offsets`` begins
+    some partitions later than their first offset.
     """
     consumer = AIOKafkaConsumer(
         **kafka.client_kwargs(),
@@ -37,9 +39,13 @@ async def read_topic(
         tps = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            if start_offsets and tp.partition in start_offsets:
+                consumer.seek(tp, start_offsets[tp.partition])
         ends = await consumer.end_offsets(tps)
         out: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
-        remaining = {tp for tp in tps if ends[tp] > 0}
+        starts = start_offsets or {}
+        remaining = {tp for tp in tps if ends[tp] > starts.get(tp.partition, 0)}
         deadline = time.monotonic() + timeout_s
         while remaining:
             if time.monotonic() > deadline:

@@ -37,7 +37,10 @@ class WorkerMetrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "streams_batch_size_events", "Messages per fetched batch.", buckets=_BATCH_BUCKETS, registry=r
+            "streams_batch_size_events",
+            "Messages per fetched batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.emit_latency = Histogram(
             "streams_emit_latency_seconds",

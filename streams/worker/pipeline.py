@@ -280,7 +280,7 @@ class Pipeline:
                     sources.append(record)
                 else:
                     headers = dead_letter_headers(
-                        "validate", reason, tp.topic, p, record.offset, wall
+                        "validate", reason, tp.topic, p, record.offset, wall, record.headers
                     )
                     append(s.dlq_topic, p % dlq_parts, record.key, record.value, headers=headers)
             invalid += len(records) - len(valid)
