@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-import time
 from collections.abc import Callable
 
 import pytest
@@ -27,7 +27,7 @@ async def test_exactly_once_survives_repeated_sigkills(
         worker = run.start_worker(**EOS)
         # Kill after the worker has committed at least one batch, at a random later point.
         worker.wait_metric_at_least(CONSUMED, 1)
-        time.sleep(rng.uniform(0.0, 1.0))
+        await asyncio.sleep(rng.uniform(0.0, 1.0))
         worker.kill()
     final = run.start_worker(exit_when_idle=3, **EOS).finish()
     assert final["consumed"] > 0, "the kills came after all input was processed"
@@ -52,9 +52,12 @@ async def test_at_least_once_loses_nothing_after_sigkill(
     assert final["consumed"] > 0
 
     report = await run.verify()
-    assert report.missing == 0 and report.wrong == 0 and report.extra == 0, report.as_dict()
+    assert report.missing == 0, report.as_dict()
+    assert report.wrong == 0, report.as_dict()
+    assert report.extra == 0, report.as_dict()
     assert report.exact(allow_duplicates=True)
-    assert report.dlq_records is not None and report.dlq_records >= report.invalid
+    assert report.dlq_records is not None
+    assert report.dlq_records >= report.invalid
 
 
 async def test_three_workers_one_killed_one_added(

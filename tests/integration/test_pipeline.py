@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -40,7 +41,9 @@ async def test_pipeline_accounts_for_every_message(
     # Dead letters carry the original key and bytes, and headers that point back at them.
     inputs = await read_topic(run.kafka, run.input)
     invalid_at = {
-        (p, r.offset) for p, records in inputs.items() for r in records
+        (p, r.offset)
+        for p, records in inputs.items()
+        for r in records
         if decode_event(r.value)[1] is not None
     }
     dead = await read_topic(run.kafka, run.dlq)
@@ -75,7 +78,7 @@ async def test_idle_partition_still_closes_its_last_windows(
         finals = [orjson.loads(r.value) for recs in outputs.values() for r in recs]
         if len(finals) >= expected:
             break
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
     waited = time.monotonic() - caught_up
     worker.kill()
     # Idle timeout is 2 s here; allow a few seconds of scheduling slack on top.
