@@ -65,6 +65,7 @@ def make_producer(
     compression: str | None = None,
     transactional_id: str | None = None,
     linger_ms: int = 5,
+    client_id: str = "streams",
 ) -> AIOKafkaProducer:
     """A producer that never loses or duplicates on retry: idempotent, ``acks=all``."""
     return AIOKafkaProducer(
@@ -76,6 +77,7 @@ def make_producer(
         max_request_size=4 * 1024 * 1024,
         linger_ms=linger_ms,
         transactional_id=transactional_id,
+        client_id=client_id,
     )
 
 
@@ -93,7 +95,10 @@ class Publisher:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self._producer.stop()
 

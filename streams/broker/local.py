@@ -103,6 +103,36 @@ def fetch_jars(version: str = KAFKA_VERSION, *, timeout_s: float = 600.0) -> Pat
     return libs
 
 
+def java_command(libs: Path, main: str, *args: str, jvm_args: list[str] | None = None) -> list[str]:
+    """The command line running ``main`` from Kafka's jars."""
+    java = _require("java", "install a Java 17+ runtime (e.g. `apt-get install default-jre`)")
+    return [
+        java,
+        *(jvm_args or []),
+        f"-Dlog4j2.configurationFile={_resource_dir() / 'log4j2.properties'}",
+        "-cp",
+        f"{libs}/*",
+        main,
+        *args,
+    ]
+
+
+def run_tool(main: str, *args: str, timeout_s: float = 120.0) -> str:
+    """Run one of Kafka's own command-line tools (e.g. ``kafka.admin.ConfigCommand``)."""
+    cmd = java_command(fetch_jars(), main, *args)
+    env = {**os.environ, "KAFKA_LOG_LEVEL": "WARN"}
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BrokerError(f"{main} did not finish within {timeout_s:.0f}s") from None
+    if done.returncode != 0:
+        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+        raise BrokerError(f"{main} failed: {tail}")
+    return done.stdout
+
+
 @dataclass
 class BrokerStatus:
     """What ``streams kafka status`` reports."""
@@ -208,27 +238,6 @@ class LocalKafka:
         )
         return props
 
-    def _java_cmd(self, libs: Path, main: str, *args: str, heap: bool = False) -> list[str]:
-        java = _require("java", "install a Java 17+ runtime (e.g. `apt-get install default-jre`)")
-        cmd = [java]
-        if heap:
-            cmd += [
-                f"-Xms{self.heap_mb}m",
-                f"-Xmx{self.heap_mb}m",
-                "-XX:+UseG1GC",
-                "-XX:MaxGCPauseMillis=20",
-                "-Djava.awt.headless=true",
-                f"-Dkafka.logs.dir={self.home / 'logs'}",
-            ]
-        cmd += [
-            f"-Dlog4j2.configurationFile={_resource_dir() / 'log4j2.properties'}",
-            "-cp",
-            f"{libs}/*",
-            main,
-            *args,
-        ]
-        return cmd
-
     def start(self, *, timeout_s: float = 90.0) -> bool:
         """Start the broker and wait until it answers; False when it was already running."""
         if self.pid() is not None:
@@ -247,7 +256,7 @@ class LocalKafka:
         env = {**os.environ, "KAFKA_LOG_LEVEL": os.environ.get("KAFKA_LOG_LEVEL", "INFO")}
         with self.log_path.open("ab") as log:
             proc = subprocess.Popen(
-                self._java_cmd(libs, "kafka.Kafka", str(props), heap=True),
+                java_command(libs, "kafka.Kafka", str(props), jvm_args=self._jvm_args()),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -262,9 +271,19 @@ class LocalKafka:
             raise
         return True
 
+    def _jvm_args(self) -> list[str]:
+        return [
+            f"-Xms{self.heap_mb}m",
+            f"-Xmx{self.heap_mb}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.home / 'logs'}",
+        ]
+
     def _format(self, libs: Path, props: Path) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        cmd = self._java_cmd(
+        cmd = java_command(
             libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)
         )
         try:

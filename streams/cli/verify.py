@@ -18,9 +18,7 @@ from streams.verify import verify
 @click.option("--window", type=int, default=None, help="Window size, ms (STREAMS_WINDOW_SIZE_MS).")
 @click.option("--step", type=int, default=None, help="Hop, ms (STREAMS_WINDOW_STEP_MS).")
 @click.option("--grace", type=int, default=None, help="Grace, ms (STREAMS_GRACE_MS).")
-@click.option(
-    "--dedupe-horizon", type=int, default=None, help="ms (STREAMS_DEDUPE_HORIZON_MS)."
-)
+@click.option("--dedupe-horizon", type=int, default=None, help="ms (STREAMS_DEDUPE_HORIZON_MS).")
 @click.option(
     "--allow-duplicates", is_flag=True, help="Repeated finals pass (at_least_once audits)."
 )

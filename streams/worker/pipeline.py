@@ -132,7 +132,7 @@ class Pipeline:
         finally:
             await probe.stop()
         if not self.eos:
-            self._producer = make_producer(kafka)
+            self._producer = make_producer(kafka, client_id=s.app_id)
             await start_client(self._producer, kafka)
         self._consumer = AIOKafkaConsumer(
             **kafka.client_kwargs(),
@@ -225,6 +225,7 @@ class Pipeline:
                     producer = make_producer(
                         self.settings.kafka,
                         transactional_id=f"{self.settings.app_id}-{self.settings.input_topic}-{p}",
+                        client_id=self.settings.app_id,
                     )
                     await start_client(producer, self.settings.kafka)
                     self._txn_producers[p] = producer

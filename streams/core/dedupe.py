@@ -1,0 +1,116 @@
+"""Which event ids a partition has accepted recently, kept per batch for a cheap changelog.
+
+An event is a duplicate when an earlier accepted event had the same id and that event's
+``ts + horizon > stream time``. Since stream time never goes back, an id whose ``ts + horizon
+<= stream time`` is expired for good, so forgetting it is only a memory saving. Ids are
+remembered in groups, one per batch, so the changelog gets one record per batch rather than
+per event, and a tombstone once every id of the batch is expired.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from streams.core import changelog
+from streams.core.changelog import Record
+
+
+class Deduplicator:
+    """Accepted ids: ``seen`` maps each to the largest ``ts`` it was accepted with.
+
+    The hot path reads and writes ``seen`` directly and hands the batch's ids to
+    :meth:`remember` at the end of the batch.
+    """
+
+    __slots__ = ("_batches", "_expiries", "_horizon", "_stale", "seen")
+
+    def __init__(self, horizon_ms: int) -> None:
+        self._horizon = horizon_ms
+        self.seen: dict[str, int] = {}
+        # seq -> (largest ts, {event_id: ts}) for each batch that still holds a live id.
+        self._batches: dict[int, tuple[int, dict[str, int]]] = {}
+        # (largest ts + horizon, seq): when each batch expires, soonest first. Entries left
+        # behind by a batch that grew (same seq seen again) are skipped when popped.
+        self._expiries: list[tuple[int, int]] = []
+        self._stale = False
+
+    def __len__(self) -> int:
+        """Number of ids held, including expired ones not yet forgotten."""
+        self.ensure_index()
+        return len(self.seen)
+
+    def remember(self, seq: int, ids: dict[str, int], stream_time: int) -> list[Record]:
+        """Keep the ids accepted in batch ``seq`` and forget expired batches.
+
+        Returns the changelog records this causes. A ``seq`` seen before (the shell replaying
+        a batch after a restart) merges into the earlier record instead of replacing it.
+        """
+        records: list[Record] = []
+        if ids:
+            held = self._batches.get(seq)
+            if held is not None:
+                merged = dict(held[1])
+                for event_id, ts in ids.items():
+                    if ts > merged.get(event_id, ts - 1):
+                        merged[event_id] = ts
+                ids = merged
+            newest = max(ids.values())
+            if newest + self._horizon > stream_time:
+                self._batches[seq] = (newest, ids)
+                heapq.heappush(self._expiries, (newest + self._horizon, seq))
+                records.append((changelog.dedupe_key(seq), changelog.encode_ids(ids)))
+            else:
+                # Expired on arrival (a horizon shorter than the disorder): nothing to keep. An
+                # earlier record under this seq is expired too and goes in the purge below.
+                self._forget(ids, stream_time)
+        records.extend(self.purge(stream_time))
+        return records
+
+    def purge(self, stream_time: int) -> list[Record]:
+        """Forget the batches whose ids are all expired; returns their tombstones."""
+        expiries = self._expiries
+        batches = self._batches
+        records: list[Record] = []
+        while expiries and expiries[0][0] <= stream_time:
+            expiry, seq = heapq.heappop(expiries)
+            held = batches.get(seq)
+            if held is None or held[0] + self._horizon != expiry:
+                continue
+            del batches[seq]
+            self._forget(held[1], stream_time)
+            records.append((changelog.dedupe_key(seq), None))
+        return records
+
+    def _forget(self, ids: dict[str, int], stream_time: int) -> None:
+        seen = self.seen
+        horizon = self._horizon
+        for event_id in ids:
+            ts = seen.get(event_id)
+            # A later batch may have accepted the id again; only drop it when expired.
+            if ts is not None and ts + horizon <= stream_time:
+                del seen[event_id]
+
+    def apply(self, seq: int, ids: dict[str, int] | None) -> None:
+        """Restore one changelog record of batch ``seq`` (``None``: tombstone)."""
+        if ids is None:
+            self._batches.pop(seq, None)
+        elif ids:
+            self._batches[seq] = (max(ids.values()), ids)
+        self._stale = True
+
+    def ensure_index(self) -> None:
+        """Rebuild ``seen`` and the expiry queue after :meth:`apply`; cheap when up to date."""
+        if not self._stale:
+            return
+        seen: dict[str, int] = {}
+        for _, ids in self._batches.values():
+            for event_id, ts in ids.items():
+                if ts > seen.get(event_id, ts - 1):
+                    seen[event_id] = ts
+        self.seen.clear()
+        self.seen.update(seen)
+        self._expiries = [
+            (newest + self._horizon, seq) for seq, (newest, _) in self._batches.items()
+        ]
+        heapq.heapify(self._expiries)
+        self._stale = False

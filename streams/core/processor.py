@@ -1,0 +1,263 @@
+"""The per-partition processing core: dedupe, lateness, windowed aggregation, emission.
+
+Pure and synchronous: the async shell calls :meth:`PartitionProcessor.process` once per fetched
+batch of one input partition (events in offset order), :meth:`~PartitionProcessor.tick`
+periodically, and persists :meth:`~PartitionProcessor.drain_changelog` after each call.
+
+Emission order is deterministic and survives a restore from a compacted changelog: records come
+by window end ascending, then by ``user_id`` ascending (code point order). In update mode,
+finals are emitted as their windows close during the batch, then at the end of the batch one
+``"final": False`` record per (user, window) aggregate that changed in the batch and whose
+window is still open, in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.core import changelog
+from streams.core.aggregate import Aggregate, to_record
+from streams.core.changelog import Record
+from streams.core.config import CoreConfig
+from streams.core.dedupe import Deduplicator
+from streams.core.streamtime import NO_TIME, StreamClock
+from streams.core.windows import NEVER, WindowStore
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one batch produced.
+
+    ``late`` and ``duplicates`` are indices into the batch, ascending; the shell forwards the
+    original bytes of the late ones to the late topic.
+    """
+
+    emitted: list[dict[str, Any]] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+    accepted: int = 0
+
+
+class PartitionProcessor:
+    """All state and logic for one input partition; see the module docstring for the order."""
+
+    def __init__(self, config: CoreConfig) -> None:
+        self.config = config
+        self._clock = StreamClock()
+        self._windows = WindowStore(config.window_size_ms, config.grace_ms)
+        self._dedupe = Deduplicator(config.dedupe_horizon_ms)
+        self._pending: list[Record] = []
+
+    @property
+    def stream_time(self) -> int | None:
+        """Largest ``ts`` accepted (or reached by idle advance); None before any."""
+        stream_time = self._clock.stream_time
+        return None if stream_time == NO_TIME else stream_time
+
+    @property
+    def open_windows(self) -> int:
+        """Number of (user, window) aggregates held."""
+        return len(self._windows)
+
+    @property
+    def dedupe_size(self) -> int:
+        """Number of event ids held for deduplication."""
+        return len(self._dedupe)
+
+    def process(self, events: Sequence[Mapping[str, Any]], now_ms: int, seq: int) -> BatchOutcome:
+        """Process one batch of validated events, in offset order, received at ``now_ms``.
+
+        ``seq`` numbers the batch within the partition (the shell passes its first offset); it
+        keys the batch's dedupe record in the changelog.
+        """
+        config = self.config
+        size = config.window_size_ms
+        step = config.window_step_ms
+        reach = size + config.grace_ms
+        horizon = config.dedupe_horizon_ms
+        dedupe = self._dedupe
+        dedupe.ensure_index()
+        seen = dedupe.seen
+        store = self._windows
+        by_start = store.by_start
+        next_close = store.next_close
+        stream_time = self._clock.stream_time
+
+        outcome = BatchOutcome()
+        emitted = outcome.emitted
+        late = outcome.late
+        duplicates = outcome.duplicates
+        accepted: dict[str, int] = {}
+        accepted_count = 0
+        # start -> user_id -> aggregate changed in this batch (for the changelog and updates).
+        touched: dict[int, dict[str, Aggregate]] = {}
+        cached_start = NEVER
+
+        for index, event in enumerate(events):
+            event_id = event["event_id"]
+            ts = event["ts"]
+            previous = seen.get(event_id)
+            if previous is not None and previous + horizon > stream_time:
+                duplicates.append(index)
+                continue
+            start = ts - ts % step
+            if start + reach <= stream_time:
+                # The newest window holding ts is closed, hence all of them are.
+                late.append(index)
+                continue
+            user_id = event["user_id"]
+            amount = event.get("amount")
+            if amount is not None:
+                amount = float(amount)
+            # Windows hold ts while start > ts - size and are open while start + reach > stream
+            # time; walk them newest first down to the larger of the two bounds.
+            floor = ts - size
+            if stream_time - reach > floor:
+                floor = stream_time - reach
+            while start > floor:
+                # Consecutive events mostly share a window: skip two lookups when they do.
+                if start != cached_start:
+                    cached_start = start
+                    if start in by_start:
+                        users = by_start[start]
+                    else:
+                        users = store.open(start)
+                        next_close = store.next_close
+                    if start in touched:
+                        changed = touched[start]
+                    else:
+                        touched[start] = changed = {}
+                aggregate = users.get(user_id)
+                if aggregate is None:
+                    users[user_id] = aggregate = (
+                        [1, 0.0, None, None] if amount is None else [1, amount, amount, amount]
+                    )
+                else:
+                    aggregate[0] += 1
+                    if amount is not None:
+                        aggregate[1] += amount
+                        low = aggregate[2]
+                        if low is None:
+                            aggregate[2] = aggregate[3] = amount
+                        elif amount < low:
+                            aggregate[2] = amount
+                        elif amount > aggregate[3]:
+                            aggregate[3] = amount
+                changed[user_id] = aggregate
+                start -= step
+            if previous is None or ts > previous:
+                seen[event_id] = ts
+                accepted[event_id] = ts
+            accepted_count += 1
+            if ts > stream_time:
+                stream_time = ts
+                if stream_time >= next_close:
+                    # The cached window holds ts, the new stream time, so it is still open.
+                    self._emit_closed(stream_time, emitted)
+                    next_close = store.next_close
+
+        outcome.accepted = accepted_count
+        clock = self._clock
+        clock.stream_time = stream_time
+        clock.mark_activity(now_ms)
+        pending = self._pending
+        encode = changelog.encode_aggregate
+        for start, changed in touched.items():
+            # A window closed during the batch already has its tombstones queued.
+            if start in by_start:
+                prefix = changelog.window_key_prefix(start)
+                pending.extend(
+                    [(prefix + uid.encode(), encode(agg)) for uid, agg in changed.items()]
+                )
+        if config.emit_updates:
+            for start in sorted(touched):
+                if start in by_start:
+                    changed = touched[start]
+                    for user_id in sorted(changed):
+                        emitted.append(to_record(user_id, start, size, changed[user_id], False))
+        pending.extend(dedupe.remember(seq, accepted, stream_time))
+        self._queue_time()
+        return outcome
+
+    def touch(self, now_ms: int) -> None:
+        """Note activity at ``now_ms`` for a batch that held no valid event."""
+        self._clock.mark_activity(now_ms)
+        self._queue_time()
+
+    def tick(self, now_ms: int, caught_up: bool) -> list[dict[str, Any]]:
+        """Advance an idle, caught-up partition's stream time by the wall clock ``now_ms``.
+
+        Returns the finals of the windows this closes. A partition that has seen no batch yet
+        starts its idle timer at its first caught-up tick.
+        """
+        if not caught_up:
+            return []
+        clock = self._clock
+        if clock.last_activity is None:
+            clock.mark_activity(now_ms)
+            self._queue_time()
+            return []
+        target = clock.idle_target(now_ms, self.config.idle_timeout_ms)
+        if target is None or target == clock.stream_time:
+            return []
+        self._dedupe.ensure_index()
+        clock.stream_time = target
+        emitted: list[dict[str, Any]] = []
+        self._emit_closed(target, emitted)
+        self._pending.extend(self._dedupe.purge(target))
+        self._queue_time()
+        return emitted
+
+    def drain_changelog(self) -> list[Record]:
+        """The changelog records of every state change since the last drain, in order."""
+        records = self._pending
+        self._pending = []
+        return records
+
+    def apply_changelog(self, key: bytes, value: bytes | None) -> None:
+        """Restore state from one changelog record; feed them in topic order."""
+        tag = key[:1]
+        if tag == changelog.WINDOW_TAG:
+            start, user_id = changelog.parse_window_key(key)
+            if value is None:
+                self._windows.discard(start, user_id)
+            else:
+                self._windows.put(start, user_id, changelog.decode_aggregate(value))
+        elif tag == changelog.DEDUPE_TAG:
+            ids = None if value is None else changelog.decode_ids(value)
+            self._dedupe.apply(changelog.parse_dedupe_key(key), ids)
+        elif key == changelog.TIME_KEY:
+            if value is None:
+                self._clock = StreamClock()
+                return
+            clock = self._clock
+            stream_time, last_activity, at_last_activity = changelog.decode_time(value)
+            clock.stream_time = NO_TIME if stream_time is None else stream_time
+            clock.last_activity = last_activity
+            clock.at_last_activity = NO_TIME if at_last_activity is None else at_last_activity
+        else:
+            raise ValueError(f"changelog key {key!r} is not one this processor writes")
+
+    def _emit_closed(self, stream_time: int, emitted: list[dict[str, Any]]) -> None:
+        size = self.config.window_size_ms
+        pending = self._pending
+        for start, users in self._windows.close_until(stream_time):
+            prefix = changelog.window_key_prefix(start)
+            for user_id in sorted(users):
+                emitted.append(to_record(user_id, start, size, users[user_id], True))
+                pending.append((prefix + user_id.encode(), None))
+
+    def _queue_time(self) -> None:
+        clock = self._clock
+        self._pending.append(
+            (
+                changelog.TIME_KEY,
+                changelog.encode_time(
+                    self.stream_time,
+                    clock.last_activity,
+                    None if clock.at_last_activity == NO_TIME else clock.at_last_activity,
+                ),
+            )
+        )
