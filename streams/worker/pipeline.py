@@ -74,6 +74,8 @@ class RunStats:
     late: int = 0
     emitted: int = 0
     batches: int = 0
+    first_batch_at: float = 0.0
+    last_batch_at: float = 0.0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -172,8 +174,10 @@ class Pipeline:
                     await producer.stop()
             self._txn_producers.clear()
 
-    async def run(self, *, exit_when_idle_s: float | None = None) -> RunStats:
-        """Process until cancelled, or until idle for ``exit_when_idle_s`` seconds."""
+    async def run(
+        self, *, exit_when_idle_s: float | None = None, stop_after: int | None = None
+    ) -> RunStats:
+        """Process until cancelled, idle for ``exit_when_idle_s`` s, or ``stop_after`` events."""
         consumer = self._consumer
         assert consumer is not None, "start() first"
         while True:
@@ -185,6 +189,8 @@ class Pipeline:
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     await self._tick()
             if exit_when_idle_s is not None and await self._idle_for(exit_when_idle_s):
+                return self.stats
+            if stop_after is not None and self.stats.consumed >= stop_after:
                 return self.stats
 
     # -- rebalancing -----------------------------------------------------------------------
@@ -254,6 +260,7 @@ class Pipeline:
         return sender
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        started_mono = time.monotonic()
         started = time.perf_counter()
         wall = now_ms()
         s = self.settings
@@ -314,6 +321,9 @@ class Pipeline:
         st.late += late_count
         st.duplicates += duplicates
         st.batches += 1
+        st.last_batch_at = time.monotonic()
+        if not st.first_batch_at:
+            st.first_batch_at = started_mono
         m.consumed.labels(s.input_topic).inc(consumed)
         m.invalid.inc(invalid)
         m.dlq_writes.inc(invalid)

@@ -1,0 +1,1 @@
+"""``streams bench``: throughput, latency and memory of the pipeline and its baselines."""

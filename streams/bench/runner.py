@@ -1,0 +1,191 @@
+"""``streams bench``: every scenario on the same pre-published input, side by side, one run.
+
+Absolute figures on a shared 2-core machine drift; ratios measured in one run do not, so each
+row also shows its throughput as a fraction of ``limit`` (a raw consume-only loop).
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams import __version__
+from streams.broker.admin import TopicSpec, ensure_topics
+from streams.broker.local import KAFKA_VERSION
+from streams.config import KafkaSettings
+from streams.errors import StreamsError
+from streams.generator import generate_messages
+from streams.publish import Publisher
+
+ALL_SCENARIOS = (
+    "publish",
+    "limit",
+    "decode",
+    "faust-naive",
+    "pipeline-alo",
+    "pipeline-eos",
+    "latency",
+)
+
+
+@dataclass
+class BenchConfig:
+    """What to run: input size, partitions, scenarios, and the limits of the slow ones."""
+
+    bootstrap: str
+    events: int = 1_000_000
+    partitions: int = 6
+    scenarios: tuple[str, ...] = ALL_SCENARIOS
+    faust_events: int = 100_000
+    latency_seconds: float = 15.0
+    latency_rate: float | None = None
+    users: int = 100_000
+
+
+@dataclass
+class BenchResult:
+    """One scenario's row."""
+
+    scenario: str
+    events: int
+    seconds: float
+    bytes: int
+    cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        """Throughput."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self, limit_rate: float | None) -> dict[str, Any]:
+        """A JSON-ready row, with the ratio to ``limit`` when known."""
+        rate = self.events_per_second
+        return {
+            "scenario": self.scenario,
+            "events": self.events,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": round(rate),
+            "mb_per_second": round(self.bytes / self.seconds / 1e6, 2) if self.seconds else 0,
+            "cpu_seconds_per_million": round(self.cpu_seconds * 1e6 / self.events, 2)
+            if self.events
+            else 0,
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "ratio_to_limit": round(rate / limit_rate, 3) if limit_rate else None,
+            **self.extra,
+        }
+
+
+def environment() -> dict[str, str]:
+    """Machine and versions, for the benchmark record."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "python": platform.python_version(),
+        "kafka": KAFKA_VERSION,
+        "streams": __version__,
+        "cpu": cpu,
+        "cores": str(len(__import__("os").sched_getaffinity(0))),
+    }
+
+
+def _child(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "streams.bench.scenarios", orjson.dumps(args).decode()]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise StreamsError(f"bench scenario {args['scenario']} ran over {timeout_s:.0f}s") from None
+    if done.returncode != 0 or not done.stdout.strip():
+        tail = " | ".join(done.stderr.strip().splitlines()[-6:])
+        raise StreamsError(f"bench scenario {args['scenario']} failed: {tail}")
+    return dict(orjson.loads(done.stdout.strip().splitlines()[-1]))
+
+
+async def run_bench(
+    config: BenchConfig, progress: Callable[[str], None] = lambda _: None
+) -> list[BenchResult]:
+    """Publish the input once, then run each scenario in its own process."""
+    kafka = KafkaSettings(bootstrap_servers=config.bootstrap)
+    run_id = uuid.uuid4().hex[:8]
+    topic = f"bench-{run_id}-events"
+    await ensure_topics(kafka, [TopicSpec(topic, config.partitions)])
+    progress(f"generating {config.events:,} events")
+    messages = [
+        (m.key, m.value)
+        for m in generate_messages(
+            config.events, users=config.users, seed=1, start_ts=1_700_000_000_000
+        )
+    ]
+    input_bytes = sum(len(v) for _, v in messages)
+    progress(f"publishing to {topic}")
+    async with Publisher(kafka) as publisher:
+        report = await publisher.publish(topic, messages)
+    del messages
+    results: list[BenchResult] = []
+    if "publish" in config.scenarios:
+        results.append(BenchResult("publish", report.sent, report.seconds, report.bytes))
+    base = {
+        "bootstrap": config.bootstrap,
+        "topic": topic,
+        "events": config.events,
+        "partitions": config.partitions,
+        "input_bytes": input_bytes,
+    }
+    plans: dict[str, dict[str, Any]] = {
+        "limit": {"scenario": "limit"},
+        "decode": {"scenario": "decode"},
+        "faust-naive": {
+            "scenario": "faust-naive",
+            "events": min(config.events, config.faust_events),
+        },
+        "pipeline-alo": {"scenario": "pipeline", "guarantee": "at_least_once"},
+        "pipeline-eos": {"scenario": "pipeline", "guarantee": "exactly_once"},
+    }
+    for name, plan in plans.items():
+        if name not in config.scenarios:
+            continue
+        progress(f"running {name}")
+        args = {**base, **plan, "app_id": f"bench-{run_id}-{name}"}
+        out = _child(args, timeout_s=1800)
+        results.append(_row(name, out))
+    if "latency" in config.scenarios:
+        alo = next((r for r in results if r.scenario == "pipeline-alo"), None)
+        rate = config.latency_rate or (alo.events_per_second / 2 if alo else 5_000.0)
+        progress(f"running latency at {rate:,.0f} events/s")
+        args = {
+            **base,
+            "scenario": "latency",
+            "app_id": f"bench-{run_id}-latency",
+            "rate": rate,
+            "seconds": config.latency_seconds,
+            "guarantee": "at_least_once",
+        }
+        results.append(_row("latency", _child(args, timeout_s=600)))
+    return results
+
+
+def _row(name: str, out: dict[str, Any]) -> BenchResult:
+    known = {"events", "seconds", "bytes", "cpu_seconds", "peak_rss_mb", "input_bytes"}
+    return BenchResult(
+        name,
+        int(out["events"]),
+        float(out["seconds"]),
+        int(out["bytes"]),
+        float(out["cpu_seconds"]),
+        float(out["peak_rss_mb"]),
+        {k: v for k, v in out.items() if k not in known},
+    )

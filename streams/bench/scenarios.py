@@ -1,0 +1,282 @@
+"""Benchmark scenarios. Each runs in a fresh process (``python -m streams.bench.scenarios``)
+so that its CPU time and peak RSS are its own; it prints one JSON line of measurements.
+
+Throughput is events over the time from the first non-empty fetch to the last event: start-up,
+group join and restore are excluded alike for every consumer scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.broker.admin import start_client, topic_partitions
+from streams.config import KafkaSettings, Settings
+from streams.validation import decode_event
+
+Args = dict[str, Any]
+
+
+def _usage() -> dict[str, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec.
+    with open("/proc/self/status") as status:
+        hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mb": hwm / 1024}
+
+
+async def _consume(args: Args, per_record: Callable[[Any], object] | None) -> dict[str, Any]:
+    """Read ``events`` records from the input with a bare consumer (no group)."""
+    kafka = KafkaSettings(bootstrap_servers=args["bootstrap"])
+    consumer = AIOKafkaConsumer(
+        **kafka.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=2 * 1024 * 1024,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    await start_client(consumer, kafka)
+    tps = [TopicPartition(args["topic"], p) for p in await topic_partitions(kafka, args["topic"])]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    target = args["events"]
+    count = size = 0
+    first = 0.0
+    try:
+        while count < target:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=20_000)
+            if batches and not first:
+                first = time.monotonic()
+            for records in batches.values():
+                count += len(records)
+                for record in records:
+                    size += len(record.value)
+                    if per_record is not None:
+                        per_record(record.value)
+        elapsed = time.monotonic() - first
+    finally:
+        await consumer.stop()
+    return {"events": count, "seconds": elapsed, "bytes": size}
+
+
+async def limit(args: Args) -> dict[str, Any]:
+    """Raw consume loop: ``getmany``, no decode — the ceiling for a Python consumer."""
+    return await _consume(args, None)
+
+
+async def decode(args: Args) -> dict[str, Any]:
+    """Consume + orjson decode + schema validation, no output."""
+    return await _consume(args, decode_event)
+
+
+async def pipeline(args: Args) -> dict[str, Any]:
+    """The worker's pipeline, in process, until it has consumed every event."""
+    from streams.worker.metrics import WorkerMetrics
+    from streams.worker.pipeline import Health, Pipeline
+
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": args["bootstrap"],
+            "STREAMS_APP_ID": args["app_id"],
+            "STREAMS_INPUT_TOPIC": args["topic"],
+            "STREAMS_OUTPUT_TOPIC": f"{args['app_id']}-aggregates",
+            "STREAMS_DLQ_TOPIC": f"{args['app_id']}-dlq",
+            "STREAMS_LATE_TOPIC": f"{args['app_id']}-late",
+            "STREAMS_PARTITIONS": str(args["partitions"]),
+            "STREAMS_GUARANTEE": args["guarantee"],
+            "STREAMS_EMIT": args.get("emit", "final"),
+        }
+    )
+    worker = Pipeline(settings, WorkerMetrics(), Health())
+    await worker.start()
+    try:
+        stats = await worker.run(stop_after=args["events"])
+    finally:
+        await worker.stop()
+    return {
+        "events": stats.consumed,
+        "seconds": stats.last_batch_at - stats.first_batch_at,
+        "bytes": args["input_bytes"],
+        "emitted": stats.emitted,
+        "invalid": stats.invalid,
+    }
+
+
+def faust_naive(args: Args) -> dict[str, Any]:
+    """What a Faust user writes: a per-event agent, dedupe and window aggregate in tables."""
+    import faust
+
+    from streams.validation import check_event
+
+    size = Settings().window_size_ms
+    target = args["events"]
+    app = faust.App(
+        args["app_id"],
+        broker=f"kafka://{args['bootstrap']}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=args["partitions"],
+    )
+    topic = app.topic(args["topic"], value_serializer="raw", key_serializer="raw")
+    seen = app.Table("seen", default=int, partitions=args["partitions"])
+    windows = app.Table(
+        "windows", default=lambda: [0, 0.0, None, None], partitions=args["partitions"]
+    )
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker.spinner = None
+    state: dict[str, Any] = {"count": 0, "first": 0.0, "last": 0.0, "bytes": 0}
+    stopping: list[Any] = []
+
+    @app.agent(topic)
+    async def aggregate(stream: Any) -> None:
+        async for value in stream:
+            if not state["first"]:
+                state["first"] = time.monotonic()
+            event = orjson.loads(value)
+            if check_event(event) is None and not seen[event["event_id"]]:
+                seen[event["event_id"]] = event["ts"]
+                key = f"{event['user_id']}:{event['ts'] - event['ts'] % size}"
+                agg = list(windows[key])
+                amount = event.get("amount")
+                agg[0] += 1
+                if amount is not None:
+                    agg[1] += amount
+                    agg[2] = amount if agg[2] is None else min(agg[2], amount)
+                    agg[3] = amount if agg[3] is None else max(agg[3], amount)
+                windows[key] = agg
+            state["count"] += 1
+            state["bytes"] += len(value)
+            if state["count"] == target:
+                state["last"] = time.monotonic()
+                stopping.append(asyncio.ensure_future(worker.stop()))
+
+    with contextlib.suppress(SystemExit):
+        worker.execute_from_commandline()
+    return {
+        "events": state["count"],
+        "seconds": state["last"] - state["first"],
+        "bytes": state["bytes"],
+    }
+
+
+async def latency(args: Args) -> dict[str, Any]:
+    """Append-to-output latency in update mode at a fixed input rate.
+
+    Input and output topics use broker append time, so both ends of each latency are stamped
+    by the broker. An event's latency is from its append to the append of the first update of
+    its (key, window) whose count includes it.
+    """
+    from streams.broker.admin import TopicSpec, ensure_topics
+    from streams.broker.reading import read_topic
+    from streams.generator import generate_messages
+    from streams.publish import Publisher
+    from streams.worker.metrics import WorkerMetrics
+    from streams.worker.pipeline import Health, Pipeline, now_ms
+
+    kafka = KafkaSettings(bootstrap_servers=args["bootstrap"])
+    app_id, parts, rate = args["app_id"], args["partitions"], args["rate"]
+    total = int(rate * args["seconds"])
+    log_append = {"message.timestamp.type": "LogAppendTime"}
+    topics = [f"{app_id}-in", f"{app_id}-aggregates"]
+    await ensure_topics(kafka, [TopicSpec(t, parts, log_append) for t in topics])
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": args["bootstrap"],
+            "STREAMS_APP_ID": app_id,
+            "STREAMS_INPUT_TOPIC": topics[0],
+            "STREAMS_OUTPUT_TOPIC": topics[1],
+            "STREAMS_DLQ_TOPIC": f"{app_id}-dlq",
+            "STREAMS_LATE_TOPIC": f"{app_id}-late",
+            "STREAMS_PARTITIONS": str(parts),
+            "STREAMS_EMIT": "updates",
+            "STREAMS_GUARANTEE": args["guarantee"],
+        }
+    )
+    worker = Pipeline(settings, WorkerMetrics(), Health())
+    await worker.start()
+    running = asyncio.ensure_future(worker.run(stop_after=total))
+    while not worker.processors:
+        await asyncio.sleep(0.1)
+    messages = [
+        (m.key, m.value) for m in generate_messages(total, seed=3, start_ts=now_ms(), rate=rate)
+    ]
+    async with Publisher(kafka) as publisher:
+        await publisher.publish(topics[0], messages, rate=rate)
+    await asyncio.wait_for(running, timeout=120)
+    await worker.stop()
+
+    size = settings.window_size_ms
+    appended: dict[tuple[str, int], list[int]] = {}
+    for records in (await read_topic(kafka, topics[0])).values():
+        for record in records:
+            event = orjson.loads(record.value)
+            key = (event["user_id"], event["ts"] - event["ts"] % size)
+            appended.setdefault(key, []).append(record.timestamp)
+    latencies: list[int] = []
+    covered: dict[tuple[str, int], int] = {}
+    updates = [
+        (orjson.loads(r.value), r.timestamp)
+        for records in (await read_topic(kafka, topics[1])).values()
+        for r in records
+    ]
+    for value, out_ts in sorted(
+        updates, key=lambda u: (u[0]["key"], u[0]["window_start"], u[0]["count"])
+    ):
+        key = (value["key"], value["window_start"])
+        done = covered.get(key, 0)
+        latencies.extend(out_ts - t for t in appended.get(key, [])[done : value["count"]])
+        covered[key] = max(done, value["count"])
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return (
+            float(latencies[min(len(latencies) - 1, int(q * len(latencies)))])
+            if latencies
+            else -1.0
+        )
+
+    return {
+        "events": total,
+        "seconds": args["seconds"],
+        "bytes": sum(len(v) for _, v in messages),
+        "rate": rate,
+        "measured": len(latencies),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": float(latencies[-1]) if latencies else -1.0,
+    }
+
+
+SCENARIOS: dict[str, Callable[[Args], Any]] = {
+    "latency": latency,
+    "limit": limit,
+    "decode": decode,
+    "pipeline": pipeline,
+    "faust-naive": faust_naive,
+}
+
+
+def main() -> None:
+    """Run the scenario named in the JSON argument; print its measurements as JSON."""
+    args: Args = orjson.loads(sys.argv[1])
+    name = args["scenario"]
+    before = _usage()
+    func = SCENARIOS[name]
+    # Faust's worker runs its own event loop; the other scenarios are coroutines.
+    result = asyncio.run(func(args)) if asyncio.iscoroutinefunction(func) else func(args)
+    after = _usage()
+    result["cpu_seconds"] = after["cpu"] - before["cpu"]
+    result["peak_rss_mb"] = after["rss_mb"]
+    print(orjson.dumps(result).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

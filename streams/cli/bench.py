@@ -1,0 +1,94 @@
+"""``streams bench``: the pipeline and its baselines, side by side, in one run."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from streams.bench.runner import ALL_SCENARIOS, BenchConfig, environment, run_bench
+from streams.config import KafkaSettings
+
+
+@click.command(name="bench")
+@click.option("--events", default=1_000_000, show_default=True, help="Input events.")
+@click.option("--partitions", default=6, show_default=True, help="Input partitions.")
+@click.option(
+    "--scenario",
+    "scenarios",
+    multiple=True,
+    type=click.Choice(ALL_SCENARIOS),
+    help="Run only these (repeatable). Default: all.",
+)
+@click.option(
+    "--faust-events",
+    default=100_000,
+    show_default=True,
+    help="Events for faust-naive (it is slow; its rate is measured on this many).",
+)
+@click.option("--latency-seconds", default=15.0, show_default=True, help="Latency run length.")
+@click.option("--latency-rate", type=float, default=None, help="Default: half pipeline-alo.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
+def command(
+    events: int,
+    partitions: int,
+    scenarios: tuple[str, ...],
+    faust_events: int,
+    latency_seconds: float,
+    latency_rate: float | None,
+    as_json: bool,
+) -> None:
+    """Measure publish, raw consume (limit), decode, naive Faust and our pipeline.
+
+    Uses KAFKA_BOOTSTRAP_SERVERS (default: the local broker, `streams kafka start`). Exits 1
+    if a scenario did not process every event (the harness checks itself).
+    """
+    config = BenchConfig(
+        bootstrap=KafkaSettings.from_env().bootstrap_servers,
+        events=events,
+        partitions=partitions,
+        scenarios=scenarios or ALL_SCENARIOS,
+        faust_events=faust_events,
+        latency_seconds=latency_seconds,
+        latency_rate=latency_rate,
+    )
+    err = Console(stderr=True)
+    results = asyncio.run(run_bench(config, progress=lambda msg: err.print(f"[dim]{msg}[/dim]")))
+    limit = next((r.events_per_second for r in results if r.scenario == "limit"), None)
+    rows = [r.as_dict(limit) for r in results]
+    expected = {
+        "faust-naive": min(events, faust_events),
+        "latency": next((r.events for r in results if r.scenario == "latency"), 0),
+    }
+    short = [r["scenario"] for r in rows if r["events"] < expected.get(r["scenario"], events)]
+    if as_json:
+        click.echo(orjson.dumps({"environment": environment(), "results": rows}).decode())
+    else:
+        table = Table(title=f"streams bench: {events:,} events, {partitions} partitions")
+        for name in ("scenario", "events/s", "MB/s", "CPU s/M events", "peak RSS MB", "x limit"):
+            table.add_column(name, justify="right" if name != "scenario" else "left")
+        for r in rows:
+            ratio = r["ratio_to_limit"]
+            table.add_row(
+                r["scenario"],
+                f"{r['events_per_second']:,}",
+                f"{r['mb_per_second']}",
+                f"{r['cpu_seconds_per_million']}",
+                f"{r['peak_rss_mb']}",
+                f"{ratio:.3f}" if ratio is not None else "-",
+            )
+        Console().print(table)
+        for r in rows:
+            if r["scenario"] == "latency":
+                click.echo(
+                    f"latency at {r['rate']:,.0f} events/s (update mode): p50 {r['p50_ms']:.0f} ms,"
+                    f" p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms over {r['measured']:,}"
+                )
+        click.echo(orjson.dumps(environment()).decode())
+    if short:
+        click.echo(f"error: scenarios that did not process every event: {short}", err=True)
+        sys.exit(1)
