@@ -203,8 +203,7 @@ async def latency(args: Args) -> dict[str, Any]:
     worker = Pipeline(settings, WorkerMetrics(), Health())
     await worker.start()
     running = asyncio.ensure_future(worker.run(stop_after=total))
-    while not worker.processors:
-        await asyncio.sleep(0.1)
+    await asyncio.wait_for(worker.assigned.wait(), timeout=60)
     messages = [
         (m.key, m.value) for m in generate_messages(total, seed=3, start_ts=now_ms(), rate=rate)
     ]

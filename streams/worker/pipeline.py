@@ -115,7 +115,7 @@ class Pipeline:
         self._partitions: dict[str, int] = {}
         self._last_tick = 0.0
         self.last_work = time.monotonic()
-        self._assigned_once = False
+        self.assigned = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -209,7 +209,6 @@ class Pipeline:
     async def on_assigned(self, partitions: set[int]) -> None:
         """Restore state of newly assigned partitions before processing them."""
         self.metrics.rebalances.inc()
-        self._assigned_once = True
         self.metrics.assigned.set(len(partitions))
         async with self._lock:
             new = partitions - set(self.processors)
@@ -219,6 +218,7 @@ class Pipeline:
             if new:
                 await self._adopt(new)
         self.health.rebalancing = False
+        self.assigned.set()
         log.info("assigned input partitions %s", sorted(partitions))
 
     async def _adopt(self, partitions: set[int]) -> None:
@@ -467,7 +467,7 @@ class Pipeline:
 
     async def _idle_for(self, seconds: float) -> bool:
         """True when assigned, caught up, and nothing was consumed or emitted for ``seconds``."""
-        if not self._assigned_once or time.monotonic() - self.last_work < seconds:
+        if not self.assigned.is_set() or time.monotonic() - self.last_work < seconds:
             return False
         consumer = self._consumer
         assert consumer is not None
