@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (python3, java, mvn present):
-#   make run   - local Kafka broker, topics, generated events, the pipeline on them
+#   make run   - local Kafka broker, topics, generated events, the pipeline on them, an audit
 #   make test  - lint, types, and the whole test suite against a real broker
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,12 +16,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The demo: 30k real-time events (with duplicates, late and invalid ones) flow through one
+# worker while they are published; small windows so the last ones close in seconds; then an audit.
+run: export STREAMS_WINDOW_SIZE_MS ?= 10000
+run: export STREAMS_GRACE_MS ?= 2000
+run: export STREAMS_IDLE_TIMEOUT_MS ?= 3000
 run: $(STAMP)
 	$(BIN)/streams kafka start
 	$(BIN)/streams topics create
-	$(BIN)/streams generate --count 2000 --seed 7 --bad-ratio 0.02 --out - \
-		| $(BIN)/streams publish events
-	$(BIN)/streams demo --count 2000
+	$(BIN)/streams generate --count 30000 --rate 5000 --start-ts now --seed $$(date +%s) \
+		--dup-ratio 0.02 --late-ratio 0.01 --bad-ratio 0.02 --topic events & \
+	$(BIN)/streams worker --exit-when-idle 6; wait
+	$(BIN)/streams verify
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

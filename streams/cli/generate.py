@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -14,10 +15,13 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
+from streams.config import KafkaSettings
 from streams.errors import StreamsError
 from streams.generator import KINDS, MAX_SEED, GeneratedMessage, generate_messages, paced
+from streams.publish import Publisher, PublishReport
 
 # Progress-bar updates are batched: one per message would cost more than generating it.
+# Paced runs update about ten times a second instead.
 _PROGRESS_EVERY = 4096
 
 
@@ -89,10 +93,15 @@ def _start_ts(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option(
     "--out",
     "-o",
-    required=True,
     metavar="FILE|-",
     type=click.Path(dir_okay=False, allow_dash=True),
     help="Write JSON Lines (each message value, then a newline) to FILE, or - for stdout.",
+)
+@click.option(
+    "--topic",
+    metavar="TOPIC",
+    help="Publish to this Kafka topic instead (raw bytes, invalid ones included; "
+    "KAFKA_BOOTSTRAP_SERVERS).",
 )
 def command(
     count: int,
@@ -103,7 +112,8 @@ def command(
     late_ratio: float,
     bad_ratio: float,
     start_ts: int | None,
-    out: str,
+    out: str | None,
+    topic: str | None,
 ) -> None:
     """Generate realistic events: Zipf-skewed users, a mix of event types, and the requested
     fractions of duplicates, late events and invalid messages.
@@ -122,6 +132,12 @@ def command(
         rate=rate,
     )
     counts: Counter[str] = Counter()
+    if (out is None) == (topic is None):
+        raise StreamsError("give exactly one of --out FILE and --topic TOPIC")
+    if topic is not None:
+        _publish(topic, messages, rate, counts)
+        return
+    assert out is not None
     started = time.perf_counter()
     with ExitStack() as stack:
         stream = _open(out, stack)
@@ -131,7 +147,10 @@ def command(
         if console.is_terminal:
             progress = stack.enter_context(Progress(console=console, transient=True))
             task = progress.add_task("generating", total=count)
-            messages = _tracked(messages, lambda done: progress.update(task, completed=done))
+            every = (
+                _PROGRESS_EVERY if rate is None else max(1, min(_PROGRESS_EVERY, int(rate / 10)))
+            )
+            messages = _tracked(messages, every, lambda done: progress.update(task, completed=done))
         try:
             for message in messages:
                 stream.write(message.value)
@@ -151,6 +170,28 @@ def command(
     )
 
 
+def _publish(
+    topic: str, messages: Iterator[GeneratedMessage], rate: float | None, counts: Counter[str]
+) -> None:
+    """Send the messages as they are (invalid bytes too) with the batched publisher."""
+
+    def counted() -> Iterator[tuple[bytes | None, bytes]]:
+        for message in messages:
+            counts[message.kind] += 1
+            yield message.key, message.value
+
+    async def run() -> PublishReport:
+        async with Publisher(KafkaSettings.from_env()) as publisher:
+            return await publisher.publish(topic, counted(), rate=rate)
+
+    report = asyncio.run(run())
+    click.echo(
+        f"published {report.sent:,} messages to {topic} in {report.seconds:.2f} s "
+        f"({report.rate:,.0f}/s): " + ", ".join(f"{counts[kind]:,} {kind}" for kind in KINDS),
+        err=True,
+    )
+
+
 def _open(out: str, stack: ExitStack) -> BinaryIO:
     if out == "-":
         return click.get_binary_stream("stdout")
@@ -161,12 +202,12 @@ def _open(out: str, stack: ExitStack) -> BinaryIO:
 
 
 def _tracked(
-    messages: Iterator[GeneratedMessage], report: Callable[[int], object]
+    messages: Iterator[GeneratedMessage], every: int, report: Callable[[int], object]
 ) -> Iterator[GeneratedMessage]:
     done = 0
     for done, message in enumerate(messages, 1):
         yield message
-        if done % _PROGRESS_EVERY == 0:
+        if done % every == 0:
             report(done)
     report(done)
 

@@ -77,7 +77,7 @@ def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float
             with contextlib.suppress(Exception):
                 await pipeline.stop()
             if "stats" in outcome or "error" in outcome:
-                stopping = asyncio.ensure_future(app._worker.stop())
+                stopping = asyncio.ensure_future(outcome["worker"].stop())
                 outcome["stopping"] = stopping
 
     return app, outcome
@@ -93,7 +93,7 @@ def run(settings: Settings, *, exit_when_idle_s: float | None = None) -> RunStat
     app, outcome = build_app(settings, pipeline, exit_when_idle_s=exit_when_idle_s)
     worker = faust.Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
     worker.spinner = None
-    app._worker = worker
+    outcome["worker"] = worker
     with contextlib.suppress(SystemExit):
         worker.execute_from_commandline()
     if "error" in outcome:

@@ -78,7 +78,7 @@ class RunStats:
     last_batch_at: float = 0.0
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
@@ -283,12 +283,12 @@ class Pipeline:
             sources: list[Any] = []
             for record in records:
                 event, reason = decode_event(record.value, max_bytes)
-                if reason is None:
-                    valid.append(event)  # type: ignore[arg-type]
+                if event is not None:
+                    valid.append(event)
                     sources.append(record)
                 else:
                     headers = dead_letter_headers(
-                        "validate", reason, tp.topic, p, record.offset, wall, record.headers
+                        "validate", str(reason), tp.topic, p, record.offset, wall, record.headers
                     )
                     append(s.dlq_topic, p % dlq_parts, record.key, record.value, headers=headers)
             invalid += len(records) - len(valid)

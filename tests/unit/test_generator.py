@@ -75,7 +75,7 @@ def test_validator_agrees_with_every_kind(mixed: list[GeneratedMessage]) -> None
 
 
 def test_bad_messages_come_in_many_sorts(mixed: list[GeneratedMessage]) -> None:
-    reasons = Counter()
+    reasons: Counter[str] = Counter()
     for message in mixed:
         if message.kind == BAD:
             reason = decode_event(message.value)[1]

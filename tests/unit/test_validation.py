@@ -20,7 +20,6 @@ from streams.validation import (
     MAX_MESSAGE_BYTES,
     TOMBSTONE,
     check_event,
-    decode_batch,
     decode_event,
 )
 
@@ -183,11 +182,6 @@ def test_non_finite_numbers_are_rejected_even_though_json_cannot_carry_them(bad:
     assert check_event({**GOOD, "ts": bad}) is not None
 
 
-def test_batch_matches_one_by_one() -> None:
-    raws = [raw(), None, b"{", raw(ts=5.0), raw(amount=...), b" " * (MAX_MESSAGE_BYTES + 1)]
-    assert decode_batch(raws) == [decode_event(r) for r in raws]
-
-
 @given(st.binary(max_size=300))
 @example(b"\x00")
 @example(b"{}")
@@ -342,7 +336,7 @@ def near_valid_events(draw: st.DrawFn) -> Any:
     return event
 
 
-@settings(max_examples=1_000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=700, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(near_valid_events())
 def test_hand_coded_validator_agrees_with_the_schema(event: Any) -> None:
     _assert_agrees(event)
@@ -352,7 +346,7 @@ def test_the_agreement_test_sees_both_verdicts() -> None:
     """Guards the strategy above against drifting into all-valid or all-invalid events."""
     verdicts: list[bool] = []
 
-    @settings(max_examples=300, database=None, deadline=None)
+    @settings(max_examples=200, database=None, deadline=None)
     @given(near_valid_events())
     def collect(event: Any) -> None:
         verdicts.append(decode_event(orjson.dumps(event))[1] is None)
