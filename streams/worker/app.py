@@ -93,6 +93,11 @@ def run(settings: Settings, *, exit_when_idle_s: float | None = None) -> RunStat
     app, outcome = build_app(settings, pipeline, exit_when_idle_s=exit_when_idle_s)
     worker = faust.Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
     worker.spinner = None
+    # Our own progress at INFO; the libraries' chatter (group joins, service trees) only
+    # when something is wrong.
+    for noisy in ("faust", "mode", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     outcome["worker"] = worker
     with contextlib.suppress(SystemExit):
         worker.execute_from_commandline()

@@ -37,6 +37,7 @@ from streams.worker.state import changelog_spec, changelog_topic, restore
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 0.5
+PROGRESS_EVERY_S = 10.0
 BACKPRESSURE_AFTER_S = 1.0
 
 
@@ -116,6 +117,7 @@ class Pipeline:
         self._last_tick = 0.0
         self.last_work = time.monotonic()
         self.assigned = asyncio.Event()
+        self._last_progress = (time.monotonic(), 0)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -438,9 +440,30 @@ class Pipeline:
 
     # -- idle partitions -------------------------------------------------------------------
 
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress[0] < PROGRESS_EVERY_S:
+            return
+        st = self.stats
+        rate = (st.consumed - self._last_progress[1]) / (now - self._last_progress[0])
+        log.info(
+            "consumed %d (%.0f/s), invalid %d, duplicates %d, late %d, emitted %d; "
+            "partitions %s, open windows %d",
+            st.consumed,
+            rate,
+            st.invalid,
+            st.duplicates,
+            st.late,
+            st.emitted,
+            sorted(self.processors),
+            sum(p.open_windows for p in self.processors.values()),
+        )
+        self._last_progress = (now, st.consumed)
+
     async def _tick(self) -> None:
         """Advance idle, caught-up partitions by the wall clock; refresh lag gauges."""
         self._last_tick = time.monotonic()
+        self._log_progress()
         consumer = self._consumer
         assert consumer is not None
         wall = now_ms()
