@@ -134,7 +134,8 @@ class Publisher:
                     else sender.next_round_robin(partitions)
                 )
                 sender.append(topic, part, key, value)
-            await sender.send_full()
+            # Paced: every chunk goes out now (latency); bulk: only full batches (throughput).
+            await (sender.send_all() if rate else sender.send_full())
             report.sent += len(batch)
             if progress is not None:
                 progress(len(batch))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import sys
 import time
@@ -176,10 +177,8 @@ async def latency(args: Args) -> dict[str, Any]:
     """
     from streams.broker.admin import TopicSpec, ensure_topics
     from streams.broker.reading import read_topic
-    from streams.generator import generate_messages
-    from streams.publish import Publisher
     from streams.worker.metrics import WorkerMetrics
-    from streams.worker.pipeline import Health, Pipeline, now_ms
+    from streams.worker.pipeline import Health, Pipeline
 
     kafka = KafkaSettings(bootstrap_servers=args["bootstrap"])
     app_id, parts, rate = args["app_id"], args["partitions"], args["rate"]
@@ -204,18 +203,37 @@ async def latency(args: Args) -> dict[str, Any]:
     await worker.start()
     running = asyncio.ensure_future(worker.run(stop_after=total))
     await asyncio.wait_for(worker.assigned.wait(), timeout=60)
-    messages = [
-        (m.key, m.value) for m in generate_messages(total, seed=3, start_ts=now_ms(), rate=rate)
-    ]
-    async with Publisher(kafka) as publisher:
-        await publisher.publish(topics[0], messages, rate=rate)
+    # The publisher runs in its own process, as a real producer would: it must not share the
+    # worker's event loop or CPU time slice.
+    publisher = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "streams",
+        "generate",
+        "--count",
+        str(total),
+        "--rate",
+        str(rate),
+        "--start-ts",
+        "now",
+        "--seed",
+        "3",
+        "--topic",
+        topics[0],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": args["bootstrap"]},
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    if await publisher.wait() != 0:
+        raise RuntimeError("the latency publisher failed")
     await asyncio.wait_for(running, timeout=120)
     await worker.stop()
 
     size = settings.window_size_ms
     appended: dict[tuple[str, int], list[int]] = {}
+    input_bytes = 0
     for records in (await read_topic(kafka, topics[0])).values():
         for record in records:
+            input_bytes += len(record.value)
             event = orjson.loads(record.value)
             key = (event["user_id"], event["ts"] - event["ts"] % size)
             appended.setdefault(key, []).append(record.timestamp)
@@ -245,7 +263,7 @@ async def latency(args: Args) -> dict[str, Any]:
     return {
         "events": total,
         "seconds": args["seconds"],
-        "bytes": sum(len(v) for _, v in messages),
+        "bytes": input_bytes,
         "rate": rate,
         "measured": len(latencies),
         "p50_ms": pct(0.50),

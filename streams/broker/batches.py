@@ -86,13 +86,17 @@ class BatchSender:
         for topic, partition, batch in full:
             await self._submit(topic, partition, batch)
 
-    async def flush(self) -> None:
-        """Send everything appended so far and wait until the broker acknowledged all of it."""
+    async def send_all(self) -> None:
+        """Send every batch, full or not, without waiting for acknowledgements."""
         await self.send_full()
         open_batches, self._open = self._open, {}
         for (topic, partition), batch in open_batches.items():
             if batch.record_count():
                 await self._submit(topic, partition, batch)
+
+    async def flush(self) -> None:
+        """Send everything appended so far and wait until the broker acknowledged all of it."""
+        await self.send_all()
         pending, self._pending = self._pending, []
         if pending:
             await asyncio.gather(*pending)
