@@ -33,13 +33,13 @@ def metric(port: int, name: str) -> float | None:
             text = r.read().decode()
     except OSError:
         return None
-    values = [float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name)]
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
     return sum(values) if values else None
 
 
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
-        return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def start_worker(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
