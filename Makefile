@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint install kafka-stop clean
+.PHONY: run test lint tools install kafka-stop clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+tools:
+	deploy/tools/test-tools.sh
+
+test: lint tools
 	$(BIN)/pytest
 
 kafka-stop: $(STAMP)

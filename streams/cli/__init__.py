@@ -12,7 +12,20 @@ from streams import __version__
 from streams.errors import StreamsError
 
 # Verb modules; each defines a click command or group named ``command``.
-VERBS = ("kafka", "topics", "publish", "generate", "worker", "verify", "dlq", "demo", "schemas")
+VERBS = (
+    "kafka",
+    "topics",
+    "publish",
+    "generate",
+    "worker",
+    "verify",
+    "dlq",
+    "bench",
+    "demo",
+    "schemas",
+    "lag",
+    "lag_exporter",
+)
 
 
 class StreamsGroup(click.Group):

@@ -81,6 +81,9 @@ class WorkerMetrics:
         self.transactions = Counter(
             "streams_transactions_total", "Kafka transactions by outcome.", ["result"], registry=r
         )
+        self.ready = Gauge(
+            "streams_worker_ready", "1 when /health/ready answers 200, else 0.", registry=r
+        )
         self.lag = Gauge(
             "streams_consumer_lag_records",
             "Per assigned partition: log end offset minus the next offset to process.",

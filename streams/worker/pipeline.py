@@ -97,6 +97,7 @@ class Pipeline:
         self.settings = settings
         self.metrics = metrics
         self.health = health
+        metrics.ready.set_function(lambda: float(health.ready()))
         self.stats = RunStats()
         self.eos = settings.guarantee == "exactly_once"
         self.core_config = CoreConfig(
