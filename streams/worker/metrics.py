@@ -90,3 +90,10 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.lag_seconds = Gauge(
+            "streams_consumer_lag_seconds",
+            "Per assigned partition: how long ago the next offset to process was the head "
+            "(interpolated from samples of the head, as kafka-lag-exporter does).",
+            ["topic", "partition"],
+            registry=r,
+        )

@@ -14,6 +14,7 @@ previous owner and aborts its open transaction before it replays the state chang
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from streams.config import Settings
 from streams.core.config import CoreConfig
 from streams.core.processor import PartitionProcessor
 from streams.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC, dead_letter_headers
+from streams.lag.timelag import HeadHistory, estimate_time_lag
 from streams.publish import make_producer
 from streams.validation import decode_event
 from streams.worker.metrics import WorkerMetrics
@@ -119,6 +121,7 @@ class Pipeline:
         self.last_work = time.monotonic()
         self.assigned = asyncio.Event()
         self._last_progress = (time.monotonic(), 0)
+        self._heads: dict[int, HeadHistory] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -204,6 +207,7 @@ class Pipeline:
         async with self._lock:
             for p in partitions:
                 self.processors.pop(p, None)
+                self._forget_lag(p)
                 producer = self._txn_producers.pop(p, None)
                 if producer is not None:
                     await producer.stop()
@@ -479,7 +483,7 @@ class Pipeline:
                 position = await consumer.position(tp)
             except Exception:
                 continue
-            self.metrics.lag.labels(topic, str(p)).set(max(0, end - position))
+            self._record_lag(p, position, end)
             emitted = processor.tick(wall, caught_up=position >= end)
             sender = self._sender(p, senders)
             self._emit(sender, emitted, wall)
@@ -501,6 +505,25 @@ class Pipeline:
             if end is None or await consumer.position(tp) < end:
                 return False
         return True
+
+    def _record_lag(self, p: int, position: int, end: int) -> None:
+        history = self._heads.get(p)
+        if history is None:
+            history = self._heads[p] = HeadHistory(max_points=120)
+        wall = time.time()
+        history.add(end, wall)
+        labels = (self.settings.input_topic, str(p))
+        self.metrics.lag.labels(*labels).set(max(0, end - position))
+        seconds = estimate_time_lag(history, position, end, wall).seconds
+        if seconds is not None:
+            self.metrics.lag_seconds.labels(*labels).set(seconds)
+
+    def _forget_lag(self, p: int) -> None:
+        self._heads.pop(p, None)
+        labels = (self.settings.input_topic, str(p))
+        for gauge in (self.metrics.lag, self.metrics.lag_seconds):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def _update_state_gauges(self) -> None:
         procs = self.processors.values()
