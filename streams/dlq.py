@@ -127,11 +127,11 @@ async def replay(
     group = f"{dlq_topic}.replay"
     progress = {} if from_beginning else await committed_offsets(kafka, group, dlq_topic)
     letters = await read_topic(kafka, dlq_topic, start_offsets=progress)
-    producer = make_producer(kafka)
-    if not dry_run:
+    producer = None if dry_run else make_producer(kafka)
+    if producer is not None:
         await start_client(producer, kafka)
     try:
-        sender = BatchSender(producer)
+        sender = BatchSender(producer) if producer is not None else None
         for records in letters.values():
             for letter in records:
                 report.scanned += 1
@@ -149,7 +149,7 @@ async def replay(
                     continue
                 report.replayed += 1
                 report.by_destination[destination] = report.by_destination.get(destination, 0) + 1
-                if dry_run:
+                if sender is None:
                     continue
                 parts = await sender.partitions(destination)
                 key = letter.key
@@ -164,11 +164,11 @@ async def replay(
                     headers=[(HEADER_REPLAYS, str(replays + 1).encode())],
                 )
                 await sender.send_full()
-        if not dry_run:
+        if sender is not None:
             await sender.flush()
             scanned_to = {p: records[-1].offset + 1 for p, records in letters.items() if records}
             await commit_offsets(kafka, group, dlq_topic, scanned_to)
     finally:
-        if not dry_run:
+        if producer is not None:
             await producer.stop()
     return report

@@ -494,8 +494,16 @@ class Pipeline:
             await self._commit(senders, {})
 
     async def _idle_for(self, seconds: float) -> bool:
-        """True when assigned, caught up, and nothing was consumed or emitted for ``seconds``."""
-        if not self.assigned.is_set() or time.monotonic() - self.last_work < seconds:
+        """True when assigned, caught up, and nothing was consumed or emitted for ``seconds``.
+
+        Also not before idle advance has had its turn since the last batch: exiting earlier
+        would leave windows open that an idle partition is meant to close.
+        """
+        now = time.monotonic()
+        if not self.assigned.is_set() or now - self.last_work < seconds:
+            return False
+        idle_turn = self.settings.idle_timeout_ms / 1000 + 2 * TICK_INTERVAL_S
+        if self.stats.last_batch_at and now - self.stats.last_batch_at < idle_turn:
             return False
         consumer = self._consumer
         assert consumer is not None
