@@ -3,13 +3,16 @@
 The topic is co-partitioned with the input, so keys only need to be unique within a partition.
 Every value is compact JSON; ``None`` is a tombstone.
 
-==================  ==========================================================================
-key                 value
-==================  ==========================================================================
-``t``               ``[stream_time, last_activity, stream_time_at_last_activity]`` (null: none)
-``w<start>:<user>`` one open aggregate ``[count, sum, min, max]`` of window ``start``
-``d<seq>``          ``{event_id: ts}`` accepted in the batch the shell numbered ``seq``
-==================  ==========================================================================
+===================  =========================================================================
+key                  value
+===================  =========================================================================
+``t``                ``[stream_time, last_activity, stream_time_at_last_activity]``, null: none
+``w<start>:<user>``  one open aggregate ``[count, sum, min, max]`` of window ``start``
+``d<seq>``           ``{event_id: ts}`` accepted in the batch the shell numbered ``seq``
+===================  =========================================================================
+
+Records are written in the order the state changed; applying them in topic order, with or
+without compaction, rebuilds the state.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ def recompute_partition(events: Sequence[Mapping[str, Any]], config: CoreConfig)
     horizon = config.dedupe_horizon_ms
 
     stream_time: int | None = None
-    # event_id -> the largest ts it was accepted with
+    # event_id -> the largest ts it was accepted with: some earlier acceptance is within the
+    # horizon exactly when the one with the largest ts is
     accepted_ts: dict[str, int] = {}
     # window start -> user_id -> amount of each accepted event (None when absent), in order
     amounts: dict[int, dict[str, list[float | None]]] = {}

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.core import CoreConfig, PartitionProcessor
+from streams.core import BatchOutcome, CoreConfig, PartitionProcessor
 from streams.errors import ConfigError
 
 # Small numbers so that windows close after a handful of events.
@@ -65,7 +65,7 @@ class Feed:
         self.offset = 0
         self.now = 1_000
 
-    def batch(self, *events: dict[str, Any]) -> Any:
+    def batch(self, *events: dict[str, Any]) -> BatchOutcome:
         outcome = self.processor.process(list(events), self.now, self.offset)
         self.offset += len(events)
         return outcome

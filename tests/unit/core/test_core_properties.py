@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,7 @@ def batchings(draw: st.DrawFn, count: int) -> list[tuple[int, int]]:
     """Cuts ``count`` events into consecutive batches, as ``(begin, end)`` index pairs."""
     cuts = sorted(set(draw(st.lists(st.integers(1, max(count - 1, 1)), max_size=count))))
     bounds = [0, *[cut for cut in cuts if cut < count], count]
-    return list(zip(bounds, bounds[1:], strict=False))
+    return list(itertools.pairwise(bounds))
 
 
 @dataclass
@@ -113,7 +114,7 @@ def run_batches(
     return run
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(config=configs(), events=event_streams(), data=st.data())
 def test_processor_matches_reference(
     config: CoreConfig, events: list[dict[str, Any]], data: st.DataObject
@@ -126,7 +127,7 @@ def test_processor_matches_reference(
     assert run.duplicates == expected.duplicates
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(config=configs(), events=event_streams(), data=st.data())
 def test_everything_is_released_once_all_windows_close(
     config: CoreConfig, events: list[dict[str, Any]], data: st.DataObject
@@ -139,7 +140,7 @@ def test_everything_is_released_once_all_windows_close(
     assert [key for key, _ in state] == [b"t"]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(config=configs(emit_updates=True), events=event_streams(), data=st.data())
 def test_updates_carry_current_values_of_changed_open_windows(
     config: CoreConfig, events: list[dict[str, Any]], data: st.DataObject
@@ -207,18 +208,25 @@ class Tick:
     caught_up: bool
 
 
-Step = Batch | Tick
+@dataclass(frozen=True)
+class Touch:
+    now_ms: int
+
+
+Step = Batch | Tick | Touch
 
 
 @st.composite
 def schedules(draw: st.DrawFn, count: int) -> list[Step]:
-    """Batches covering ``count`` events, interleaved with ticks and a wall clock moving on."""
+    """Batches covering ``count`` events, interleaved with ticks and touches (batches of only
+    invalid records) while the wall clock moves on."""
     steps: list[Step] = []
     now = draw(st.integers(0, 200))
     for begin, end in draw(batchings(count)):
         for _ in range(draw(st.integers(0, 2))):
             now += draw(st.integers(0, 40))
-            steps.append(Tick(now, draw(st.booleans())))
+            idle: list[Step] = [Tick(now, True), Tick(now, False), Touch(now)]
+            steps.append(draw(st.sampled_from(idle)))
         now += draw(st.integers(0, 40))
         steps.append(Batch(begin, end, now))
     return steps
@@ -229,11 +237,14 @@ def perform(
 ) -> tuple[Any, ...]:
     if isinstance(step, Tick):
         return ("tick", processor.tick(step.now_ms, step.caught_up))
+    if isinstance(step, Touch):
+        processor.touch(step.now_ms)
+        return ("touch",)
     outcome = processor.process(events[step.begin : step.end], step.now_ms, step.begin)
     return ("batch", outcome.emitted, outcome.late, outcome.duplicates, outcome.accepted)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(
     config=configs(emit_updates=False) | configs(emit_updates=True),
     events=event_streams(),
