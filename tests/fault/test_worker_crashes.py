@@ -21,13 +21,14 @@ async def test_exactly_once_survives_repeated_sigkills(
 ) -> None:
     run = pipeline_run(partitions=3)
     await run.create_topics()
-    await run.publish(150_000, seed=21, dup_ratio=0.02, late_ratio=0.01, bad_ratio=0.01)
+    await run.publish(200_000, seed=21, dup_ratio=0.02, late_ratio=0.01, bad_ratio=0.01)
     rng = random.Random(7)
     for _ in range(3):
         worker = run.start_worker(**EOS)
-        # Kill after the worker has committed at least one batch, at a random later point.
-        worker.wait_metric_at_least(CONSUMED, 1)
-        await asyncio.sleep(rng.uniform(0.0, 1.0))
+        # Kill at a random point after the worker has committed at least one batch, and well
+        # before the input runs out (a fetch brings at most 20k records).
+        worker.wait_metric_at_least(CONSUMED, rng.randint(1, 30_000))
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
         worker.kill()
     final = run.start_worker(exit_when_idle=3, **EOS).finish()
     assert final["consumed"] > 0, "the kills came after all input was processed"
