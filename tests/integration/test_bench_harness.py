@@ -1,0 +1,62 @@
+"""The benchmark harness keeps working: every scenario runs and processes every event.
+
+No figure is asserted here (performance is measured with `streams bench`, not in tests); this
+only guards the harness against rot.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 50_000
+FAUST_EVENTS = 3_000
+
+
+def test_bench_runs_every_scenario_on_every_event(project_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "bench",
+            "--events",
+            str(EVENTS),
+            "--faust-events",
+            str(FAUST_EVENTS),
+            "--latency-seconds",
+            "3",
+            "--json",
+        ],
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = orjson.loads(done.stdout.strip().splitlines()[-1])
+    rows = {row["scenario"]: row for row in report["results"]}
+    assert set(rows) == {
+        "publish",
+        "limit",
+        "decode",
+        "faust-naive",
+        "pipeline-alo",
+        "pipeline-eos",
+        "latency",
+    }
+    for name in ("publish", "limit", "decode", "pipeline-alo", "pipeline-eos"):
+        assert rows[name]["events"] == EVENTS, name
+    assert rows["faust-naive"]["events"] == FAUST_EVENTS
+    assert rows["latency"]["measured"] == rows["latency"]["events"] > 0
+    assert rows["limit"]["ratio_to_limit"] == 1.0
+    for row in rows.values():
+        assert row["events_per_second"] > 0
+        assert row["seconds"] > 0
+    assert {"date", "python", "kafka", "cpu"} <= set(report["environment"])
