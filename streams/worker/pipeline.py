@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from streams.broker.admin import ensure_topics, pipeline_topics, start_client
 from streams.broker.batches import BatchSender, partition_for
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 0.5
 PROGRESS_EVERY_S = 10.0
+POSITION_WAIT_S = 0.2
 BACKPRESSURE_AFTER_S = 1.0
 
 
@@ -383,6 +385,12 @@ class Pipeline:
             topic = self.settings.input_topic
             try:
                 await consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
+            except CommitFailedError as exc:
+                # The group moved on (a rebalance): the partitions' next owner resumes from the
+                # last committed offsets and re-reads this batch — at-least-once, by design.
+                self.metrics.commit_failures.inc()
+                log.warning("offset commit failed in a rebalance (%s); the batch will repeat", exc)
+                return
             except Exception:
                 self.metrics.commit_failures.inc()
                 raise
@@ -469,6 +477,8 @@ class Pipeline:
         """Advance idle, caught-up partitions by the wall clock; refresh lag gauges."""
         self._last_tick = time.monotonic()
         self._log_progress()
+        if self.health.rebalancing:
+            return
         consumer = self._consumer
         assert consumer is not None
         wall = now_ms()
@@ -479,9 +489,8 @@ class Pipeline:
             end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
             if end is None:
                 continue
-            try:
-                position = await consumer.position(tp)
-            except Exception:
+            position = await self._position(tp)
+            if position is None:
                 continue
             self._record_lag(p, position, end)
             emitted = processor.tick(wall, caught_up=position >= end)
@@ -510,9 +519,24 @@ class Pipeline:
         for p in self.processors:
             tp = TopicPartition(self.settings.input_topic, p)
             end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
-            if end is None or await consumer.position(tp) < end:
+            position = await self._position(tp)
+            if end is None or position is None or position < end:
                 return False
         return True
+
+    async def _position(self, tp: TopicPartition) -> int | None:
+        """The consumer's position, or None if it is not known right now.
+
+        ``AIOKafkaConsumer.position`` waits until a position is valid, which during a rebalance
+        only happens after ``on_partitions_assigned`` returns; waiting here, with the lock held,
+        would deadlock with that callback. So the wait is short, and a miss is skipped.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            return await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
+        except (TimeoutError, AssertionError, KafkaError):
+            return None
 
     def _record_lag(self, p: int, position: int, end: int) -> None:
         history = self._heads.get(p)
