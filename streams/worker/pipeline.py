@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Iterable
@@ -129,6 +130,10 @@ class Pipeline:
 
     async def start(self) -> None:
         """Create missing topics, start the clients, join the consumer group."""
+        # Window and dedupe state is large, long-lived and free of reference cycles: full
+        # collections over it are pure pause (hundreds of ms with a million keys). Collect
+        # young objects often and the old generation rarely; restored state is frozen.
+        gc.set_threshold(50_000, 50, 1_000)
         s = self.settings
         kafka = s.kafka
         await ensure_topics(kafka, pipeline_topics(s))
@@ -254,6 +259,7 @@ class Pipeline:
             )
             self.processors.update(fresh)
             self._update_state_gauges()
+            gc.freeze()
         finally:
             self.health.restoring = False
 
