@@ -12,6 +12,20 @@ from streams.config import KafkaSettings
 from streams.errors import BrokerError
 
 
+async def bulk_reader(kafka: KafkaSettings, *, read_committed: bool) -> AIOKafkaConsumer:
+    """A started consumer outside any group, with large fetches, for reading whole partitions."""
+    consumer = AIOKafkaConsumer(
+        **kafka.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=32 * 1024 * 1024,
+    )
+    await start_client(consumer, kafka)
+    return consumer
+
+
 async def read_topic(
     kafka: KafkaSettings,
     topic: str,
@@ -26,15 +40,7 @@ async def read_topic(
     skipped and open ones are waited for (up to ``timeout_s``). ``start_offsets`` begins
     some partitions later than their first offset.
     """
-    consumer = AIOKafkaConsumer(
-        **kafka.client_kwargs(),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed" if read_committed else "read_uncommitted",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
-    )
-    await start_client(consumer, kafka)
+    consumer = await bulk_reader(kafka, read_committed=read_committed)
     try:
         tps = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
         consumer.assign(tps)

@@ -12,9 +12,10 @@ import logging
 import time
 from collections.abc import Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from streams.broker.admin import TopicSpec
+from streams.broker.reading import bulk_reader
 from streams.config import KafkaSettings, Settings
 from streams.core.processor import PartitionProcessor
 from streams.errors import BrokerError
@@ -49,15 +50,7 @@ async def restore(
     """Replay changelog partitions into their processors; returns records applied."""
     if not processors:
         return 0
-    consumer = AIOKafkaConsumer(
-        **kafka.client_kwargs(),
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed" if read_committed else "read_uncommitted",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=32 * 1024 * 1024,
-    )
-    await consumer.start()
+    consumer = await bulk_reader(kafka, read_committed=read_committed)
     started = time.monotonic()
     applied = 0
     try:

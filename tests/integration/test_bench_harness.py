@@ -12,6 +12,8 @@ import sys
 import orjson
 import pytest
 
+from streams.bench.runner import ALL_SCENARIOS
+
 pytestmark = pytest.mark.integration
 
 EVENTS = 50_000
@@ -42,15 +44,7 @@ def test_bench_runs_every_scenario_on_every_event(project_env: dict[str, str]) -
     assert done.returncode == 0, done.stderr[-3000:]
     report = orjson.loads(done.stdout.strip().splitlines()[-1])
     rows = {row["scenario"]: row for row in report["results"]}
-    assert set(rows) == {
-        "publish",
-        "limit",
-        "decode",
-        "faust-naive",
-        "pipeline-alo",
-        "pipeline-eos",
-        "latency",
-    }
+    assert set(rows) == set(ALL_SCENARIOS)
     for name in ("publish", "limit", "decode", "pipeline-alo", "pipeline-eos"):
         assert rows[name]["events"] == EVENTS, name
     assert rows["faust-naive"]["events"] == FAUST_EVENTS
