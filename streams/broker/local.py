@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -355,6 +356,8 @@ def metadata_answers(bootstrap: str, *, timeout_s: float = 5.0) -> bool:
 
     async def probe() -> bool:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        # Refused connections are the expected answer while a broker starts: not errors.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         try:
             await asyncio.wait_for(admin.start(), timeout_s)
             await asyncio.wait_for(admin.describe_cluster(), timeout_s)

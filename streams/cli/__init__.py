@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import Any
 
@@ -43,6 +44,9 @@ class StreamsGroup(click.Group):
 @click.version_option(__version__, prog_name="streams")
 def main() -> None:
     """Event-streaming pipeline on Apache Kafka: publish, process, monitor."""
+    # Client libraries log connection retries as errors; a command reports failures itself,
+    # in one line. (The worker sets its own levels.)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 for _verb in VERBS:

@@ -70,6 +70,9 @@ def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float
     async def run_pipeline() -> None:
         try:
             await pipeline.start()
+            # From here on a client error is news worth a log line; before, the failure is
+            # reported once, as a StreamsError.
+            logging.getLogger("aiokafka").setLevel(logging.ERROR)
             outcome["stats"] = await pipeline.run(exit_when_idle_s=exit_when_idle_s)
         except StreamsError as exc:
             outcome["error"] = exc
@@ -97,7 +100,6 @@ def run(settings: Settings, *, exit_when_idle_s: float | None = None) -> RunStat
     # when something is wrong.
     for noisy in ("faust", "mode", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     outcome["worker"] = worker
     with contextlib.suppress(SystemExit):
         worker.execute_from_commandline()
