@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -175,23 +177,35 @@ async def _watch(
 ) -> None:
     from rich.live import Live
 
+    # Ctrl-C or SIGTERM ends the loop between samples: cancelling a request half-way can
+    # leave the client's clean-up waiting on it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def pause() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+
     async with LagCollector(kafka) as collector:
         session = _Session(collector, groups, topic, window_s)
         if as_json or not console.is_terminal:
-            while True:
+            while not stop.is_set():
                 await session.sample()
                 reports = await session.reports()
                 if as_json:
                     click.echo(_as_json(reports, session))
                 else:
                     console.print(render(reports, session.heading(kafka)))
-                await asyncio.sleep(interval_s)
+                await pause()
+            return
         with Live(console=console, auto_refresh=False) as live:
-            while True:
+            while not stop.is_set():
                 await session.sample()
                 reports = await session.reports()
                 live.update(render(reports, session.heading(kafka)), refresh=True)
-                await asyncio.sleep(interval_s)
+                await pause()
 
 
 @click.command(name="lag")
