@@ -13,7 +13,8 @@ from streams.config import Settings
     "--exit-when-idle",
     type=float,
     default=None,
-    help="Exit after this many seconds with nothing to consume or emit (demos, tests).",
+    help="Exit once caught up with every window emitted and nothing to do for this many "
+    "seconds (demos, tests).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run's totals as JSON at exit.")
 def command(exit_when_idle: float | None, as_json: bool) -> None:

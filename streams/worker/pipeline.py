@@ -509,13 +509,17 @@ class Pipeline:
             await self._commit(senders, {})
 
     async def _idle_for(self, seconds: float) -> bool:
-        """True when assigned, caught up, and nothing was consumed or emitted for ``seconds``.
+        """True when assigned, caught up, every window emitted, and nothing was consumed or
+        emitted for ``seconds``.
 
-        Also not before idle advance has had its turn since the last batch: exiting earlier
-        would leave windows open that an idle partition is meant to close.
+        Windows close by idle advance once the input stops (stream time follows the wall
+        clock), so a worker waiting to exit lets the last ones close: up to window size +
+        grace after the last event for live event times, one idle timeout for past ones.
         """
         now = time.monotonic()
         if not self.assigned.is_set() or now - self.last_work < seconds:
+            return False
+        if any(processor.open_windows for processor in self.processors.values()):
             return False
         idle_turn = self.settings.idle_timeout_ms / 1000 + 2 * TICK_INTERVAL_S
         if self.stats.last_batch_at and now - self.stats.last_batch_at < idle_turn:
