@@ -9,29 +9,11 @@ import pytest
 
 from streams.core import BatchOutcome, CoreConfig, PartitionProcessor
 from streams.errors import ConfigError
+from tests.unit.core.events import TUMBLING, event
 
-# Small numbers so that windows close after a handful of events.
-TUMBLING = CoreConfig(
-    window_size_ms=10, window_step_ms=10, grace_ms=5, idle_timeout_ms=30, dedupe_horizon_ms=100
-)
 HOPPING = CoreConfig(
     window_size_ms=10, window_step_ms=5, grace_ms=0, idle_timeout_ms=30, dedupe_horizon_ms=100
 )
-
-
-def event(
-    event_id: str, ts: int, user_id: str = "u", amount: float | None = None
-) -> dict[str, Any]:
-    """A validated event as the shell hands it over."""
-    fields: dict[str, Any] = {
-        "event_id": event_id,
-        "type": "page_view",
-        "user_id": user_id,
-        "ts": ts,
-    }
-    if amount is not None:
-        fields["amount"] = amount
-    return fields
 
 
 def final(

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.core import CoreConfig, recompute, recompute_partition
+from tests.unit.core.events import TUMBLING, event
 
-CONFIG = CoreConfig(
-    window_size_ms=10, window_step_ms=10, grace_ms=5, idle_timeout_ms=30, dedupe_horizon_ms=100
-)
-
-
-def event(
-    event_id: str, ts: int, user_id: str = "u", amount: float | None = None
-) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "event_id": event_id,
-        "type": "page_view",
-        "user_id": user_id,
-        "ts": ts,
-    }
-    if amount is not None:
-        fields["amount"] = amount
-    return fields
+CONFIG = TUMBLING
 
 
 @settings(max_examples=200, deadline=None)
