@@ -379,7 +379,8 @@ class Pipeline:
 
     async def _commit(self, senders: dict[int, BatchSender], offsets: dict[int, int]) -> None:
         if self.eos:
-            parts = [p for p in senders if p >= 0]
+            # A transaction only where there is something to commit: records or offsets.
+            parts = [p for p, sender in senders.items() if sender.records or p in offsets]
             await asyncio.gather(*(self._commit_txn(p, senders[p], offsets.get(p)) for p in parts))
             return
         sender = senders.get(-1)
