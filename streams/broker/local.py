@@ -104,6 +104,15 @@ def fetch_jars(version: str = KAFKA_VERSION, *, timeout_s: float = 600.0) -> Pat
     return libs
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 22 URL-safe base64 characters, never starting with ``-``
+    (the storage tool would read that as an option; Kafka's own generator avoids it too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def java_command(libs: Path, main: str, *args: str, jvm_args: list[str] | None = None) -> list[str]:
     """The command line running ``main`` from Kafka's jars."""
     java = _require("java", "install a Java 17+ runtime (e.g. `apt-get install default-jre`)")
@@ -283,7 +292,7 @@ class LocalKafka:
         ]
 
     def _format(self, libs: Path, props: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         cmd = java_command(
             libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)
         )
