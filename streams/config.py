@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import ssl
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.errors import ConfigError
 
+if TYPE_CHECKING:
+    from streams.core.spill import KeyValueStore
+
 GUARANTEES = ("at_least_once", "exactly_once")
 EMIT_MODES = ("final", "updates")
+STORES = ("memory", "rocksdb")
+DEFAULT_STATE_DIR = os.path.join(tempfile.gettempdir(), "streams-state")
+ROCKSDB_MISSING = (
+    "STREAMS_STORE=rocksdb needs the rocksdict package: pip install 'streams[rocksdb]'"
+)
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -27,6 +40,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         ) from None
     if value < minimum:
         raise ConfigError(f"{name}={value} is below the minimum {minimum}; raise it")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} is above the maximum {maximum}; lower it")
     return value
 
 
@@ -74,23 +89,78 @@ class KafkaSettings:
             ssl_keyfile=env.get("KAFKA_SSL_KEYFILE") or None,
         )
 
+    @property
+    def uses_tls(self) -> bool:
+        """True for SSL and SASL_SSL."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client TLS context: verifies brokers against ``KAFKA_SSL_CAFILE`` (else the
+        system's CAs) and their host names; presents a client certificate when one is set.
+
+        A file that cannot be read or parsed raises a :class:`ConfigError` naming its variable.
+        """
+        from aiokafka.helpers import create_ssl_context
+
+        try:
+            context = create_ssl_context(cafile=self.ssl_cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"KAFKA_SSL_CAFILE={self.ssl_cafile} cannot be loaded ({_reason(exc)}); "
+                "point it to a PEM file of the CA that signed the brokers' certificates"
+            ) from None
+        if self.ssl_certfile or self.ssl_keyfile:
+            if not self.ssl_certfile:
+                raise ConfigError("KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE; set both")
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                files = f"KAFKA_SSL_CERTFILE={self.ssl_certfile}"
+                if self.ssl_keyfile:
+                    files += f" and KAFKA_SSL_KEYFILE={self.ssl_keyfile}"
+                raise ConfigError(
+                    f"{files} cannot be loaded ({_reason(exc)}); they must hold the client "
+                    "certificate and its unencrypted private key, in PEM"
+                ) from None
+        return context
+
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by every aiokafka client (producer, consumer, admin)."""
         kwargs: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "security_protocol": self.security_protocol,
         }
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            kwargs["ssl_context"] = create_ssl_context(
-                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
-            )
+        if self.uses_tls:
+            kwargs["ssl_context"] = self.ssl_context()
         if self.security_protocol.startswith("SASL"):
             kwargs["sasl_mechanism"] = self.sasl_mechanism
             kwargs["sasl_plain_username"] = self.sasl_username
             kwargs["sasl_plain_password"] = self.sasl_password
         return kwargs
+
+    def faust_credentials(self) -> Any:
+        """``broker_credentials`` for a ``faust.App`` (None for PLAINTEXT): the same
+        protocol, SASL user and TLS context as :meth:`client_kwargs`."""
+        import faust
+
+        context = self.ssl_context() if self.uses_tls else None
+        if self.security_protocol.startswith("SASL"):
+            return faust.SASLCredentials(
+                username=self.sasl_username,
+                password=self.sasl_password,
+                ssl_context=context,
+                mechanism=self.sasl_mechanism,
+            )
+        if context is not None:
+            return faust.SSLCredentials(context)
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS or TLS error without its errno prefix, e.g. ``No such file or directory``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 @dataclass(frozen=True)
@@ -114,6 +184,9 @@ class Settings:
     metrics_port: int = 9108
     max_message_bytes: int = 1_048_576
     session_timeout_ms: int = 10_000
+    metadata_refresh_ms: int = 30_000
+    store: str = "memory"
+    state_dir: str = DEFAULT_STATE_DIR
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -126,6 +199,9 @@ class Settings:
                 f"STREAMS_WINDOW_STEP_MS={step} is larger than STREAMS_WINDOW_SIZE_MS={size}; "
                 "a hop must not exceed the window size"
             )
+        store = _choice(env, "STREAMS_STORE", "memory", STORES)
+        if store == "rocksdb" and importlib.util.find_spec("rocksdict") is None:
+            raise ConfigError(ROCKSDB_MISSING)
         return cls(
             kafka=KafkaSettings.from_env(env),
             app_id=env.get("STREAMS_APP_ID") or "streams-pipeline",
@@ -141,7 +217,22 @@ class Settings:
             dedupe_horizon_ms=_int(env, "STREAMS_DEDUPE_HORIZON_MS", 3_600_000),
             guarantee=_choice(env, "STREAMS_GUARANTEE", "at_least_once", GUARANTEES),
             emit=_choice(env, "STREAMS_EMIT", "final", EMIT_MODES),
-            metrics_port=_int(env, "STREAMS_METRICS_PORT", 9108),
+            metrics_port=_int(env, "STREAMS_METRICS_PORT", 9108, minimum=1, maximum=65535),
             max_message_bytes=_int(env, "STREAMS_MAX_MESSAGE_BYTES", 1_048_576, minimum=1),
             session_timeout_ms=_int(env, "STREAMS_SESSION_TIMEOUT_MS", 10_000, minimum=6_000),
+            metadata_refresh_ms=_int(env, "STREAMS_METADATA_REFRESH_MS", 30_000, minimum=1_000),
+            store=store,
+            state_dir=env.get("STREAMS_STATE_DIR") or DEFAULT_STATE_DIR,
         )
+
+    def open_store(self, partition: int) -> KeyValueStore | None:
+        """The state store of an input partition being adopted: None keeps state in memory.
+
+        With ``rocksdb``, a new, empty RocksDB database under ``state_dir`` that the changelog
+        replay then fills (see :mod:`streams.state.rocks`).
+        """
+        if self.store == "memory":
+            return None
+        from streams.state.rocks import open_store
+
+        return open_store(self.state_dir, self.app_id, partition)

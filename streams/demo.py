@@ -35,6 +35,7 @@ def build_app(settings: Settings, app_id: str, topic_name: str) -> tuple[faust.A
     app = faust.App(
         app_id,
         broker=broker,
+        broker_credentials=settings.kafka.faust_credentials(),
         store="memory://",
         value_serializer=codec,
         web_enabled=False,

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,12 @@ from streams.errors import BrokerError
 Message = tuple[bytes | None, bytes]
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 _CHUNK = 2_000
+# Wait for acknowledgements every so many messages: bounds what a replaced producer resends.
+_ACK_EVERY = 50_000
+_ACK_INTERVAL_S = 0.5
+RECOVER_FOR_S = 300.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,13 +89,30 @@ def make_producer(
 
 
 class Publisher:
-    """Publishes (key, value) messages in batches; partitions follow the Java default."""
+    """Publishes (key, value) messages in batches; partitions follow the Java default.
 
-    def __init__(self, kafka: KafkaSettings, *, compression: str | None = None) -> None:
+    No loss when the broker fails: the idempotent producer retries through outages, and when
+    it gives up for good (aiokafka's idempotent producer dies on e.g. ``OutOfOrderSequence``
+    after a broker crash, where the Java client would reset its producer id), the publisher
+    starts a new producer and resends every message not yet acknowledged. Those resends are
+    the one case where a message can land twice (a new producer id cannot be deduplicated
+    against the old one); the pipeline drops such repeats by ``event_id``.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        compression: str | None = None,
+        recover_for_s: float = RECOVER_FOR_S,
+    ) -> None:
         if compression not in (None, *COMPRESSIONS):
             raise ValueError(f"compression must be one of {COMPRESSIONS}")
         self._kafka = kafka
+        self._compression = compression
         self._producer = make_producer(kafka, compression=compression)
+        self._recover_for_s = recover_for_s
+        self.resends = 0
 
     async def __aenter__(self) -> Publisher:
         await start_client(self._producer, self._kafka)
@@ -100,7 +124,7 @@ class Publisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._producer.stop()
+        await _stop(self._producer)
 
     async def publish(
         self,
@@ -127,27 +151,83 @@ class Publisher:
         # Paced publishing goes out in 20 ms slices, so a consumer sees a steady stream.
         chunk = max(1, min(_CHUNK, int(rate / 50))) if rate else _CHUNK
         sent_before = report.sent
+        # Messages sent since the last acknowledged flush: what a new producer must resend.
+        unacked: list[Message] = []
+        acked_at = time.monotonic()
         for batch in _chunks(messages, chunk):
-            for key, value in batch:
-                part = (
-                    partition_for(key, partitions)
-                    if key is not None
-                    else sender.next_round_robin(partitions)
-                )
-                sender.append(topic, part, key, value)
-            # Paced: every chunk goes out now (latency); bulk: only full batches (throughput).
-            await (sender.send_all() if rate else sender.send_full())
+            unacked.extend(batch)
+            try:
+                _append(sender, topic, partitions, batch)
+                # Paced: every chunk goes out now (latency); bulk: only full batches.
+                await (sender.send_all() if rate else sender.send_full())
+                if len(unacked) >= _ACK_EVERY or time.monotonic() - acked_at >= _ACK_INTERVAL_S:
+                    await sender.flush()
+                    unacked = []
+                    acked_at = time.monotonic()
+            except KafkaError as exc:
+                sender = await self._resend(topic, partitions, unacked, exc)
+                unacked = []
             report.sent += len(batch)
+            report.bytes += sum(len(v) + len(k or b"") for k, v in batch)
             if progress is not None:
                 progress(len(batch))
             if rate:
                 ahead = (report.sent - sent_before) / rate - (time.perf_counter() - started)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-        await sender.flush()
-        report.bytes += sender.bytes
+        try:
+            await sender.flush()
+        except KafkaError as exc:
+            await self._resend(topic, partitions, unacked, exc)
         report.seconds += time.perf_counter() - started
         return report
+
+    async def _resend(
+        self, topic: str, partitions: int, unacked: list[Message], cause: Exception
+    ) -> BatchSender:
+        """Replace a failed producer and resend ``unacked``; a BatchSender on the new one."""
+        deadline = time.monotonic() + self._recover_for_s
+        while True:
+            log.warning(
+                "producer failed (%s); resending %d unacknowledged messages with a new one",
+                type(cause).__name__,
+                len(unacked),
+            )
+            await _stop(self._producer)
+            self._producer = make_producer(self._kafka, compression=self._compression)
+            try:
+                await start_client(self._producer, self._kafka)
+                sender = BatchSender(self._producer)
+                _append(sender, topic, partitions, unacked)
+                await sender.flush()
+            except (KafkaError, BrokerError) as exc:
+                if time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"publishing to {topic!r} failed for {self._recover_for_s:.0f}s "
+                        f"({exc}); is the broker at {self._kafka.bootstrap_servers} up?"
+                    ) from None
+                cause = exc
+                await asyncio.sleep(1.0)
+                continue
+            self.resends += len(unacked)
+            return sender
+
+
+def _append(sender: BatchSender, topic: str, partitions: int, batch: list[Message]) -> None:
+    for key, value in batch:
+        part = (
+            partition_for(key, partitions)
+            if key is not None
+            else sender.next_round_robin(partitions)
+        )
+        sender.append(topic, part, key, value)
+
+
+async def _stop(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), 10.0)
+    except Exception as exc:  # a producer whose sender died may fail to stop; drop it
+        log.debug("producer did not stop cleanly: %r", exc)
 
 
 def _chunks(messages: Iterable[Message], size: int) -> Iterator[list[Message]]:

@@ -13,12 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import orjson
 import pytest
@@ -135,6 +137,7 @@ class PipelineRun:
         self.kafka = KafkaSettings(bootstrap_servers=bootstrap)
         self.partitions = partitions
         self.app_id = unique_name("app")
+        self.log_dir = Path(tempfile.mkdtemp(prefix=f"{self.app_id}-"))
         self.input = unique_name("events")
         self.output = unique_name("aggregates")
         self.dlq = unique_name("dlq")
@@ -184,15 +187,17 @@ class PipelineRun:
         cmd = [sys.executable, "-m", "streams", "worker", "--json"]
         if exit_when_idle is not None:
             cmd += ["--exit-when-idle", str(exit_when_idle)]
-        proc = subprocess.Popen(
-            cmd,
-            env={**self.env, "STREAMS_METRICS_PORT": str(port), **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        log_path = self.log_dir / f"worker-{len(self.workers)}.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                cmd,
+                env={**self.env, "STREAMS_METRICS_PORT": str(port), **env},
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
         self.workers.append(proc)
-        return Worker(proc, port)
+        return Worker(proc, port, log_path)
 
     async def verify(self, **settings: int) -> VerifyReport:
         """``streams verify`` of this run's output against its input."""
@@ -210,6 +215,7 @@ class PipelineRun:
             config=config,
             dlq_topic=self.dlq,
             late_topic=self.late,
+            max_message_bytes=settings.get("max_message_bytes", s.max_message_bytes),
         )
 
     def kill_all(self) -> None:
@@ -221,11 +227,16 @@ class PipelineRun:
 
 
 class Worker:
-    """A running ``streams worker`` subprocess and its metrics endpoint."""
+    """A running ``streams worker`` subprocess, its metrics endpoint and its log file.
 
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
+    The log goes to a file, never to a pipe nobody reads while the worker runs: a worker that
+    logs a lot (a broker outage) would fill the pipe and block on its next log line.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str], port: int, log_path: Path) -> None:
         self.proc = proc
         self.port = port
+        self.log_path = log_path
 
     def metric(self, name: str) -> float | None:
         """Sum of a metric's samples from ``/metrics`` (None when not reachable yet)."""
@@ -237,9 +248,7 @@ class Worker:
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and not line.startswith("#"):
-                head = line.split(" ")[0]
-                if head == name or head.startswith(name + "{"):
-                    total += float(line.rsplit(" ", 1)[1])
+                total += float(line.rsplit(" ", 1)[1])
         return total
 
     def wait_metric_at_least(self, name: str, value: float, timeout_s: float = 90) -> float:
@@ -247,12 +256,12 @@ class Worker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"worker exited early ({self.proc.returncode}): {self.stderr_tail()}")
+                pytest.fail(f"worker exited early ({self.proc.returncode}): {self.log_tail()}")
             current = self.metric(name)
             if current is not None and current >= value:
                 return current
             time.sleep(0.1)
-        pytest.fail(f"{name} did not reach {value} within {timeout_s}s: {self.stderr_tail()}")
+        self._fail(f"{name} did not reach {value} within {timeout_s}s")
 
     def kill(self) -> None:
         """SIGKILL: a crash."""
@@ -262,19 +271,23 @@ class Worker:
     def finish(self, timeout_s: float = 180) -> dict[str, Any]:
         """Wait for a worker started with ``exit_when_idle``; returns its JSON totals."""
         try:
-            out, err = self.proc.communicate(timeout=timeout_s)
+            out, _ = self.proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-            pytest.fail(f"worker did not finish within {timeout_s}s: {err[-3000:]}")
-        assert self.proc.returncode == 0, err[-3000:]
+            self._fail(f"worker did not finish within {timeout_s}s")
+        assert self.proc.returncode == 0, self.log_tail()
         return dict(orjson.loads(out.strip().splitlines()[-1]))
 
-    def stderr_tail(self) -> str:
-        """The end of the worker's log (only once it exited)."""
-        if self.proc.poll() is None:
-            return "(still running)"
-        return (self.proc.stderr.read() if self.proc.stderr else "")[-3000:]
+    def _fail(self, what: str) -> NoReturn:
+        """Ask the stuck worker where it waits (streams.worker.diagnostics), stop it, fail."""
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        self.proc.kill()
+        self.proc.communicate()
+        pytest.fail(f"{what}: {self.log_tail(12_000)}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the worker's log."""
+        return self.log_path.read_text(errors="replace")[-chars:]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -119,7 +119,9 @@ async def run_bench(
     config: BenchConfig, progress: Callable[[str], None] = lambda _: None
 ) -> list[BenchResult]:
     """Publish the input once, then run each scenario in its own process."""
-    kafka = KafkaSettings(bootstrap_servers=config.bootstrap)
+    # The security settings (KAFKA_SECURITY_PROTOCOL, ...) come from the environment, which
+    # the scenario processes inherit too.
+    kafka = replace(KafkaSettings.from_env(), bootstrap_servers=config.bootstrap)
     run_id = uuid.uuid4().hex[:8]
     topic = f"bench-{run_id}-events"
     await ensure_topics(kafka, [TopicSpec(topic, config.partitions)])

@@ -26,6 +26,17 @@ from streams.validation import decode_event
 Args = dict[str, Any]
 
 
+def _kafka_env(args: Args) -> dict[str, str]:
+    """The ``KAFKA_*`` variables this process inherited (security settings), at the bench's
+    broker."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("KAFKA_")}
+    return {**env, "KAFKA_BOOTSTRAP_SERVERS": args["bootstrap"]}
+
+
+def _kafka(args: Args) -> KafkaSettings:
+    return KafkaSettings.from_env(_kafka_env(args))
+
+
 def _usage() -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec.
@@ -36,7 +47,7 @@ def _usage() -> dict[str, float]:
 
 async def _consume(args: Args, per_record: Callable[[Any], object] | None) -> dict[str, Any]:
     """Read ``events`` records from the input with a bare consumer (no group)."""
-    kafka = KafkaSettings(bootstrap_servers=args["bootstrap"])
+    kafka = _kafka(args)
     consumer = AIOKafkaConsumer(
         **kafka.client_kwargs(),
         group_id=None,
@@ -85,7 +96,7 @@ async def pipeline(args: Args) -> dict[str, Any]:
 
     settings = Settings.from_env(
         {
-            "KAFKA_BOOTSTRAP_SERVERS": args["bootstrap"],
+            **_kafka_env(args),
             "STREAMS_APP_ID": args["app_id"],
             "STREAMS_INPUT_TOPIC": args["topic"],
             "STREAMS_OUTPUT_TOPIC": f"{args['app_id']}-aggregates",
@@ -122,6 +133,7 @@ def faust_naive(args: Args) -> dict[str, Any]:
     app = faust.App(
         args["app_id"],
         broker=f"kafka://{args['bootstrap']}",
+        broker_credentials=_kafka(args).faust_credentials(),
         store="memory://",
         web_enabled=False,
         topic_partitions=args["partitions"],
@@ -180,7 +192,7 @@ async def latency(args: Args) -> dict[str, Any]:
     from streams.worker.metrics import WorkerMetrics
     from streams.worker.pipeline import Health, Pipeline
 
-    kafka = KafkaSettings(bootstrap_servers=args["bootstrap"])
+    kafka = _kafka(args)
     app_id, parts, rate = args["app_id"], args["partitions"], args["rate"]
     total = int(rate * args["seconds"])
     log_append = {"message.timestamp.type": "LogAppendTime"}
@@ -188,7 +200,7 @@ async def latency(args: Args) -> dict[str, Any]:
     await ensure_topics(kafka, [TopicSpec(t, parts, log_append) for t in topics])
     settings = Settings.from_env(
         {
-            "KAFKA_BOOTSTRAP_SERVERS": args["bootstrap"],
+            **_kafka_env(args),
             "STREAMS_APP_ID": app_id,
             "STREAMS_INPUT_TOPIC": topics[0],
             "STREAMS_OUTPUT_TOPIC": topics[1],

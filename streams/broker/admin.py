@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+)
 
 from streams.config import KafkaSettings, Settings
 from streams.errors import BrokerError
@@ -23,14 +31,109 @@ def unreachable(kafka: KafkaSettings) -> BrokerError:
     )
 
 
+# OpenSSL's verify codes for a certificate that does not name the host (or IP) connected to.
+_X509_NAME_MISMATCH = frozenset({62, 64})
+
+
+def connection_error(kafka: KafkaSettings, exc: BaseException) -> BrokerError | None:
+    """The one-line error for a connection refused by authentication or TLS, else None.
+
+    It names the cause and the variables to check; it never quotes the password.
+    """
+    where = kafka.bootstrap_servers
+    if isinstance(exc, SaslAuthenticationFailed | AuthenticationFailedError):
+        return BrokerError(
+            f"authentication failed at {where} for user {kafka.sasl_username!r} "
+            f"({kafka.sasl_mechanism}): check KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD"
+        )
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return BrokerError(
+            f"Kafka at {where} does not accept SASL mechanism {kafka.sasl_mechanism}: "
+            "set KAFKA_SASL_MECHANISM to one the cluster enables"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        cause = exc.verify_message or exc.reason or "rejected"
+        if exc.verify_code in _X509_NAME_MISMATCH:
+            fix = "use a broker address the certificate names in KAFKA_BOOTSTRAP_SERVERS"
+        else:
+            fix = "set KAFKA_SSL_CAFILE to the CA that signed the brokers' certificates"
+        return BrokerError(
+            f"TLS certificate verification of Kafka at {where} failed ({cause}): {fix}"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return BrokerError(
+            f"TLS handshake with Kafka at {where} failed ({exc.reason or exc}): check that "
+            f"the listener there speaks KAFKA_SECURITY_PROTOCOL={kafka.security_protocol}"
+        )
+    return None
+
+
+def protocol_mismatch(kafka: KafkaSettings) -> BrokerError:
+    """The one-line error for a listener that drops the connection during the handshake."""
+    return BrokerError(
+        f"Kafka at {kafka.bootstrap_servers} closed the connection during the handshake: "
+        f"check that the listener there speaks KAFKA_SECURITY_PROTOCOL={kafka.security_protocol}"
+    )
+
+
+async def diagnose(kafka: KafkaSettings, timeout_s: float = 10.0) -> BrokerError:
+    """Why a client could not bootstrap: aiokafka only says it could not, so connect once
+    to each bootstrap server (TLS, SASL, a metadata request) to find out."""
+    from aiokafka.conn import collect_hosts, create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    kwargs = kafka.client_kwargs()
+    del kwargs["bootstrap_servers"]
+    mismatch = answered = False
+    for host, port, _ in collect_hosts(kafka.bootstrap_servers, randomize=False):
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, port, request_timeout_ms=int(timeout_s * 1000), **kwargs),
+                timeout_s,
+            )
+        except (OSError, KafkaError, TimeoutError) as exc:
+            known = connection_error(kafka, exc)
+            if known is not None:
+                return known
+            # Refused, unknown host or silence: nobody there. Anything after the TCP connect
+            # (reset, closed, a SASL state error) is a listener speaking another protocol.
+            mismatch |= isinstance(exc, KafkaError | ConnectionResetError | ConnectionAbortedError)
+            continue
+        try:
+            await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+            answered = True
+        except (KafkaError, TimeoutError):
+            mismatch = True
+        finally:
+            conn.close()
+    if mismatch:
+        return protocol_mismatch(kafka)
+    if answered:
+        return BrokerError(
+            f"Kafka at {kafka.bootstrap_servers} answers but its clients could not start; "
+            "retry, and check the broker's log"
+        )
+    return unreachable(kafka)
+
+
+async def _close(client: Any) -> None:
+    stop = getattr(client, "stop", None) or client.close
+    with contextlib.suppress(Exception):
+        await stop()
+
+
 async def start_client(client: Any, kafka: KafkaSettings, timeout_s: float = 20.0) -> None:
-    """Start a producer or consumer; a broker that does not answer raises one BrokerError."""
+    """Start a producer, consumer or admin client. A broker that does not answer, refuses
+    the credentials or presents a certificate that does not verify raises one BrokerError."""
     try:
         await asyncio.wait_for(client.start(), timeout_s)
-    except (TimeoutError, KafkaConnectionError, OSError):
-        with contextlib.suppress(Exception):
-            await client.stop()
+    except TimeoutError:
+        await _close(client)
         raise unreachable(kafka) from None
+    except (KafkaConnectionError, OSError) as exc:
+        await _close(client)
+        known = connection_error(kafka, exc)
+        raise (known or await diagnose(kafka)) from None
 
 
 @contextlib.asynccontextmanager
@@ -39,12 +142,7 @@ async def admin_client(
 ) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client; a broker that does not answer in time raises BrokerError."""
     admin = AIOKafkaAdminClient(**kafka.client_kwargs(), request_timeout_ms=10_000)
-    try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-    except (TimeoutError, KafkaConnectionError, OSError):
-        with contextlib.suppress(Exception):
-            await admin.close()
-        raise unreachable(kafka) from None
+    await start_client(admin, kafka, timeout_s)
     try:
         yield admin
     finally:
@@ -119,3 +217,17 @@ async def commit_offsets(
         await consumer.commit(tps)
     finally:
         await consumer.stop()
+
+
+async def grow_partitions(kafka: KafkaSettings, topic: str, count: int) -> bool:
+    """Give ``topic`` at least ``count`` partitions; True if it had fewer."""
+    from aiokafka.admin import NewPartitions
+
+    if len(await topic_partitions(kafka, topic)) >= count:
+        return False
+    async with admin_client(kafka) as admin:
+        try:
+            await admin.create_partitions({topic: NewPartitions(total_count=count)})
+        except KafkaError as exc:
+            raise BrokerError(f"could not grow {topic!r} to {count} partitions: {exc}") from None
+    return True

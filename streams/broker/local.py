@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams.errors import BrokerError
@@ -158,6 +158,39 @@ class BrokerStatus:
         return dict(self.__dict__)
 
 
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+_SCRAM_JAAS = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """Secured listeners a :class:`LocalKafka` opens next to its PLAINTEXT one.
+
+    ``SASL_PLAINTEXT`` (SCRAM-SHA-512), ``SSL`` (server certificate only, no client
+    certificates) and ``SASL_SSL`` (SCRAM-SHA-512 over TLS), each on its own port. The one
+    SCRAM user is created when the data dir is formatted, so it exists only in a fresh home.
+    ``server_cert`` is the PEM chain (leaf first) and ``server_key`` its unencrypted PKCS#8
+    PEM key, e.g. from :func:`streams.broker.certs.write_test_pki`. The controller and
+    inter-broker traffic stay on PLAINTEXT. Secrets never appear in ``repr``.
+    """
+
+    username: str
+    password: str = field(repr=False)
+    server_cert: Path
+    server_key: Path
+    sasl_plaintext_port: int
+    ssl_port: int
+    sasl_ssl_port: int
+
+    def ports(self) -> dict[str, int]:
+        """Listener name to port."""
+        return {
+            "SASL_PLAINTEXT": self.sasl_plaintext_port,
+            "SSL": self.ssl_port,
+            "SASL_SSL": self.sasl_ssl_port,
+        }
+
+
 class LocalKafka:
     """One local broker instance living in ``home`` (config, data, logs, pid file)."""
 
@@ -169,17 +202,28 @@ class LocalKafka:
         controller_port: int = 9093,
         version: str = KAFKA_VERSION,
         heap_mb: int = 512,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.home = home or cache_root() / "kafka" / "run" / "default"
         self.port = port
         self.controller_port = controller_port
         self.version = version
         self.heap_mb = heap_mb
+        self.security = security
 
     @property
     def bootstrap(self) -> str:
-        """The address clients connect to."""
+        """The address clients connect to (the PLAINTEXT listener)."""
         return f"127.0.0.1:{self.port}"
+
+    def bootstrap_for(self, protocol: str) -> str:
+        """The address of the listener speaking ``protocol`` (PLAINTEXT, SSL, SASL_*)."""
+        if protocol == "PLAINTEXT":
+            return self.bootstrap
+        ports = self.security.ports() if self.security else {}
+        if protocol not in ports:
+            raise BrokerError(f"this broker has no {protocol} listener")
+        return f"127.0.0.1:{ports[protocol]}"
 
     @property
     def log_path(self) -> Path:
@@ -215,6 +259,41 @@ class LocalKafka:
             return "(no broker log yet)"
         return "\n".join(text.strip().splitlines()[-lines:])
 
+    def _listener_lines(self) -> list[str]:
+        ports = {"PLAINTEXT": self.port, **(self.security.ports() if self.security else {})}
+        advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in ports.items())
+        protocols = ",".join(f"{name}:{name}" for name in ports)
+        return [
+            f"listeners={advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={advertised}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "controller.listener.names=CONTROLLER",
+            f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{protocols}",
+        ]
+
+    def _security_lines(self) -> list[str]:
+        """SCRAM and TLS settings of the secured listeners; writes the server's key store."""
+        if self.security is None:
+            return []
+        # Kafka's PEM key store in a file: the (unencrypted PKCS#8) key, then the chain.
+        keystore = self.home / "server-keystore.pem"
+        keystore.touch(mode=0o600)
+        keystore.write_text(
+            self.security.server_key.read_text().strip()
+            + "\n"
+            + self.security.server_cert.read_text().strip()
+            + "\n"
+        )
+        jaas = f"{SCRAM_MECHANISM.lower()}.sasl.jaas.config={_SCRAM_JAAS}"
+        return [
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"listener.name.sasl_plaintext.{jaas}",
+            f"listener.name.sasl_ssl.{jaas}",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={keystore}",
+            "ssl.client.auth=none",
+        ]
+
     def _write_config(self) -> Path:
         data = self.home / "data"
         props = self.home / "server.properties"
@@ -224,12 +303,8 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    *self._listener_lines(),
+                    *self._security_lines(),
                     f"log.dirs={data}",
                     "num.partitions=1",
                     "offsets.topic.replication.factor=1",
@@ -252,7 +327,8 @@ class LocalKafka:
         """Start the broker and wait until it answers; False when it was already running."""
         if self.pid() is not None:
             return False
-        for port in (self.port, self.controller_port):
+        extra = list(self.security.ports().values()) if self.security else []
+        for port in (self.port, self.controller_port, *extra):
             if port_in_use(port):
                 raise BrokerError(
                     f"port {port} is already in use by another process; stop that process "
@@ -293,15 +369,19 @@ class LocalKafka:
 
     def _format(self, libs: Path, props: Path) -> None:
         cluster_id = new_cluster_id()
-        cmd = java_command(
-            libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)
-        )
+        args = ["format", "-t", cluster_id, "-c", str(props)]
+        if self.security is not None:
+            user = f"name={self.security.username},password={self.security.password}"
+            args += ["--add-scram", f"{SCRAM_MECHANISM}=[{user}]"]
+        cmd = java_command(libs, "kafka.tools.StorageTool", *args)
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         except subprocess.TimeoutExpired:
             raise BrokerError("formatting the Kafka data dir took over 120s; retry") from None
         if done.returncode != 0:
             tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+            if self.security is not None:
+                tail = tail.replace(self.security.password, "***")
             raise BrokerError(f"formatting the Kafka data dir failed: {tail}")
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float) -> None:

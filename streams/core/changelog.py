@@ -22,6 +22,7 @@ import math
 import orjson
 
 from streams.core.aggregate import Aggregate
+from streams.core.jsonbytes import dumps
 
 Record = tuple[bytes, bytes | None]
 
@@ -29,7 +30,7 @@ TIME_KEY = b"t"
 WINDOW_TAG = b"w"
 DEDUPE_TAG = b"d"
 
-_dumps = orjson.dumps
+_dumps = dumps
 
 
 def window_key_prefix(start: int) -> bytes:

@@ -10,6 +10,8 @@ per event, and a tombstone once every id of the batch is expired.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from streams.core import changelog
 from streams.core.changelog import Record
@@ -22,13 +24,16 @@ class Deduplicator:
     :meth:`remember` at the end of the batch.
     """
 
-    __slots__ = ("_batches", "_expiries", "_horizon", "_stale", "seen")
+    __slots__ = ("_expiries", "_horizon", "_ids", "_newest", "_stale", "seen")
 
     def __init__(self, horizon_ms: int) -> None:
         self._horizon = horizon_ms
-        self.seen: dict[str, int] = {}
-        # seq -> (largest ts, {event_id: ts}) for each batch that still holds a live id.
-        self._batches: dict[int, tuple[int, dict[str, int]]] = {}
+        # None only in a spilled store's view of a batch: an id known not to be held.
+        self.seen: dict[str, int | None] = {}
+        # seq -> largest ts, for each batch that still holds a live id.
+        self._newest: dict[int, int] = {}
+        # seq -> {event_id: ts} of those batches (kept elsewhere by a spilled store).
+        self._ids: dict[int, dict[str, int]] = {}
         # (largest ts + horizon, seq): when each batch expires, soonest first. Entries left
         # behind by a batch that grew (same seq seen again) are skipped when popped.
         self._expiries: list[tuple[int, int]] = []
@@ -47,16 +52,16 @@ class Deduplicator:
         """
         records: list[Record] = []
         if ids:
-            held = self._batches.get(seq)
-            if held is not None:
-                merged = dict(held[1])
+            if seq in self._newest:
+                merged = dict(self._batch_ids(seq))
                 for event_id, ts in ids.items():
                     if ts > merged.get(event_id, ts - 1):
                         merged[event_id] = ts
                 ids = merged
             newest = max(ids.values())
             if newest + self._horizon > stream_time:
-                self._batches[seq] = (newest, ids)
+                self._newest[seq] = newest
+                self._keep_ids(seq, ids)
                 heapq.heappush(self._expiries, (newest + self._horizon, seq))
                 records.append((changelog.dedupe_key(seq), changelog.encode_ids(ids)))
             else:
@@ -69,19 +74,33 @@ class Deduplicator:
     def purge(self, stream_time: int) -> list[Record]:
         """Forget the batches whose ids are all expired; returns their tombstones."""
         expiries = self._expiries
-        batches = self._batches
+        batches = self._newest
         records: list[Record] = []
         while expiries and expiries[0][0] <= stream_time:
             expiry, seq = heapq.heappop(expiries)
-            held = batches.get(seq)
-            if held is None or held[0] + self._horizon != expiry:
+            newest = batches.get(seq)
+            if newest is None or newest + self._horizon != expiry:
                 continue
             del batches[seq]
-            self._forget(held[1], stream_time)
+            ids = self._batch_ids(seq)
+            self._drop_ids(seq)
+            self._forget(ids, stream_time)
             records.append((changelog.dedupe_key(seq), None))
         return records
 
-    def _forget(self, ids: dict[str, int], stream_time: int) -> None:
+    def _batch_ids(self, seq: int) -> dict[str, int]:
+        return self._ids[seq]
+
+    def _keep_ids(self, seq: int, ids: dict[str, int]) -> None:
+        self._ids[seq] = ids
+
+    def _drop_ids(self, seq: int) -> None:
+        del self._ids[seq]
+
+    def load(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Make ``seen`` hold every id of ``events``: it always does in memory."""
+
+    def _forget(self, ids: Mapping[str, int], stream_time: int) -> None:
         seen = self.seen
         horizon = self._horizon
         for event_id in ids:
@@ -93,9 +112,11 @@ class Deduplicator:
     def apply(self, seq: int, ids: dict[str, int] | None) -> None:
         """Restore one changelog record of batch ``seq`` (``None``: tombstone)."""
         if ids is None:
-            self._batches.pop(seq, None)
+            if self._newest.pop(seq, None) is not None:
+                self._drop_ids(seq)
         elif ids:
-            self._batches[seq] = (max(ids.values()), ids)
+            self._newest[seq] = max(ids.values())
+            self._keep_ids(seq, ids)
         self._stale = True
 
     def ensure_index(self) -> None:
@@ -103,14 +124,12 @@ class Deduplicator:
         if not self._stale:
             return
         seen: dict[str, int] = {}
-        for _, ids in self._batches.values():
+        for ids in self._ids.values():
             for event_id, ts in ids.items():
                 if ts > seen.get(event_id, ts - 1):
                     seen[event_id] = ts
         self.seen.clear()
         self.seen.update(seen)
-        self._expiries = [
-            (newest + self._horizon, seq) for seq, (newest, _) in self._batches.items()
-        ]
+        self._expiries = [(newest + self._horizon, seq) for seq, newest in self._newest.items()]
         heapq.heapify(self._expiries)
         self._stale = False

@@ -15,6 +15,9 @@ by window end ascending, then by ``user_id`` ascending (code point order). In up
 finals are emitted as their windows close during the batch, then at the end of the batch one
 ``"final": False`` record per (user, window) aggregate that changed in the batch and whose
 window is still open, in the same order.
+
+The state is in memory, or, given a :class:`~streams.core.spill.KeyValueStore`, its bulk (open
+aggregates, remembered ids) is in that store: same records out, same changelog records.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from streams.core.aggregate import Aggregate, to_record
 from streams.core.changelog import Record
 from streams.core.config import CoreConfig
 from streams.core.dedupe import Deduplicator
+from streams.core.spill import KeyValueStore, Spill, SpilledDeduplicator, SpilledWindowStore
 from streams.core.streamtime import NO_TIME, StreamClock
 from streams.core.windows import NEVER, WindowStore
 
@@ -50,11 +54,23 @@ class BatchOutcome:
 class PartitionProcessor:
     """All state and logic for one input partition; see the module docstring for the order."""
 
-    def __init__(self, config: CoreConfig) -> None:
+    def __init__(self, config: CoreConfig, store: KeyValueStore | None = None) -> None:
+        """State in memory, or with ``store`` the open aggregates and the remembered ids in it
+        (see :mod:`streams.core.spill`); either way the same records come out."""
         self.config = config
         self._clock = StreamClock()
-        self._windows = WindowStore(config.window_size_ms, config.grace_ms)
-        self._dedupe = Deduplicator(config.dedupe_horizon_ms)
+        self._windows: WindowStore
+        self._dedupe: Deduplicator
+        self._spill: Spill | None = None
+        if store is None:
+            self._windows = WindowStore(config.window_size_ms, config.grace_ms)
+            self._dedupe = Deduplicator(config.dedupe_horizon_ms)
+        else:
+            self._spill = spill = Spill(store)
+            self._windows = SpilledWindowStore(
+                config.window_size_ms, config.window_step_ms, config.grace_ms, spill
+            )
+            self._dedupe = SpilledDeduplicator(config.dedupe_horizon_ms, spill)
         self._pending: list[Record] = []
 
     @property
@@ -86,11 +102,13 @@ class PartitionProcessor:
         horizon = config.dedupe_horizon_ms
         dedupe = self._dedupe
         dedupe.ensure_index()
-        seen = dedupe.seen
         store = self._windows
+        stream_time = self._clock.stream_time
+        dedupe.load(events)
+        store.load(events, stream_time)
+        seen = dedupe.seen
         by_start = store.by_start
         next_close = store.next_close
-        stream_time = self._clock.stream_time
 
         outcome = BatchOutcome()
         emitted = outcome.emitted
@@ -193,7 +211,10 @@ class PartitionProcessor:
                     for user_id in sorted(changed):
                         emitted.append(to_record(user_id, start, size, changed[user_id], False))
         pending.extend(dedupe.remember(seq, accepted, stream_time))
+        store.save(touched)
         self._queue_time()
+        if self._spill is not None:
+            self._spill.flush()
         return outcome
 
     def touch(self, now_ms: int) -> None:
@@ -225,6 +246,8 @@ class PartitionProcessor:
         self._emit_closed(target, emitted)
         self._pending.extend(self._dedupe.purge(target))
         self._queue_time()
+        if self._spill is not None:
+            self._spill.flush()
         return emitted
 
     def drain_changelog(self) -> list[Record]:

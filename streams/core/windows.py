@@ -8,6 +8,8 @@ start is ordering by end. A window closes when ``start + size + grace <= stream 
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from streams.core.aggregate import Aggregate
 
@@ -42,7 +44,13 @@ class WindowStore:
         self.next_close = self._starts[0] + self._reach
         return users
 
-    def close_until(self, stream_time: int) -> list[tuple[int, dict[str, Aggregate]]]:
+    def load(self, events: Sequence[Mapping[str, Any]], stream_time: int) -> None:
+        """Make ``by_start`` hold what ``events`` can touch: it always does in memory."""
+
+    def save(self, touched: Mapping[int, Mapping[str, Aggregate]]) -> None:
+        """Keep the aggregates a batch changed: done in place in memory."""
+
+    def close_until(self, stream_time: int) -> Iterable[tuple[int, dict[str, Aggregate]]]:
         """Remove and return, oldest first, the windows closed at ``stream_time``."""
         starts = self._starts
         reach = self._reach

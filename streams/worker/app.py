@@ -21,6 +21,7 @@ from streams.broker.local import port_in_use
 from streams.config import Settings
 from streams.errors import ConfigError, StreamsError
 from streams.faust_codec import register
+from streams.worker.diagnostics import install_task_dump
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import Health, Pipeline, RunStats
 
@@ -40,6 +41,7 @@ def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers.split(',')[0]}",
+        broker_credentials=settings.kafka.faust_credentials(),
         value_serializer="orjson",
         web_enabled=True,
         web_port=settings.metrics_port,
@@ -68,6 +70,7 @@ def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float
 
     @app.task
     async def run_pipeline() -> None:
+        install_task_dump(asyncio.get_running_loop())
         try:
             await pipeline.start()
             # From here on a client error is news worth a log line; before, the failure is

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -97,3 +99,24 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+
+
+def observe_many(histogram: Any, amount: float, count: int) -> None:
+    """``count`` observations of the same ``amount`` in one step (a labelled child).
+
+    Finals of one window, emitted together, share their latency; observing them one by one
+    cost a few percent of the hot path. Uses the client's bucket internals (prometheus_client
+    is pinned), and falls back to single observations if those ever change.
+    """
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    total = getattr(histogram, "_sum", None)
+    if buckets is None or bounds is None or total is None:
+        for _ in range(count):
+            histogram.observe(amount)
+        return
+    total.inc(amount * count)
+    for i, bound in enumerate(bounds):
+        if amount <= bound:
+            buckets[i].inc(count)
+            return

@@ -24,18 +24,21 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
-from streams.broker.admin import ensure_topics, pipeline_topics, start_client
+from streams.broker.admin import ensure_topics, grow_partitions, pipeline_topics, start_client
 from streams.broker.batches import BatchSender, partition_for
+from streams.broker.records import use_raw_records
 from streams.config import Settings
 from streams.core.config import CoreConfig
+from streams.core.jsonbytes import dumps as json_dumps
 from streams.core.processor import PartitionProcessor
 from streams.dlq import HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC, dead_letter_headers
+from streams.errors import StreamsError
 from streams.lag.timelag import HeadHistory, estimate_time_lag
 from streams.publish import make_producer
 from streams.validation import decode_event
-from streams.worker.metrics import WorkerMetrics
+from streams.worker.metrics import WorkerMetrics, observe_many
 from streams.worker.state import changelog_spec, changelog_topic, restore
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,10 @@ log = logging.getLogger(__name__)
 TICK_INTERVAL_S = 0.5
 PROGRESS_EVERY_S = 10.0
 POSITION_WAIT_S = 0.2
+# Deadlines for client calls that aiokafka may otherwise retry forever.
+TXN_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 10.0
+RETRY_BACKOFF_S = 2.0
 BACKPRESSURE_AFTER_S = 1.0
 
 
@@ -134,6 +141,7 @@ class Pipeline:
         # collections over it are pure pause (hundreds of ms with a million keys). Collect
         # young objects often and the old generation rarely; restored state is frozen.
         gc.set_threshold(50_000, 50, 1_000)
+        use_raw_records()
         s = self.settings
         kafka = s.kafka
         await ensure_topics(kafka, pipeline_topics(s))
@@ -161,6 +169,8 @@ class Pipeline:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(1_000, s.session_timeout_ms // 5),
             max_poll_interval_ms=300_000,
+            # How soon partitions added to the input are noticed (and a deleted topic).
+            metadata_max_age_ms=s.metadata_refresh_ms,
         )
         self._consumer.subscribe([s.input_topic], listener=_Rebalance(self))
         await start_client(self._consumer, kafka)
@@ -179,12 +189,14 @@ class Pipeline:
     async def stop(self) -> None:
         """Leave the group (committed work stays committed) and close every client."""
         self.health.stopping = True
+        # Not under the lock: stopping the consumer waits for its coordinator, which may be in
+        # a rebalance calling on_revoked/on_assigned, which take the lock (a deadlock, seen).
+        if self._consumer is not None:
+            await _stop_within(self._consumer, CLOSE_TIMEOUT_S * 3)
         async with self._lock:
-            if self._consumer is not None:
-                await self._consumer.stop()
             for producer in [self._producer, *self._txn_producers.values()]:
                 if producer is not None:
-                    await producer.stop()
+                    await _stop_within(producer, CLOSE_TIMEOUT_S)
             self._txn_producers.clear()
 
     async def run(
@@ -217,7 +229,7 @@ class Pipeline:
                 self._forget_lag(p)
                 producer = self._txn_producers.pop(p, None)
                 if producer is not None:
-                    await producer.stop()
+                    await _stop_within(producer, CLOSE_TIMEOUT_S)
             self._update_state_gauges()
 
     async def on_assigned(self, partitions: set[int]) -> None:
@@ -230,10 +242,40 @@ class Pipeline:
             for p in gone:
                 self.processors.pop(p, None)
             if new:
+                await self._follow_input_growth(max(new) + 1)
                 await self._adopt(new)
         self.health.rebalancing = False
         self.assigned.set()
         log.info("assigned input partitions %s", sorted(partitions))
+        if not partitions:
+            self._warn_if_input_is_gone()
+
+    async def _follow_input_growth(self, needed: int) -> None:
+        """Partitions were added to the input topic: grow the changelog to match."""
+        s = self.settings
+        if needed <= self._partitions[self.changelog]:
+            return
+        log.warning(
+            "input topic %s now has at least %d partitions (was %d); growing %s to match. "
+            "Keys hash to new partitions from here on, so a window open across the change "
+            "can be emitted once per partition that saw the key",
+            s.input_topic,
+            needed,
+            self._partitions[s.input_topic],
+            self.changelog,
+        )
+        await grow_partitions(s.kafka, self.changelog, needed)
+        self._partitions[s.input_topic] = needed
+        self._partitions[self.changelog] = needed
+
+    def _warn_if_input_is_gone(self) -> None:
+        consumer = self._consumer
+        if consumer is not None and not consumer.partitions_for_topic(self.settings.input_topic):
+            log.error(
+                "input topic %s does not exist (deleted?); this worker idles until it is "
+                "created again",
+                self.settings.input_topic,
+            )
 
     async def _adopt(self, partitions: set[int]) -> None:
         self.health.restoring = True
@@ -249,7 +291,10 @@ class Pipeline:
                     )
                     await start_client(producer, self.settings.kafka)
                     self._txn_producers[p] = producer
-            fresh = {p: PartitionProcessor(self.core_config) for p in partitions}
+            fresh = {
+                p: PartitionProcessor(self.core_config, self.settings.open_store(p))
+                for p in partitions
+            }
             await restore(
                 self.settings.kafka,
                 self.changelog,
@@ -294,14 +339,17 @@ class Pipeline:
                 continue
             sender = self._sender(p, senders)
             append = sender.append
-            valid: list[dict[str, Any]] = []
-            sources: list[Any] = []
-            for record in records:
-                event, reason = decode_event(record.value, max_bytes)
-                if event is not None:
-                    valid.append(event)
-                    sources.append(record)
-                else:
+            # One comprehension decodes the batch (cheaper than a loop of appends); the
+            # common batch has no invalid message and keeps ``records`` as its sources.
+            decoded = [decode_event(record.value, max_bytes) for record in records]
+            valid: list[dict[str, Any]] = [event for event, _ in decoded if event is not None]
+            sources: list[Any] = records
+            if len(valid) != len(records):
+                sources = []
+                for record, (event, reason) in zip(records, decoded, strict=True):
+                    if event is not None:
+                        sources.append(record)
+                        continue
                     headers = dead_letter_headers(
                         "validate", str(reason), tp.topic, p, record.offset, wall, record.headers
                     )
@@ -358,13 +406,21 @@ class Pipeline:
         topic = self.settings.output_topic
         parts = self._partitions[topic]
         append = sender.append
-        observe = self.metrics.emit_latency.labels("event_time").observe
         dumps = orjson.dumps
+        finals: dict[int, int] = {}  # window end -> finals emitted (they share a latency)
         for result in emitted:
             key = result["key"].encode()
-            append(topic, partition_for(key, parts), key, dumps(result))
+            try:
+                value = dumps(result)
+            except TypeError:  # an integer beyond 64 bits (see streams.core.jsonbytes)
+                value = json_dumps(result)
+            append(topic, partition_for(key, parts), key, value)
             if result["final"]:
-                observe(max(0.0, (wall - result["window_end"]) / 1000))
+                end = result["window_end"]
+                finals[end] = finals.get(end, 0) + 1
+        latency = self.metrics.emit_latency.labels("event_time")
+        for end, count in finals.items():
+            observe_many(latency, max(0.0, (wall - end) / 1000), count)
         self.stats.emitted += len(emitted)
         self.metrics.produced.labels(topic).inc(len(emitted))
 
@@ -385,23 +441,71 @@ class Pipeline:
             return
         sender = senders.get(-1)
         if sender is not None:
-            await self._flush_with_backpressure(sender)
+            try:
+                await self._flush_with_backpressure(sender)
+            except KafkaError as exc:
+                # aiokafka's idempotent producer gives up for good on some errors after a
+                # broker crash (e.g. OutOfOrderSequenceNumber). Nothing of this batch counts:
+                # a new producer, state from the changelog, input from the committed offsets.
+                log.error("output failed (%r); replaying from the committed offsets", exc)
+                await self._restart_output()
+                return
         if offsets:
             consumer = self._consumer
             assert consumer is not None
             topic = self.settings.input_topic
             try:
                 await consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
-            except CommitFailedError as exc:
-                # The group moved on (a rebalance): the partitions' next owner resumes from the
-                # last committed offsets and re-reads this batch — at-least-once, by design.
+            except KafkaError as exc:
+                # A rebalance (CommitFailedError) or an unreachable coordinator: whoever owns
+                # the partitions next resumes from the last committed offsets and re-reads
+                # this batch (at-least-once, by design); if that is us, the next commit
+                # covers it.
                 self.metrics.commit_failures.inc()
-                log.warning("offset commit failed in a rebalance (%s); the batch will repeat", exc)
+                log.warning("offset commit failed (%r); the batch may repeat", exc)
                 return
-            except Exception:
-                self.metrics.commit_failures.inc()
-                raise
             self.metrics.commits.inc()
+
+    async def _restart_output(self) -> None:
+        """at_least_once: replace the producer, rebuild every partition's state, rewind."""
+        kafka = self.settings.kafka
+        if self._producer is not None:
+            await _stop_within(self._producer, CLOSE_TIMEOUT_S)
+        while True:
+            self._producer = make_producer(kafka, client_id=self.settings.app_id)
+            try:
+                await start_client(self._producer, kafka)
+                break
+            except StreamsError as exc:
+                log.error("%s; retrying in %.0fs", exc, RETRY_BACKOFF_S)
+                await asyncio.sleep(RETRY_BACKOFF_S)
+        consumer = self._consumer
+        assert consumer is not None
+        partitions = set(self.processors)
+        self.processors.clear()
+        while True:
+            try:
+                await self._adopt(partitions)
+                await self._rewind(partitions)
+                return
+            except (StreamsError, KafkaError, TimeoutError) as exc:
+                self.processors.clear()
+                log.error("restoring state failed (%s); retrying in %.0fs", exc, RETRY_BACKOFF_S)
+                await asyncio.sleep(RETRY_BACKOFF_S)
+
+    async def _rewind(self, partitions: Iterable[int]) -> None:
+        """Seek partitions back to their committed offsets (or the beginning)."""
+        consumer = self._consumer
+        assert consumer is not None
+        for p in partitions:
+            tp = TopicPartition(self.settings.input_topic, p)
+            if tp not in consumer.assignment():
+                continue
+            committed = await asyncio.wait_for(consumer.committed(tp), TXN_TIMEOUT_S)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
 
     async def _flush_with_backpressure(self, sender: BatchSender) -> None:
         """Wait for the batch's output; if that is slow, pause fetching until it is through."""
@@ -424,39 +528,61 @@ class Pipeline:
 
     async def _commit_txn(self, p: int, sender: BatchSender, offset: int | None) -> None:
         producer = self._txn_producers[p]
-        await producer.begin_transaction()
         try:
-            await sender.flush()
-            if offset is not None:
-                tp = TopicPartition(self.settings.input_topic, p)
-                await producer.send_offsets_to_transaction({tp: offset}, self.settings.app_id)
-            await producer.commit_transaction()
-        except Exception:
+            await asyncio.wait_for(self._transaction(p, producer, sender, offset), TXN_TIMEOUT_S)
+        except Exception as exc:
             self.metrics.transactions.labels("aborted").inc()
-            log.exception("transaction for partition %d failed; restoring its state", p)
+            if isinstance(exc, TimeoutError):
+                log.error(
+                    "transaction for partition %d did not finish within %.0fs; restoring its state",
+                    p,
+                    TXN_TIMEOUT_S,
+                )
+            else:
+                log.error("transaction for partition %d failed (%r); restoring its state", p, exc)
             await self._recover(p, producer)
             return
         self.metrics.transactions.labels("committed").inc()
         self.metrics.commits.inc()
 
+    async def _transaction(
+        self, p: int, producer: AIOKafkaProducer, sender: BatchSender, offset: int | None
+    ) -> None:
+        await producer.begin_transaction()
+        await sender.flush()
+        if offset is not None:
+            tp = TopicPartition(self.settings.input_topic, p)
+            await producer.send_offsets_to_transaction({tp: offset}, self.settings.app_id)
+        await producer.commit_transaction()
+
     async def _recover(self, p: int, producer: AIOKafkaProducer) -> None:
-        """After a failed transaction: abort it, rebuild state, rewind to committed offsets."""
-        try:
-            await producer.abort_transaction()
-        except Exception:
-            log.exception("abort failed for partition %d; recreating its producer", p)
-            await producer.stop()
-            self._txn_producers.pop(p, None)
+        """After a failed transaction: drop its producer (whatever it wrote is aborted by the
+        next producer of the transactional id), then, if the partition is still ours, rebuild
+        its state from the changelog and rewind to its committed offset."""
+        self._txn_producers.pop(p, None)
         self.processors.pop(p, None)
-        await self._adopt({p})
+        await _stop_within(producer, CLOSE_TIMEOUT_S)
         consumer = self._consumer
         assert consumer is not None
         tp = TopicPartition(self.settings.input_topic, p)
-        committed = await consumer.committed(tp)
-        if committed is None:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, committed)
+        while True:
+            if tp not in consumer.assignment() or self.health.stopping:
+                log.info("partition %d is no longer ours; not restoring it", p)
+                return
+            try:
+                await self._adopt({p})
+                await self._rewind([p])
+                return
+            except (StreamsError, KafkaError, TimeoutError) as exc:
+                # The broker is away: keep the partition and try again when it is back.
+                for producer in [self._txn_producers.pop(p, None)]:
+                    if producer is not None:
+                        await _stop_within(producer, CLOSE_TIMEOUT_S)
+                self.processors.pop(p, None)
+                log.error(
+                    "restoring partition %d failed (%s); retrying in %.0fs", p, exc, RETRY_BACKOFF_S
+                )
+                await asyncio.sleep(RETRY_BACKOFF_S)
 
     # -- idle partitions -------------------------------------------------------------------
 
@@ -518,7 +644,7 @@ class Pipeline:
         grace after the last event for live event times, one idle timeout for past ones.
         """
         now = time.monotonic()
-        if not self.assigned.is_set() or now - self.last_work < seconds:
+        if not self.assigned.is_set() or self.health.rebalancing or now - self.last_work < seconds:
             return False
         if any(processor.open_windows for processor in self.processors.values()):
             return False
@@ -572,3 +698,11 @@ class Pipeline:
         procs = self.processors.values()
         self.metrics.open_windows.set(sum(p.open_windows for p in procs))
         self.metrics.dedupe_ids.set(sum(p.dedupe_size for p in procs))
+
+
+async def _stop_within(client: AIOKafkaProducer | AIOKafkaConsumer, timeout_s: float) -> None:
+    """Stop a client; one stuck in a retry loop is abandoned after ``timeout_s``."""
+    try:
+        await asyncio.wait_for(client.stop(), timeout_s)
+    except Exception as exc:
+        log.warning("a Kafka client did not stop within %.0fs (%r); abandoned", timeout_s, exc)

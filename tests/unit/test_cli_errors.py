@@ -43,6 +43,9 @@ def test_missing_broker_is_one_line(args: tuple[str, ...]) -> None:
         ("STREAMS_GUARANTEE", "maybe", "is not one of at_least_once, exactly_once"),
         ("STREAMS_WINDOW_STEP_MS", "120000", "must not exceed the window size"),
         ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL", "needs KAFKA_SASL_USERNAME"),
+        ("STREAMS_METRICS_PORT", "0", "is below the minimum 1"),
+        ("STREAMS_METRICS_PORT", "70000", "is above the maximum 65535"),
+        ("STREAMS_METADATA_REFRESH_MS", "10", "is below the minimum 1000"),
     ],
 )
 def test_bad_setting_is_one_line_naming_it(name: str, value: str, says: str) -> None:

@@ -1,0 +1,372 @@
+"""Window and dedupe state kept in an ordered key-value store instead of Python dicts.
+
+The bulk of a partition's state, one aggregate per (user, window) and one entry per
+remembered event id, grows with the number of keys. These variants of
+:class:`~streams.core.windows.WindowStore` and :class:`~streams.core.dedupe.Deduplicator` hold
+it in a :class:`KeyValueStore` (RocksDB in the worker: :mod:`streams.state.rocks`), so that it
+can outgrow memory. Only small bookkeeping stays in memory: the open window starts with their
+sizes, and each live batch's seq with its newest ts.
+
+The hot path is unchanged and stays batched. Before a batch, the keys it can touch (its event
+ids, and its (window, user) pairs in open windows) are read with one multi-get into plain dicts
+that the hot path uses as it does in memory; after the batch, what changed is written back and
+the dicts are emptied, with one atomic write per batch (two or three when the batch closes
+windows or forgets expired ids, since reads see earlier writes).
+
+This module is pure: no I/O of its own, only calls to the store it is given. Values are encoded
+with :mod:`marshal`, which is exact for ints, floats (infinities included) and ``None``; the
+store is a per-process cache, never read by another Python.
+"""
+
+from __future__ import annotations
+
+import heapq
+import marshal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from streams.core import changelog
+from streams.core.aggregate import Aggregate
+from streams.core.dedupe import Deduplicator
+from streams.core.windows import NEVER, WindowStore
+
+# Key spaces. Window keys are the changelog's (``w<start>:<user>``), batch keys too
+# (``d<seq>``); ``s<event id>`` holds the largest ts an id was accepted with.
+_WINDOWS = (b"w", b"x")
+_SEEN = (b"s", b"t")
+_SEEN_TAG = b"s"
+
+# Writes buffered while restoring before they go to the store in one write.
+RESTORE_FLUSH_AT = 50_000
+
+_dumps = marshal.dumps
+_loads = marshal.loads
+
+
+class KeyValueStore(Protocol):
+    """Byte keys and values in key order; what :class:`Spill` needs from a store."""
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The value of each key, ``None`` for a missing one."""
+        ...
+
+    def scan(self, begin: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` with ``begin <= key < end``, by key ascending."""
+        ...
+
+    def write(
+        self, deleted_ranges: Sequence[tuple[bytes, bytes]], changes: Mapping[bytes, bytes | None]
+    ) -> None:
+        """Atomically delete each ``[begin, end)`` range, then put (or delete: ``None``)."""
+        ...
+
+
+def _window_range(start: int) -> tuple[bytes, bytes]:
+    # Keys of window start are exactly those beginning with ``w<start>:``; ``;`` follows ``:``.
+    prefix = changelog.window_key_prefix(start)
+    return prefix, prefix[:-1] + b";"
+
+
+class Spill:
+    """A store plus the writes not sent to it yet, which go out in one write at :meth:`flush`.
+
+    Reads send pending writes first, so they always see every earlier write.
+    """
+
+    __slots__ = ("_ranges", "changes", "store")
+
+    def __init__(self, store: KeyValueStore) -> None:
+        self.store = store
+        # Pending puts, and deletes (None); loops may write it directly between two flushes.
+        self.changes: dict[bytes, bytes | None] = {}
+        self._ranges: list[tuple[bytes, bytes]] = []
+
+    @property
+    def pending(self) -> int:
+        """Number of writes not sent yet."""
+        return len(self.changes) + len(self._ranges)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.changes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.changes[key] = None
+
+    def delete_range(self, begin: bytes, end: bytes) -> None:
+        """Delete every key in ``[begin, end)``, including ones put since the last flush."""
+        changes = self.changes
+        for key in [key for key in changes if begin <= key < end]:
+            del changes[key]
+        self._ranges.append((begin, end))
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        self.flush()
+        return self.store.get_many(keys)
+
+    def scan(self, begin: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        self.flush()
+        return self.store.scan(begin, end)
+
+    def flush(self) -> None:
+        """Send the pending writes as one atomic write."""
+        if self.changes or self._ranges:
+            self.store.write(self._ranges, self.changes)
+            self.changes = {}
+            self._ranges = []
+
+    def flush_if_full(self) -> None:
+        if len(self.changes) >= RESTORE_FLUSH_AT:
+            self.flush()
+
+
+class SpilledWindowStore(WindowStore):
+    """:class:`WindowStore` whose aggregates live in a :class:`KeyValueStore`.
+
+    ``by_start`` still has one dict per open window, but between batches they are empty: a
+    batch's :meth:`load` fills them with the aggregates its events can touch, and :meth:`save`
+    writes back the changed ones and empties them. A closed window is read from the store in
+    key order (UTF-8 byte order, which is code point order) and deleted with one range delete.
+    """
+
+    __slots__ = ("_loaded", "_size", "_sizes", "_spill", "_stale", "_step")
+
+    def __init__(self, size_ms: int, step_ms: int, grace_ms: int, spill: Spill) -> None:
+        super().__init__(size_ms, grace_ms)
+        self._size = size_ms
+        self._step = step_ms
+        self._spill = spill
+        # start -> aggregates of the window in the store, as of the last save.
+        self._sizes: dict[int, int] = {}
+        # start -> aggregates the current batch read from the store into by_start[start].
+        self._loaded: dict[int, int] = {}
+        self._stale = False
+
+    def __len__(self) -> int:
+        self.ensure_index()
+        return sum(self._sizes.values())
+
+    def load(self, events: Sequence[Mapping[str, Any]], stream_time: int) -> None:
+        """Read into ``by_start`` the aggregates that ``events`` can touch.
+
+        Those are the (window, user) pairs of windows that hold an event's ts and are open at
+        ``stream_time``; stream time only grows during the batch, so no other is touched.
+        """
+        self.ensure_index()
+        by_start = self.by_start
+        if not by_start:
+            return
+        size = self._size
+        step = self._step
+        open_floor = stream_time - self._reach
+        prefixes = {start: changelog.window_key_prefix(start) for start in by_start}
+        wanted: dict[bytes, tuple[int, str]] = {}
+        for event in events:
+            ts = event["ts"]
+            start = ts - ts % step
+            floor = ts - size
+            if open_floor > floor:
+                floor = open_floor
+            while start > floor:
+                prefix = prefixes.get(start)
+                if prefix is not None:
+                    user_id = event["user_id"]
+                    wanted[prefix + user_id.encode()] = (start, user_id)
+                start -= step
+        loaded = self._loaded
+        for (start, user_id), value in zip(
+            wanted.values(), self._spill.get_many(list(wanted)), strict=True
+        ):
+            if value is not None:
+                by_start[start][user_id] = _loads(value)
+                loaded[start] = loaded.get(start, 0) + 1
+
+    def save(self, touched: Mapping[int, Mapping[str, Aggregate]]) -> None:
+        """Write back the aggregates a batch changed (``touched``) and empty ``by_start``."""
+        by_start = self.by_start
+        sizes = self._sizes
+        loaded = self._loaded
+        changes = self._spill.changes
+        for start, changed in touched.items():
+            users = by_start.get(start)
+            if users is None:
+                continue  # closed during the batch: already deleted from the store
+            prefix = changelog.window_key_prefix(start)
+            for user_id, aggregate in changed.items():
+                changes[prefix + user_id.encode()] = _dumps(aggregate)
+            # The batch only adds users, and every added one is in changed.
+            sizes[start] = sizes.get(start, 0) + len(users) - loaded.get(start, 0)
+            users.clear()
+        for start in loaded:
+            users = by_start.get(start)
+            if users is not None:
+                users.clear()
+        loaded.clear()
+
+    def close_until(self, stream_time: int) -> Iterator[tuple[int, dict[str, Aggregate]]]:
+        """Remove and yield, oldest first, the windows closed at ``stream_time``."""
+        self.ensure_index()
+        starts = self._starts
+        reach = self._reach
+        spill = self._spill
+        while starts and starts[0] + reach <= stream_time:
+            start = starts.pop(0)
+            cached = self.by_start.pop(start)
+            self._sizes.pop(start, None)
+            self._loaded.pop(start, None)
+            begin, end = _window_range(start)
+            skip = len(begin)
+            users = {key[skip:].decode(): _loads(value) for key, value in spill.scan(begin, end)}
+            users.update(cached)
+            spill.delete_range(begin, end)
+            self.next_close = starts[0] + reach if starts else NEVER
+            yield start, users
+        self.next_close = starts[0] + reach if starts else NEVER
+
+    def put(self, start: int, user_id: str, aggregate: Aggregate) -> None:
+        self._spill.put(changelog.window_key_prefix(start) + user_id.encode(), _dumps(aggregate))
+        self._stale = True
+        self._spill.flush_if_full()
+
+    def discard(self, start: int, user_id: str) -> None:
+        self._spill.delete(changelog.window_key_prefix(start) + user_id.encode())
+        self._stale = True
+        self._spill.flush_if_full()
+
+    def ensure_index(self) -> None:
+        """After :meth:`put` or :meth:`discard`: find the open windows and their sizes."""
+        if not self._stale:
+            return
+        sizes: dict[int, int] = {}
+        for key, _ in self._spill.scan(*_WINDOWS):
+            start = int(key[1 : key.index(b":")])
+            sizes[start] = sizes.get(start, 0) + 1
+        self._sizes = sizes
+        self._starts[:] = sorted(sizes)
+        self.by_start.clear()
+        self.by_start.update((start, {}) for start in self._starts)
+        self.next_close = self._starts[0] + self._reach if self._starts else NEVER
+        self._stale = False
+
+
+class SpilledDeduplicator(Deduplicator):
+    """:class:`Deduplicator` whose ids live in a :class:`KeyValueStore`.
+
+    ``seen`` is the current batch's view: :meth:`load` reads every id of the batch into it
+    (``None`` for an id not held), the hot path uses it as in memory, and the end of
+    :meth:`~Deduplicator.remember` (its purge) writes back what changed and empties it. Each
+    live batch's ids are in the store under the batch's changelog key.
+    """
+
+    __slots__ = ("_base", "_count", "_spill")
+
+    def __init__(self, horizon_ms: int, spill: Spill) -> None:
+        super().__init__(horizon_ms)
+        self._spill = spill
+        # id -> its value in the store when read into seen (None: not held).
+        self._base: dict[str, int | None] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        self.ensure_index()
+        return self._count
+
+    def load(self, events: Sequence[Mapping[str, Any]]) -> None:
+        self._fetch(dict.fromkeys([event["event_id"] for event in events]))
+
+    def _fetch(self, ids: Iterable[str]) -> None:
+        """Read the ids not read yet into ``seen``, keeping values already set there."""
+        base = self._base
+        wanted = [event_id for event_id in ids if event_id not in base]
+        values = self._spill.get_many([_SEEN_TAG + event_id.encode() for event_id in wanted])
+        seen = self.seen
+        for event_id, value in zip(wanted, values, strict=True):
+            ts = None if value is None else int(value)
+            base[event_id] = ts
+            seen.setdefault(event_id, ts)
+
+    def _forget(self, ids: Mapping[str, int], stream_time: int) -> None:
+        seen = self.seen
+        horizon = self._horizon
+        # Ids outside the current batch's view are checked and deleted in the store directly;
+        # reads see pending deletes, so an id in two expiring batches is counted once.
+        keys = [_SEEN_TAG + event_id.encode() for event_id in ids if event_id not in seen]
+        if keys:
+            values = self._spill.get_many(keys)
+            changes = self._spill.changes
+            forgotten = 0
+            for key, value in zip(keys, values, strict=True):
+                if value is not None and int(value) + horizon <= stream_time:
+                    changes[key] = None
+                    forgotten += 1
+            self._count -= forgotten
+        for event_id in ids:
+            ts = seen.get(event_id)
+            if ts is not None and ts + horizon <= stream_time:
+                seen[event_id] = None
+
+    def purge(self, stream_time: int) -> list[changelog.Record]:
+        records = super().purge(stream_time)
+        self._save()
+        return records
+
+    def _save(self) -> None:
+        """Write back the ids whose ts changed in ``seen``, and empty it."""
+        seen = self.seen
+        base = self._base
+        self._fetch([event_id for event_id in seen if event_id not in base])
+        changes = self._spill.changes
+        count = self._count
+        for event_id, ts in seen.items():
+            before = base[event_id]
+            if ts == before:
+                continue
+            if ts is None:
+                changes[_SEEN_TAG + event_id.encode()] = None
+                count -= 1
+            else:
+                changes[_SEEN_TAG + event_id.encode()] = b"%d" % ts
+                if before is None:
+                    count += 1
+        self._count = count
+        seen.clear()
+        base.clear()
+
+    def _batch_ids(self, seq: int) -> dict[str, int]:
+        (value,) = self._spill.get_many([changelog.dedupe_key(seq)])
+        assert value is not None, f"batch {seq} has no ids in the store"
+        ids: dict[str, int] = _loads(value)
+        return ids
+
+    def _keep_ids(self, seq: int, ids: dict[str, int]) -> None:
+        self._spill.put(changelog.dedupe_key(seq), _dumps(ids))
+
+    def _drop_ids(self, seq: int) -> None:
+        self._spill.delete(changelog.dedupe_key(seq))
+
+    def apply(self, seq: int, ids: dict[str, int] | None) -> None:
+        super().apply(seq, ids)
+        self._spill.flush_if_full()
+
+    def ensure_index(self) -> None:
+        """Rebuild the ids' ts and the expiry queue after :meth:`apply`, batch by batch."""
+        if not self._stale:
+            return
+        spill = self._spill
+        spill.delete_range(*_SEEN)
+        self._count = 0
+        self.seen.clear()
+        self._base.clear()
+        seen = self.seen
+        for seq in self._newest:
+            ids = self._batch_ids(seq)
+            self._fetch(ids)  # the ts held so far, from the batches rebuilt before
+            for event_id, ts in ids.items():
+                previous = seen[event_id]
+                if previous is None or ts > previous:
+                    seen[event_id] = ts
+            self._save()
+        self._expiries = [(newest + self._horizon, seq) for seq, newest in self._newest.items()]
+        heapq.heapify(self._expiries)
+        self._stale = False

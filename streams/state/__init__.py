@@ -1,0 +1,1 @@
+"""Where a partition's state lives outside memory: see :mod:`streams.state.rocks`."""
