@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from streams.broker.reading import read_topic
-from streams.config import KafkaSettings
+from streams.config import KafkaSettings, Settings
 from streams.core.config import CoreConfig
 from streams.core.reference import recompute_partition
 from streams.validation import decode_event
@@ -154,3 +154,23 @@ async def verify(
 
 def _count(records: dict[int, list[Any]]) -> int:
     return sum(len(r) for r in records.values())
+
+
+async def verify_pipeline(settings: Settings, **windows: int) -> VerifyReport:
+    """:func:`verify` of a pipeline's own topics and settings (``windows`` overrides
+    ``window_size_ms``, ``window_step_ms``, ``grace_ms`` or ``max_message_bytes``)."""
+    config = CoreConfig(
+        window_size_ms=windows.get("window_size_ms", settings.window_size_ms),
+        window_step_ms=windows.get("window_step_ms", settings.window_step_ms),
+        grace_ms=windows.get("grace_ms", settings.grace_ms),
+        dedupe_horizon_ms=settings.dedupe_horizon_ms,
+    )
+    return await verify(
+        settings.kafka,
+        input_topic=settings.input_topic,
+        output_topic=settings.output_topic,
+        config=config,
+        dlq_topic=settings.dlq_topic,
+        late_topic=settings.late_topic,
+        max_message_bytes=windows.get("max_message_bytes", settings.max_message_bytes),
+    )

@@ -28,10 +28,9 @@ import pytest
 from streams.broker.admin import TopicSpec, ensure_topics, pipeline_topics
 from streams.broker.local import KAFKA_VERSION, LocalKafka, free_port, metadata_answers
 from streams.config import KafkaSettings, Settings
-from streams.core.config import CoreConfig
 from streams.generator import generate_messages
 from streams.publish import Publisher
-from streams.verify import VerifyReport, verify
+from streams.verify import VerifyReport, verify_pipeline
 
 
 def _docker_daemon_answers() -> bool:
@@ -201,22 +200,7 @@ class PipelineRun:
 
     async def verify(self, **settings: int) -> VerifyReport:
         """``streams verify`` of this run's output against its input."""
-        s = self.settings
-        config = CoreConfig(
-            window_size_ms=settings.get("window_size_ms", s.window_size_ms),
-            window_step_ms=settings.get("window_step_ms", s.window_step_ms),
-            grace_ms=settings.get("grace_ms", s.grace_ms),
-            dedupe_horizon_ms=s.dedupe_horizon_ms,
-        )
-        return await verify(
-            self.kafka,
-            input_topic=self.input,
-            output_topic=self.output,
-            config=config,
-            dlq_topic=self.dlq,
-            late_topic=self.late,
-            max_message_bytes=settings.get("max_message_bytes", s.max_message_bytes),
-        )
+        return await verify_pipeline(self.settings, **settings)
 
     def kill_all(self) -> None:
         """SIGKILL every worker still running (test teardown)."""
@@ -290,18 +274,33 @@ class Worker:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
-@pytest.fixture
-def pipeline_run(
-    kafka_bootstrap: str, unique_name: Callable[[str], str]
+def pipeline_runs(
+    bootstrap: str, unique_name: Callable[[str], str]
 ) -> Iterator[Callable[..., PipelineRun]]:
-    """Factory of isolated pipelines; every worker it started is killed at teardown."""
+    """A factory of isolated pipelines on ``bootstrap``; kills their workers when closed."""
     runs: list[PipelineRun] = []
 
     def make(partitions: int = 3) -> PipelineRun:
-        run = PipelineRun(kafka_bootstrap, unique_name, partitions)
+        run = PipelineRun(bootstrap, unique_name, partitions)
         runs.append(run)
         return run
 
     yield make
     for run in runs:
         run.kill_all()
+
+
+def assert_exactly_once(report: VerifyReport) -> None:
+    """Exact output, no duplicate final, every dead letter and late event accounted for."""
+    assert report.duplicate_finals == 0, report.as_dict()
+    assert report.exact(), report.as_dict()
+    assert report.dlq_records == report.invalid
+    assert report.late_records == report.expected_late
+
+
+@pytest.fixture
+def pipeline_run(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> Iterator[Callable[..., PipelineRun]]:
+    """Factory of isolated pipelines; every worker it started is killed at teardown."""
+    yield from pipeline_runs(kafka_bootstrap, unique_name)

@@ -34,8 +34,7 @@ import orjson
 from streams.broker.admin import ensure_topics, pipeline_topics
 from streams.broker.local import LocalKafka, free_port
 from streams.config import KafkaSettings, Settings
-from streams.core.config import CoreConfig
-from streams.verify import verify
+from streams.verify import verify_pipeline
 
 
 @dataclass
@@ -237,22 +236,7 @@ def run_soak(
         for proc in (publisher, worker):
             if proc.poll() is None:
                 proc.kill()
-    config = CoreConfig(
-        window_size_ms=s.window_size_ms,
-        window_step_ms=s.window_step_ms,
-        grace_ms=s.grace_ms,
-        dedupe_horizon_ms=s.dedupe_horizon_ms,
-    )
-    report = asyncio.run(
-        verify(
-            soak.kafka,
-            input_topic=s.input_topic,
-            output_topic=s.output_topic,
-            config=config,
-            dlq_topic=s.dlq_topic,
-            late_topic=s.late_topic,
-        )
-    )
+    report = asyncio.run(verify_pipeline(s))
     return {
         "seconds": seconds,
         "rate": rate,

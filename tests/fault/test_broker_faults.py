@@ -21,7 +21,7 @@ import pytest
 from streams.broker.local import LocalKafka, free_port
 from streams.broker.reading import read_topic
 from streams.generator import generate_messages
-from tests.conftest import PipelineRun
+from tests.conftest import PipelineRun, assert_exactly_once, pipeline_runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -50,16 +50,7 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]
 def faulty_run(
     own_broker: LocalKafka, unique_name: Callable[[str], str]
 ) -> Iterator[Callable[..., PipelineRun]]:
-    runs: list[PipelineRun] = []
-
-    def make(partitions: int = 3) -> PipelineRun:
-        run = PipelineRun(own_broker.bootstrap, unique_name, partitions)
-        runs.append(run)
-        return run
-
-    yield make
-    for run in runs:
-        run.kill_all()
+    yield from pipeline_runs(own_broker.bootstrap, unique_name)
 
 
 class Generator:
@@ -140,11 +131,7 @@ async def test_exactly_once_survives_broker_sigkill_and_a_long_outage(
     assert totals["consumed"] > 0
 
     await assert_nothing_lost(run, publisher)
-    report = await run.verify()
-    assert report.duplicate_finals == 0, report.as_dict()
-    assert report.exact(), report.as_dict()
-    assert report.dlq_records == report.invalid
-    assert report.late_records == report.expected_late
+    assert_exactly_once(await run.verify())
 
 
 async def test_at_least_once_is_complete_after_broker_sigkill(
