@@ -132,6 +132,7 @@ class Pipeline:
         self.assigned = asyncio.Event()
         self._last_progress = (time.monotonic(), 0)
         self._heads: dict[int, HeadHistory] = {}
+        self._stop_requested = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -186,6 +187,11 @@ class Pipeline:
             s.grace_ms,
         )
 
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in hand (a signal handler)."""
+        self._stop_requested = True
+        self.health.stopping = True
+
     async def stop(self) -> None:
         """Leave the group (committed work stays committed) and close every client."""
         self.health.stopping = True
@@ -221,6 +227,9 @@ class Pipeline:
                         gc.enable()
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     await self._tick()
+            if self._stop_requested:
+                log.info("stop requested: leaving the group after the last batch")
+                return self.stats
             if exit_when_idle_s is not None and await self._idle_for(exit_when_idle_s):
                 return self.stats
             if stop_after is not None and self.stats.consumed >= stop_after:
