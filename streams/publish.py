@@ -17,7 +17,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from streams.broker.admin import start_client
+from streams.broker.admin import start_client, stop_within
 from streams.broker.batches import BatchSender, partition_for
 from streams.config import KafkaSettings
 from streams.errors import BrokerError
@@ -29,6 +29,7 @@ _CHUNK = 2_000
 _ACK_EVERY = 50_000
 _ACK_INTERVAL_S = 0.5
 RECOVER_FOR_S = 300.0
+_STOP_TIMEOUT_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,6 @@ class Publisher:
         self._compression = compression
         self._producer = make_producer(kafka, compression=compression)
         self._recover_for_s = recover_for_s
-        self.resends = 0
 
     async def __aenter__(self) -> Publisher:
         await start_client(self._producer, self._kafka)
@@ -124,7 +124,7 @@ class Publisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await _stop(self._producer)
+        await stop_within(self._producer, _STOP_TIMEOUT_S, level=logging.DEBUG)
 
     async def publish(
         self,
@@ -193,7 +193,7 @@ class Publisher:
                 type(cause).__name__,
                 len(unacked),
             )
-            await _stop(self._producer)
+            await stop_within(self._producer, _STOP_TIMEOUT_S, level=logging.DEBUG)
             self._producer = make_producer(self._kafka, compression=self._compression)
             try:
                 await start_client(self._producer, self._kafka)
@@ -209,7 +209,6 @@ class Publisher:
                 cause = exc
                 await asyncio.sleep(1.0)
                 continue
-            self.resends += len(unacked)
             return sender
 
 
@@ -221,13 +220,6 @@ def _append(sender: BatchSender, topic: str, partitions: int, batch: list[Messag
             else sender.next_round_robin(partitions)
         )
         sender.append(topic, part, key, value)
-
-
-async def _stop(producer: AIOKafkaProducer) -> None:
-    try:
-        await asyncio.wait_for(producer.stop(), 10.0)
-    except Exception as exc:  # a producer whose sender died may fail to stop; drop it
-        log.debug("producer did not stop cleanly: %r", exc)
 
 
 def _chunks(messages: Iterable[Message], size: int) -> Iterator[list[Message]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from aiokafka.errors import (
 
 from streams.config import KafkaSettings, Settings
 from streams.errors import BrokerError
+
+log = logging.getLogger(__name__)
 
 
 def unreachable(kafka: KafkaSettings) -> BrokerError:
@@ -134,6 +137,15 @@ async def start_client(client: Any, kafka: KafkaSettings, timeout_s: float = 20.
         await _close(client)
         known = connection_error(kafka, exc)
         raise (known or await diagnose(kafka)) from None
+
+
+async def stop_within(client: Any, timeout_s: float, *, level: int = logging.WARNING) -> None:
+    """Stop a producer or consumer; one stuck in a retry loop (or whose sender died) is
+    abandoned after ``timeout_s``, with a log line at ``level``."""
+    try:
+        await asyncio.wait_for(client.stop(), timeout_s)
+    except Exception as exc:
+        log.log(level, "a Kafka client did not stop within %.0fs (%r); abandoned", timeout_s, exc)
 
 
 @contextlib.asynccontextmanager

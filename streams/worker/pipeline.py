@@ -26,7 +26,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.broker.admin import ensure_topics, grow_partitions, pipeline_topics, start_client
+from streams.broker.admin import (
+    ensure_topics,
+    grow_partitions,
+    pipeline_topics,
+    start_client,
+    stop_within,
+)
 from streams.broker.batches import BatchSender, partition_for
 from streams.broker.records import use_raw_records
 from streams.config import Settings
@@ -198,11 +204,11 @@ class Pipeline:
         # Not under the lock: stopping the consumer waits for its coordinator, which may be in
         # a rebalance calling on_revoked/on_assigned, which take the lock (a deadlock, seen).
         if self._consumer is not None:
-            await _stop_within(self._consumer, CLOSE_TIMEOUT_S * 3)
+            await stop_within(self._consumer, CLOSE_TIMEOUT_S * 3)
         async with self._lock:
             for producer in [self._producer, *self._txn_producers.values()]:
                 if producer is not None:
-                    await _stop_within(producer, CLOSE_TIMEOUT_S)
+                    await stop_within(producer, CLOSE_TIMEOUT_S)
             self._txn_producers.clear()
 
     async def run(
@@ -246,7 +252,7 @@ class Pipeline:
                 self._forget_lag(p)
                 producer = self._txn_producers.pop(p, None)
                 if producer is not None:
-                    await _stop_within(producer, CLOSE_TIMEOUT_S)
+                    await stop_within(producer, CLOSE_TIMEOUT_S)
             self._update_state_gauges()
 
     async def on_assigned(self, partitions: set[int]) -> None:
@@ -487,7 +493,7 @@ class Pipeline:
         """at_least_once: replace the producer, rebuild every partition's state, rewind."""
         kafka = self.settings.kafka
         if self._producer is not None:
-            await _stop_within(self._producer, CLOSE_TIMEOUT_S)
+            await stop_within(self._producer, CLOSE_TIMEOUT_S)
         while True:
             self._producer = make_producer(kafka, client_id=self.settings.app_id)
             try:
@@ -496,18 +502,42 @@ class Pipeline:
             except StreamsError as exc:
                 log.error("%s; retrying in %.0fs", exc, RETRY_BACKOFF_S)
                 await asyncio.sleep(RETRY_BACKOFF_S)
-        consumer = self._consumer
-        assert consumer is not None
         partitions = set(self.processors)
         self.processors.clear()
+        await self._rebuild(partitions)
+
+    async def _rebuild(self, partitions: set[int]) -> None:
+        """Rebuild partitions' state from the changelog and rewind them to their committed
+        offsets, retrying while the broker is away. Partitions that moved to another worker
+        meanwhile are left to it, and a stopping worker rebuilds nothing."""
+        consumer = self._consumer
+        assert consumer is not None
+        topic = self.settings.input_topic
         while True:
+            mine = {p for p in partitions if TopicPartition(topic, p) in consumer.assignment()}
+            if mine != partitions:
+                gone = sorted(partitions - mine)
+                log.info("partitions %s are no longer ours; not restoring them", gone)
+                partitions = mine
+            if not partitions or self.health.stopping:
+                return
             try:
                 await self._adopt(partitions)
                 await self._rewind(partitions)
                 return
             except (StreamsError, KafkaError, TimeoutError) as exc:
-                self.processors.clear()
-                log.error("restoring state failed (%s); retrying in %.0fs", exc, RETRY_BACKOFF_S)
+                # The broker is away: drop what the attempt built, try again when it is back.
+                for p in partitions:
+                    self.processors.pop(p, None)
+                    producer = self._txn_producers.pop(p, None)
+                    if producer is not None:
+                        await stop_within(producer, CLOSE_TIMEOUT_S)
+                log.error(
+                    "restoring partitions %s failed (%s); retrying in %.0fs",
+                    sorted(partitions),
+                    exc,
+                    RETRY_BACKOFF_S,
+                )
                 await asyncio.sleep(RETRY_BACKOFF_S)
 
     async def _rewind(self, partitions: Iterable[int]) -> None:
@@ -578,28 +608,8 @@ class Pipeline:
         its state from the changelog and rewind to its committed offset."""
         self._txn_producers.pop(p, None)
         self.processors.pop(p, None)
-        await _stop_within(producer, CLOSE_TIMEOUT_S)
-        consumer = self._consumer
-        assert consumer is not None
-        tp = TopicPartition(self.settings.input_topic, p)
-        while True:
-            if tp not in consumer.assignment() or self.health.stopping:
-                log.info("partition %d is no longer ours; not restoring it", p)
-                return
-            try:
-                await self._adopt({p})
-                await self._rewind([p])
-                return
-            except (StreamsError, KafkaError, TimeoutError) as exc:
-                # The broker is away: keep the partition and try again when it is back.
-                for producer in [self._txn_producers.pop(p, None)]:
-                    if producer is not None:
-                        await _stop_within(producer, CLOSE_TIMEOUT_S)
-                self.processors.pop(p, None)
-                log.error(
-                    "restoring partition %d failed (%s); retrying in %.0fs", p, exc, RETRY_BACKOFF_S
-                )
-                await asyncio.sleep(RETRY_BACKOFF_S)
+        await stop_within(producer, CLOSE_TIMEOUT_S)
+        await self._rebuild({p})
 
     # -- idle partitions -------------------------------------------------------------------
 
@@ -715,11 +725,3 @@ class Pipeline:
         procs = self.processors.values()
         self.metrics.open_windows.set(sum(p.open_windows for p in procs))
         self.metrics.dedupe_ids.set(sum(p.dedupe_size for p in procs))
-
-
-async def _stop_within(client: AIOKafkaProducer | AIOKafkaConsumer, timeout_s: float) -> None:
-    """Stop a client; one stuck in a retry loop is abandoned after ``timeout_s``."""
-    try:
-        await asyncio.wait_for(client.stop(), timeout_s)
-    except Exception as exc:
-        log.warning("a Kafka client did not stop within %.0fs (%r); abandoned", timeout_s, exc)
