@@ -12,6 +12,8 @@ import contextlib
 import os
 import resource
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.broker.admin import start_client, topic_partitions
 from streams.config import KafkaSettings, Settings
-from streams.validation import decode_event
+from streams.validation import decode_batch
 
 Args = dict[str, Any]
 
@@ -45,7 +47,7 @@ def _usage() -> dict[str, float]:
     return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mb": hwm / 1024}
 
 
-async def _consume(args: Args, per_record: Callable[[Any], object] | None) -> dict[str, Any]:
+async def _consume(args: Args, per_batch: Callable[[list[bytes]], object] | None) -> dict[str, Any]:
     """Read ``events`` records from the input with a bare consumer (no group)."""
     kafka = _kafka(args)
     consumer = AIOKafkaConsumer(
@@ -69,10 +71,10 @@ async def _consume(args: Args, per_record: Callable[[Any], object] | None) -> di
                 first = time.monotonic()
             for records in batches.values():
                 count += len(records)
-                for record in records:
-                    size += len(record.value)
-                    if per_record is not None:
-                        per_record(record.value)
+                values = [record.value for record in records]
+                size += sum(map(len, values))
+                if per_batch is not None:
+                    per_batch(values)
         elapsed = time.monotonic() - first
     finally:
         await consumer.stop()
@@ -85,8 +87,14 @@ async def limit(args: Args) -> dict[str, Any]:
 
 
 async def decode(args: Args) -> dict[str, Any]:
-    """Consume + orjson decode + schema validation, no output."""
-    return await _consume(args, decode_event)
+    """Consume + orjson decode + schema validation, no output, in the worker's chunks."""
+    from streams.worker.pipeline import DECODE_CHUNK
+
+    def decode_chunks(values: list[bytes]) -> None:
+        for lo in range(0, len(values), DECODE_CHUNK):
+            decode_batch(values[lo : lo + DECODE_CHUNK])
+
+    return await _consume(args, decode_chunks)
 
 
 async def pipeline(args: Args) -> dict[str, Any]:
@@ -130,6 +138,9 @@ def faust_naive(args: Args) -> dict[str, Any]:
 
     size = Settings().window_size_ms
     target = args["events"]
+    before = args["before"]
+    datadir = os.path.join(tempfile.gettempdir(), "streams-bench", args["app_id"])
+    os.makedirs(datadir, exist_ok=True)
     app = faust.App(
         args["app_id"],
         broker=f"kafka://{args['bootstrap']}",
@@ -137,6 +148,7 @@ def faust_naive(args: Args) -> dict[str, Any]:
         store="memory://",
         web_enabled=False,
         topic_partitions=args["partitions"],
+        datadir=datadir,
     )
     topic = app.topic(args["topic"], value_serializer="raw", key_serializer="raw")
     seen = app.Table("seen", default=int, partitions=args["partitions"])
@@ -171,13 +183,45 @@ def faust_naive(args: Args) -> dict[str, Any]:
                 state["last"] = time.monotonic()
                 stopping.append(asyncio.ensure_future(worker.stop()))
 
+    def measured() -> dict[str, Any]:
+        last = state["last"] or time.monotonic()
+        return {
+            "events": state["count"],
+            "seconds": last - state["first"] if state["first"] else 0.0,
+            "bytes": state["bytes"],
+        }
+
+    threading.Thread(target=_faust_watchdog, args=(state, measured, before), daemon=True).start()
     with contextlib.suppress(SystemExit):
         worker.execute_from_commandline()
-    return {
-        "events": state["count"],
-        "seconds": state["last"] - state["first"],
-        "bytes": state["bytes"],
-    }
+    return measured()
+
+
+# Faust sometimes stalls: seen once in five harness runs, a worker that never consumed (or
+# never stopped) on a fresh broker. The baseline must not hang the bench.
+FAUST_STALL_S = 60.0
+FAUST_STOP_GRACE_S = 20.0
+
+
+def _faust_watchdog(
+    state: dict[str, Any], measured: Callable[[], dict[str, Any]], before: dict[str, float]
+) -> None:
+    """Report what Faust did and exit if it stops making progress or does not stop."""
+    count, changed = -1, time.monotonic()
+    while True:
+        time.sleep(1.0)
+        now = time.monotonic()
+        if state["count"] != count:
+            count, changed = state["count"], now
+        if state["last"] and now - state["last"] > FAUST_STOP_GRACE_S:
+            reason = f"Faust did not stop within {FAUST_STOP_GRACE_S:.0f}s of its last event"
+        elif not state["last"] and now - changed > FAUST_STALL_S:
+            reason = f"Faust made no progress for {FAUST_STALL_S:.0f}s at {count} events"
+        else:
+            continue
+        print(f"faust-naive: {reason}; reporting what it did", file=sys.stderr, flush=True)
+        _report({**measured(), "stalled": reason}, before)
+        os._exit(0)
 
 
 async def latency(args: Args) -> dict[str, Any]:
@@ -298,9 +342,15 @@ def main() -> None:
     args: Args = orjson.loads(sys.argv[1])
     name = args["scenario"]
     before = _usage()
+    args["before"] = before
     func = SCENARIOS[name]
     # Faust's worker runs its own event loop; the other scenarios are coroutines.
     result = asyncio.run(func(args)) if asyncio.iscoroutinefunction(func) else func(args)
+    _report(result, before)
+
+
+def _report(result: dict[str, Any], before: dict[str, float]) -> None:
+    """Print a scenario's measurements, with its CPU time and peak RSS, as one JSON line."""
     after = _usage()
     result["cpu_seconds"] = after["cpu"] - before["cpu"]
     result["peak_rss_mb"] = after["rss_mb"]

@@ -10,7 +10,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from streams.bench.runner import ALL_SCENARIOS, BenchConfig, environment, run_bench
+from streams.bench.runner import ALL_SCENARIOS, BenchConfig, environment, run_bench, summarise
 from streams.config import KafkaSettings
 
 
@@ -32,6 +32,13 @@ from streams.config import KafkaSettings
 )
 @click.option("--latency-seconds", default=15.0, show_default=True, help="Latency run length.")
 @click.option("--latency-rate", type=float, default=None, help="Default: half pipeline-alo.")
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Run the scenarios this many times on the same input; report each one's median.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
 def command(
     events: int,
@@ -40,6 +47,7 @@ def command(
     faust_events: int,
     latency_seconds: float,
     latency_rate: float | None,
+    rounds: int,
     as_json: bool,
 ) -> None:
     """Measure publish, raw consume (limit), decode, naive Faust and our pipeline.
@@ -55,33 +63,42 @@ def command(
         faust_events=faust_events,
         latency_seconds=latency_seconds,
         latency_rate=latency_rate,
+        rounds=rounds,
     )
     err = Console(stderr=True)
     results = asyncio.run(run_bench(config, progress=lambda msg: err.print(f"[dim]{msg}[/dim]")))
-    limits = [r.events_per_second for r in results if r.scenario in ("limit", "limit-again")]
-    limit = sum(limits) / len(limits) if limits else None
-    rows = [r.as_dict(limit) for r in results]
+    rows = summarise(results)
     expected = {
         "faust-naive": min(events, faust_events),
         "latency": next((r.events for r in results if r.scenario == "latency"), 0),
     }
-    short = [r["scenario"] for r in rows if r["events"] < expected.get(r["scenario"], events)]
+    short = sorted({r.scenario for r in results if r.events < expected.get(r.scenario, events)})
     if as_json:
         click.echo(orjson.dumps({"environment": environment(), "results": rows}).decode())
     else:
-        table = Table(title=f"streams bench: {events:,} events, {partitions} partitions")
-        for name in ("scenario", "events/s", "MB/s", "CPU s/M events", "peak RSS MB", "x limit"):
+        title = f"streams bench: {events:,} events, {partitions} partitions"
+        if rounds > 1:
+            title += f", median of {rounds} rounds"
+        table = Table(title=title)
+        columns = ["scenario", "events/s", "MB/s", "CPU s/M events", "peak RSS MB", "x limit"]
+        if rounds > 1:
+            columns.append("x limit, each round")
+        for name in columns:
             table.add_column(name, justify="right" if name != "scenario" else "left")
         for r in rows:
             ratio = r["ratio_to_limit"]
-            table.add_row(
+            cells = [
                 r["scenario"],
                 f"{r['events_per_second']:,}",
                 f"{r['mb_per_second']}",
                 f"{r['cpu_seconds_per_million']}",
                 f"{r['peak_rss_mb']}",
                 f"{ratio:.3f}" if ratio is not None else "-",
-            )
+            ]
+            if rounds > 1:
+                each = [x["ratio_to_limit"] for x in r.get("rounds", [])]
+                cells.append(" ".join(f"{x:.3f}" for x in each if x is not None) or "-")
+            table.add_row(*cells)
         Console().print(table)
         for r in rows:
             if r["scenario"] == "latency":

@@ -72,6 +72,8 @@ class PartitionProcessor:
             )
             self._dedupe = SpilledDeduplicator(config.dedupe_horizon_ms, spill)
         self._pending: list[Record] = []
+        # start -> user_id -> aggregate changed since the last drain (see drain_changelog).
+        self._unsaved: dict[int, dict[str, Aggregate]] = {}
 
     @property
     def stream_time(self) -> int | None:
@@ -100,6 +102,7 @@ class PartitionProcessor:
         step = config.window_step_ms
         reach = size + config.grace_ms
         horizon = config.dedupe_horizon_ms
+        share_ids = step < size
         dedupe = self._dedupe
         dedupe.ensure_index()
         store = self._windows
@@ -161,9 +164,11 @@ class PartitionProcessor:
                     users, changed = lane
                 aggregate = users.get(user_id)
                 if aggregate is None:
-                    # Every event brings its own copy of the user_id; interning lets all the
-                    # windows of a user share one, a sizable saving with many open windows.
-                    users[intern(user_id)] = aggregate = (
+                    # Every event brings its own copy of the user_id. With hopping windows a
+                    # user has many open windows, created by different events: interning lets
+                    # them share one copy. Tumbling windows give a user one or two, where the
+                    # interned table would cost more (~40 bytes per user) than it saves.
+                    users[intern(user_id) if share_ids else user_id] = aggregate = (
                         [1, 0.0, None, None] if amount is None else [1, amount, amount, amount]
                     )
                 else:
@@ -195,22 +200,22 @@ class PartitionProcessor:
         clock = self._clock
         clock.stream_time = stream_time
         clock.mark_activity(now_ms)
-        pending = self._pending
-        encode = changelog.encode_aggregate
+        # The changelog gets each changed aggregate once per drain, however many batches
+        # changed it in between (the shell drains once per fetch and processes in chunks).
+        unsaved = self._unsaved
         for start, changed in touched.items():
-            # A window closed during the batch already has its tombstones queued.
-            if start in by_start:
-                prefix = changelog.window_key_prefix(start)
-                pending.extend(
-                    [(prefix + uid.encode(), encode(agg)) for uid, agg in changed.items()]
-                )
+            held = unsaved.get(start)
+            if held is None:
+                unsaved[start] = changed  # a fresh dict of this batch's, not used after it
+            else:
+                held.update(changed)
         if config.emit_updates:
             for start in sorted(touched):
                 if start in by_start:
                     changed = touched[start]
                     for user_id in sorted(changed):
                         emitted.append(to_record(user_id, start, size, changed[user_id], False))
-        pending.extend(dedupe.remember(seq, accepted, stream_time))
+        self._pending.extend(dedupe.remember(seq, accepted, stream_time))
         store.save(touched)
         self._queue_time()
         if self._spill is not None:
@@ -251,8 +256,25 @@ class PartitionProcessor:
         return emitted
 
     def drain_changelog(self) -> list[Record]:
-        """The changelog records of every state change since the last drain, in order."""
-        records = self._pending
+        """The changelog records of every state change since the last drain.
+
+        Replaying them in order rebuilds the state: the current value of each aggregate changed
+        since the last drain whose window is still open (a closed window's aggregates have
+        their tombstones queued instead, and a closed window never reopens), then tombstones,
+        dedupe and time records in the order they happened.
+        """
+        records: list[Record] = []
+        if self._unsaved:
+            by_start = self._windows.by_start
+            encode = changelog.encode_aggregate
+            for start, changed in self._unsaved.items():
+                if start in by_start:
+                    prefix = changelog.window_key_prefix(start)
+                    records.extend(
+                        [(prefix + uid.encode(), encode(agg)) for uid, agg in changed.items()]
+                    )
+            self._unsaved = {}
+        records.extend(self._pending)
         self._pending = []
         return records
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 import marshal
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from streams.core import changelog
@@ -286,7 +286,7 @@ class SpilledDeduplicator(Deduplicator):
             base[event_id] = ts
             seen.setdefault(event_id, ts)
 
-    def _forget(self, ids: Mapping[str, int], stream_time: int) -> None:
+    def _forget(self, ids: Collection[str], stream_time: int) -> None:
         seen = self.seen
         horizon = self._horizon
         # Ids outside the current batch's view are checked and deleted in the store directly;
@@ -338,6 +338,9 @@ class SpilledDeduplicator(Deduplicator):
         assert value is not None, f"batch {seq} has no ids in the store"
         ids: dict[str, int] = _loads(value)
         return ids
+
+    def _batch_keys(self, seq: int) -> Collection[str]:
+        return self._batch_ids(seq)
 
     def _keep_ids(self, seq: int, ids: dict[str, int]) -> None:
         self._spill.put(changelog.dedupe_key(seq), _dumps(ids))

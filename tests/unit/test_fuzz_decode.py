@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from streams.core import CoreConfig
 from streams.core.jsonbytes import dumps
 from streams.core.processor import PartitionProcessor
-from streams.validation import EVENT_TYPES, decode_event
+from streams.validation import EVENT_TYPES, decode_batch, decode_event
 
 EXAMPLES = int(os.environ.get("STREAMS_FUZZ_EXAMPLES", "500"))
 LIMIT = 64 * 1024  # a small size limit, so that the over-limit path is hit often
@@ -200,6 +200,30 @@ def test_hostile_json_ends_in_exactly_one_place(raw: bytes) -> None:
 @given(mutated_events())
 def test_mutated_events_end_in_exactly_one_place(raw: bytes) -> None:
     route(raw)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(to_json, valid_events),
+            hostile_json(),
+            mutated_events(),
+            st.binary(max_size=200),
+            st.none(),
+            st.just(b"[" * (LIMIT + 1)),
+        )
+    )
+)
+def test_the_batch_decoder_routes_every_message_like_the_single_one(
+    batch: list[bytes | None],
+) -> None:
+    """The worker's path (decode_batch) and decode_event agree on every message of a batch,
+    whatever else the batch holds: same events in the same order, same reasons and indices."""
+    singles = [decode_event(raw, LIMIT) for raw in batch]
+    valid, failures = decode_batch(batch, LIMIT)
+    assert valid == [event for event, _ in singles if event is not None]
+    assert failures == [(i, reason) for i, (_, reason) in enumerate(singles) if reason is not None]
 
 
 @FUZZ
