@@ -19,83 +19,18 @@ window. Run it once per store; each run is its own process, so RSS figures do no
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import marshal
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
-from streams.broker.admin import TopicSpec, ensure_topics
-from streams.broker.local import free_port
+from streams.bench.state import BASE_TS, event, measure_state, rss_mb
 from streams.config import KafkaSettings
-from streams.publish import Publisher
-
-
-def metric(port: int, name: str) -> float | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
-    return sum(values) if values else None
-
-
-def rss_mb(pid: int, field: str = "VmHWM") -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:")) / 1024
-
-
-def start_worker(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker"],
-        env={**env, "STREAMS_METRICS_PORT": str(port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return proc, port
-
-
-def wait_for(port: int, name: str, value: float, timeout: float = 600) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = metric(port, name)
-        if current is not None and current >= value:
-            return time.monotonic()
-        time.sleep(0.05)
-    raise SystemExit(f"{name} did not reach {value}")
-
-
-BASE_TS = 1_700_000_000_000
-
-
-def event(i: int) -> dict[str, Any]:
-    """Event ``i``: its own id and user, inside the first minute of one hour-long window."""
-    return {
-        "event_id": f"e{i}",
-        "type": "purchase",
-        "user_id": f"u{i}",
-        "ts": BASE_TS + i % 60_000,
-        "amount": 1.5,
-    }
-
-
-async def publish(kafka: KafkaSettings, topic: str, events: int) -> None:
-    await ensure_topics(kafka, [TopicSpec(topic, 6)])
-    messages = ((f"u{i}".encode(), orjson.dumps(event(i))) for i in range(events))
-    async with Publisher(kafka) as publisher:
-        await publisher.publish(topic, messages)
 
 
 def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
@@ -179,67 +114,8 @@ def main() -> None:
     if args.core:
         print(orjson.dumps(core(args.events, args.batch, args.store)).decode())
         return
-    kafka = KafkaSettings.from_env()
-    run = uuid.uuid4().hex[:6]
-    topic = f"state1m-{run}"
-    asyncio.run(publish(kafka, topic, args.events))
-    state_dir = os.path.join(tempfile.gettempdir(), f"state1m-{run}")
-    env = {
-        **os.environ,
-        "STREAMS_APP_ID": f"state1m-{run}",
-        "STREAMS_INPUT_TOPIC": topic,
-        "STREAMS_OUTPUT_TOPIC": f"{topic}-out",
-        "STREAMS_DLQ_TOPIC": f"{topic}-dlq",
-        "STREAMS_LATE_TOPIC": f"{topic}-late",
-        "STREAMS_WINDOW_SIZE_MS": "3600000",
-        "STREAMS_IDLE_TIMEOUT_MS": "3600000",
-        "STREAMS_STORE": args.store,
-        "STREAMS_STATE_DIR": state_dir,
-    }
-    first, port = start_worker(env)
-    wait_for(port, "streams_events_consumed_total", args.events)
-    windows = metric(port, "streams_state_open_windows")
-    ids = metric(port, "streams_state_dedupe_ids")
-    peak = rss_mb(first.pid)
-    first.kill()
-    first.wait()
-
-    started = time.monotonic()
-    second, port = start_worker(env)
-    ready = wait_for(port, "streams_assigned_partitions", 1)
-    wait_for(port, "streams_recovery_records_remaining", 0)
-    # Processing again: readiness reports restored and assigned.
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2) as r:
-                if orjson.loads(r.read())["ready"]:
-                    break
-        except OSError:
-            pass
-        time.sleep(0.05)
-    processing = time.monotonic()
-    restored = metric(port, "streams_recovery_records_restored_total")
-    restored_windows = metric(port, "streams_state_open_windows")
-    peak2 = rss_mb(second.pid)
-    second.kill()
-    second.wait()
-    shutil.rmtree(state_dir, ignore_errors=True)  # the killed worker's RocksDB databases
-    print(
-        orjson.dumps(
-            {
-                "store": args.store,
-                "events": args.events,
-                "open_windows": windows,
-                "dedupe_ids": ids,
-                "peak_rss_mb_processing": round(peak, 1),
-                "restart_to_ready_s": round(processing - started, 2),
-                "assigned_after_s": round(ready - started, 2),
-                "changelog_records_restored": restored,
-                "open_windows_after_restore": restored_windows,
-                "peak_rss_mb_after_restore": round(peak2, 1),
-            }
-        ).decode()
-    )
+    figures = measure_state(KafkaSettings.from_env(), args.events, args.store)
+    print(orjson.dumps(figures).decode())
 
 
 if __name__ == "__main__":

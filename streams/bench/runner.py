@@ -38,6 +38,7 @@ ALL_SCENARIOS = (
     "pipeline-alo",
     "pipeline-eos",
     "latency",
+    "state",
 )
 
 
@@ -197,6 +198,10 @@ async def run_bench(
             "guarantee": "at_least_once",
         }
         results.append(_row("latency", _child(args, timeout_s=600), config.rounds))
+    if "state" in config.scenarios:
+        progress(f"running state: a worker holding {config.events:,} distinct keys")
+        args = {**base, "scenario": "state", "app_id": f"bench-{run_id}-state"}
+        results.append(_row("state", _child(args, timeout_s=1800), config.rounds))
     return results
 
 
@@ -228,6 +233,8 @@ def summarise(results: list[BenchResult]) -> list[dict[str, Any]]:
         ]
         if ratios:
             row["ratio_to_limit"] = statistics.median(ratios)
+        if name == "state":
+            row["ratio_to_limit"] = None  # its rate includes the worker's start: no ratio
         if len(runs) > 1:
             row["rounds"] = [
                 {

@@ -101,6 +101,14 @@ def command(
             table.add_row(*cells)
         Console().print(table)
         for r in rows:
+            if r["scenario"] == "state":
+                click.echo(
+                    f"state: a worker holding {r['open_windows']:,.0f} aggregates and"
+                    f" {r['dedupe_ids']:,.0f} dedupe ids peaked at {r['peak_rss_mb']} MB RSS;"
+                    f" after SIGKILL a new one was ready in {r['restart_to_ready_s']} s"
+                    f" ({r['changelog_records_restored']:,.0f} changelog records replayed,"
+                    f" peak {r['peak_rss_mb_after_restore']} MB)"
+                )
             if r["scenario"] == "latency":
                 click.echo(
                     f"latency at {r['rate']:,.0f} events/s (update mode): p50 {r['p50_ms']:.0f} ms,"
