@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import sys
@@ -91,8 +92,13 @@ async def decode(args: Args) -> dict[str, Any]:
     from streams.worker.pipeline import DECODE_CHUNK
 
     def decode_chunks(values: list[bytes]) -> None:
-        for lo in range(0, len(values), DECODE_CHUNK):
-            decode_batch(values[lo : lo + DECODE_CHUNK])
+        # As in the worker: no collector while a batch's decoded events are alive.
+        gc.disable()
+        try:
+            for lo in range(0, len(values), DECODE_CHUNK):
+                decode_batch(values[lo : lo + DECODE_CHUNK])
+        finally:
+            gc.enable()
 
     return await _consume(args, decode_chunks)
 
