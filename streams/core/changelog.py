@@ -9,6 +9,7 @@ key                  value
 ``t``                ``[stream_time, last_activity, stream_time_at_last_activity]``, null: none
 ``w<start>:<user>``  one open aggregate ``[count, sum, min, max]`` of window ``start``
 ``d<seq>``           ``{event_id: ts}`` accepted in the batch the shell numbered ``seq``
+``o``                the next input offset, as the shell reported it (a decimal number)
 ===================  =========================================================================
 
 Records are written in the order the state changed; applying them in topic order, with or
@@ -27,6 +28,7 @@ from streams.core.jsonbytes import dumps
 Record = tuple[bytes, bytes | None]
 
 TIME_KEY = b"t"
+POSITION_KEY = b"o"
 WINDOW_TAG = b"w"
 DEDUPE_TAG = b"d"
 

@@ -74,12 +74,29 @@ class PartitionProcessor:
         self._pending: list[Record] = []
         # start -> user_id -> aggregate changed since the last drain (see drain_changelog).
         self._unsaved: dict[int, dict[str, Aggregate]] = {}
+        self._position: int | None = None
 
     @property
     def stream_time(self) -> int | None:
         """Largest ``ts`` accepted (or reached by idle advance); None before any."""
         stream_time = self._clock.stream_time
         return None if stream_time == NO_TIME else stream_time
+
+    @property
+    def position(self) -> int | None:
+        """The next input offset last given to :meth:`note_position` (or restored); None
+        before any."""
+        return self._position
+
+    def note_position(self, offset: int) -> None:
+        """Record that the input is consumed up to ``offset`` (the next one to read).
+
+        The shell calls it with each batch, so the changelog says where the state stands in
+        the input: written in the same transaction as the state (exactly_once), it tells a
+        restore where to resume even when the group's committed offset is not yet visible.
+        """
+        self._position = offset
+        self._pending.append((changelog.POSITION_KEY, b"%d" % offset))
 
     @property
     def open_windows(self) -> int:
@@ -290,6 +307,8 @@ class PartitionProcessor:
         elif tag == changelog.DEDUPE_TAG:
             ids = None if value is None else changelog.decode_ids(value)
             self._dedupe.apply(changelog.parse_dedupe_key(key), ids)
+        elif key == changelog.POSITION_KEY:
+            self._position = None if value is None else int(value)
         elif key == changelog.TIME_KEY:
             if value is None:
                 self._clock = StreamClock()

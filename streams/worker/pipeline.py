@@ -370,9 +370,10 @@ class Pipeline:
                 invalid += invalid_n
                 late_count += late_n
                 duplicates += dup_n
+            offsets[p] = records[-1].offset + 1
+            processor.note_position(offsets[p])
             self._append_changelog(sender, p, processor)
             consumed += len(records)
-            offsets[p] = records[-1].offset + 1
             last_ts = records[-1].timestamp
             if last_ts > newest_append:
                 newest_append = last_ts
@@ -562,7 +563,17 @@ class Pipeline:
                 await asyncio.sleep(RETRY_BACKOFF_S)
 
     async def _rewind(self, partitions: Iterable[int]) -> None:
-        """Seek partitions back to their committed offsets (or the beginning)."""
+        """Seek partitions back to where their restored state stands in the input.
+
+        That is the committed offset; under exactly_once, the position the state recorded in
+        its changelog when that is further. A transaction writes both, but right after it
+        completes, its changelog can be readable while the group still returns the offset
+        before it (the offsets become visible when the transaction's marker reaches the
+        offsets topic). Resuming there replayed the transaction's input onto state that
+        already held it: seen in CI, as dead letters and late records written twice after a
+        broker outage. Under at_least_once the changelog can be ahead of what was delivered,
+        so only the committed offset counts.
+        """
         consumer = self._consumer
         assert consumer is not None
         for p in partitions:
@@ -570,6 +581,18 @@ class Pipeline:
             if tp not in consumer.assignment():
                 continue
             committed = await asyncio.wait_for(consumer.committed(tp), TXN_TIMEOUT_S)
+            processor = self.processors.get(p)
+            recorded = processor.position if self.eos and processor is not None else None
+            if recorded is not None and (committed is None or recorded > committed):
+                log.warning(
+                    "partition %d: committed offset %s is behind the restored state's %d; "
+                    "resuming at %d",
+                    p,
+                    committed,
+                    recorded,
+                    recorded,
+                )
+                committed = recorded
             if committed is None:
                 await consumer.seek_to_beginning(tp)
             else:

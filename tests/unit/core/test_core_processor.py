@@ -344,6 +344,23 @@ class TestChangelog:
         assert [r for r in records if r[0].startswith(b"w0:")] == [(b"w0:u", None), (b"w0:v", None)]
         assert (b"w10:w", b"[1,0.0,null,null]") in records
 
+    def test_input_position_is_written_and_restored(self) -> None:
+        feed = Feed(TUMBLING)
+        assert feed.processor.position is None
+        feed.batch(event("a", 0, "u"))
+        feed.processor.note_position(41)
+        feed.processor.note_position(42)
+        records = feed.processor.drain_changelog()
+        assert [r for r in records if r[0] == b"o"] == [(b"o", b"41"), (b"o", b"42")]
+        restored = PartitionProcessor(TUMBLING)
+        for key, value in records:
+            restored.apply_changelog(key, value)
+        assert restored.position == feed.processor.position == 42
+        # Compaction keeps the last record of the key, which is the latest position.
+        last = PartitionProcessor(TUMBLING)
+        last.apply_changelog(*[r for r in records if r[0] == b"o"][-1])
+        assert last.position == 42
+
     def test_aggregate_changed_by_several_batches_is_written_once_per_drain(self) -> None:
         feed = Feed(TUMBLING)
         feed.batch(event("a", 0, "u", 1.0))
