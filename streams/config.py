@@ -236,3 +236,11 @@ class Settings:
         from streams.state.rocks import open_store
 
         return open_store(self.state_dir, self.app_id, partition)
+
+    def faust_data_dir(self, app_id: str) -> str:
+        """Faust's data directory for ``app_id``, created, under ``state_dir``: Faust keeps
+        nothing there for us, and its default (``<app id>-data`` in the working directory)
+        would litter wherever a worker, demo or test runs."""
+        path = os.path.join(self.state_dir, "faust", app_id)
+        os.makedirs(path, exist_ok=True)
+        return path

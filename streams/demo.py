@@ -40,6 +40,7 @@ def build_app(settings: Settings, app_id: str, topic_name: str) -> tuple[faust.A
         value_serializer=codec,
         web_enabled=False,
         topic_partitions=settings.partitions,
+        datadir=settings.faust_data_dir(app_id),
     )
     topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
     table = app.Table("event_types", default=int, partitions=settings.partitions)

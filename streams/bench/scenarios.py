@@ -13,7 +13,6 @@ import gc
 import os
 import resource
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -142,11 +141,10 @@ def faust_naive(args: Args) -> dict[str, Any]:
 
     from streams.validation import check_event
 
-    size = Settings().window_size_ms
+    defaults = Settings()
+    size = defaults.window_size_ms
     target = args["events"]
     before = args["before"]
-    datadir = os.path.join(tempfile.gettempdir(), "streams-bench", args["app_id"])
-    os.makedirs(datadir, exist_ok=True)
     app = faust.App(
         args["app_id"],
         broker=f"kafka://{args['bootstrap']}",
@@ -154,7 +152,7 @@ def faust_naive(args: Args) -> dict[str, Any]:
         store="memory://",
         web_enabled=False,
         topic_partitions=args["partitions"],
-        datadir=datadir,
+        datadir=defaults.faust_data_dir(args["app_id"]),
     )
     topic = app.topic(args["topic"], value_serializer="raw", key_serializer="raw")
     seen = app.Table("seen", default=int, partitions=args["partitions"])

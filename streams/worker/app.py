@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from typing import Any
 
@@ -40,9 +39,6 @@ class _WorkerBoot(BootStrategy):
 def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float | None) -> Any:
     """The Faust app that hosts one pipeline; returns (app, outcome) for :func:`run`."""
     register()
-    # Faust's own data directory (it keeps nothing there for us), out of the working dir.
-    datadir = os.path.join(settings.state_dir, "faust", settings.app_id)
-    os.makedirs(datadir, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka.bootstrap_servers.split(',')[0]}",
@@ -52,7 +48,7 @@ def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float
         web_port=settings.metrics_port,
         web_bind="0.0.0.0",
         web_in_thread=False,
-        datadir=datadir,
+        datadir=settings.faust_data_dir(settings.app_id),
     )
     app.boot_strategy = _WorkerBoot(app)
     registry = pipeline.metrics.registry
