@@ -54,7 +54,7 @@ class Deduplicator:
         records: list[Record] = []
         if ids:
             if seq in self._newest:
-                merged = dict(self._batch_ids(seq))
+                merged = self._batch_ids(seq)  # a fresh dict, ours to change
                 for event_id, ts in ids.items():
                     if ts > merged.get(event_id, ts - 1):
                         merged[event_id] = ts
@@ -90,6 +90,7 @@ class Deduplicator:
         return records
 
     def _batch_ids(self, seq: int) -> dict[str, int]:
+        """The ids of batch ``seq`` with their ts, in a new dict."""
         ids, stamps = self._ids[seq]
         return dict(zip(ids, stamps, strict=True))
 

@@ -365,7 +365,7 @@ class Pipeline:
                 continue
             sender = self._sender(p, senders)
             for lo in range(0, len(records), DECODE_CHUNK):
-                chunk = records if len(records) <= DECODE_CHUNK else records[lo : lo + DECODE_CHUNK]
+                chunk = records[lo : lo + DECODE_CHUNK]
                 invalid_n, late_n, dup_n = self._process_chunk(tp, processor, chunk, sender, wall)
                 invalid += invalid_n
                 late_count += late_n
