@@ -29,7 +29,8 @@ from typing import Any
 
 import orjson
 
-from streams.bench.state import BASE_TS, event, measure_state, rss_mb
+from streams.bench.probe import status_mb
+from streams.bench.state import BASE_TS, event, measure_state
 from streams.config import KafkaSettings
 
 
@@ -46,7 +47,7 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
         settings = Settings(store=store_kind, state_dir=scratch, app_id="state1m")
         processor = PartitionProcessor(config, settings.open_store(0))
         log_path = os.path.join(scratch, "changelog.marshal")
-        baseline = rss_mb(pid, "VmRSS")
+        baseline = status_mb(pid, "VmRSS")
         busy = 0.0
         with open(log_path, "wb") as log:
             for begin in range(0, events, batch):
@@ -57,7 +58,7 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
                 busy += time.perf_counter() - started
                 marshal.dump(records, log)
         gc.collect()
-        after = rss_mb(pid, "VmRSS")
+        after = status_mb(pid, "VmRSS")
         figures: dict[str, Any] = {
             "store": store_kind,
             "events": events,
@@ -68,7 +69,7 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
             "rss_mb_before": round(baseline, 1),
             "rss_mb_after": round(after, 1),
             "rss_mb_state": round(after - baseline, 1),
-            "peak_rss_mb": round(rss_mb(pid), 1),
+            "peak_rss_mb": round(status_mb(pid, "VmHWM"), 1),
         }
         del processor
         gc.collect()
@@ -86,7 +87,7 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
         figures["changelog_records"] = applied
         figures["restore_records_per_s"] = round(applied / restore_s)
         figures["restore_s"] = round(restore_s, 2)
-        figures["rss_mb_after_restore"] = round(rss_mb(pid, "VmRSS"), 1)
+        figures["rss_mb_after_restore"] = round(status_mb(pid, "VmRSS"), 1)
 
         started = time.perf_counter()
         finals = restored.tick(BASE_TS + 10 * 3_600_000, caught_up=True)

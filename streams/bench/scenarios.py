@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.bench.probe import status_mb
 from streams.broker.admin import start_client, topic_partitions
 from streams.config import KafkaSettings, Settings
 from streams.validation import decode_batch
@@ -42,9 +43,7 @@ def _kafka(args: Args) -> KafkaSettings:
 def _usage() -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec.
-    with open("/proc/self/status") as status:
-        hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mb": hwm / 1024}
+    return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mb": status_mb("self", "VmHWM")}
 
 
 async def _consume(args: Args, per_batch: Callable[[list[bytes]], object] | None) -> dict[str, Any]:

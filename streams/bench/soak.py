@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from streams.bench.probe import metrics_text, status_mb
 from streams.broker.admin import ensure_topics, pipeline_topics
 from streams.broker.local import LocalKafka, free_port
 from streams.config import KafkaSettings, Settings
@@ -59,10 +59,8 @@ _SUMMED = (
 
 
 def _metrics(port: int) -> dict[str, float] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
+    text = metrics_text(port)
+    if text is None:
         return None
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -99,14 +97,11 @@ def _p99_ms(now: dict[str, float], before: dict[str, float] | None) -> float | N
 
 def _proc_stats(pid: int) -> tuple[float, int]:
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        rss_kb = next(
-            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
-        )
+        rss = status_mb(pid, "VmRSS")
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except (OSError, StopIteration):
         return 0.0, 0
-    return rss_kb / 1024, fds
+    return rss, fds
 
 
 class Soak:

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from streams.bench.probe import cpu_seconds, metrics_text, status_mb
 from streams.broker.admin import TopicSpec, ensure_topics
 from streams.broker.local import free_port
 from streams.config import KafkaSettings
@@ -65,26 +66,11 @@ async def publish_keys(kafka: KafkaSettings, topic: str, events: int) -> int:
 
 def metric(port: int, name: str) -> float | None:
     """Sum of a metric's samples on a worker's /metrics; None if it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
+    text = metrics_text(port)
+    if text is None:
         return None
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
     return sum(values) if values else None
-
-
-def rss_mb(pid: int, field: str = "VmHWM") -> float:
-    """A process's peak (``VmHWM``) or current (``VmRSS``) resident set, in MB."""
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:")) / 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a live process has used."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_worker(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -155,7 +141,7 @@ def measure_state(kafka: KafkaSettings, events: int, store: str = "memory") -> d
                 "bytes": input_bytes,
                 "open_windows": metric(port, "streams_state_open_windows"),
                 "dedupe_ids": metric(port, "streams_state_dedupe_ids"),
-                "peak_rss_mb": round(rss_mb(first.pid), 1),
+                "peak_rss_mb": round(status_mb(first.pid, "VmHWM"), 1),
                 "cpu_seconds": cpu_seconds(first.pid),
             }
         finally:
@@ -175,7 +161,7 @@ def measure_state(kafka: KafkaSettings, events: int, store: str = "memory") -> d
                         port, "streams_recovery_records_restored_total"
                     ),
                     "open_windows_after_restore": metric(port, "streams_state_open_windows"),
-                    "peak_rss_mb_after_restore": round(rss_mb(second.pid), 1),
+                    "peak_rss_mb_after_restore": round(status_mb(second.pid, "VmHWM"), 1),
                 }
             )
         finally:
