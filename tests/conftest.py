@@ -59,14 +59,19 @@ def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
     if _docker_daemon_answers():
         yield None
         return
-    home = tmp_path_factory.mktemp("kafka")
+    broker = start_broker(tmp_path_factory.mktemp("kafka"), "integration tests")
+    yield broker
+    broker.stop()
+
+
+def start_broker(home: Path, purpose: str) -> LocalKafka:
+    """A new local broker in ``home`` on free ports; fails the test loudly if it cannot start."""
     broker = LocalKafka(home, port=free_port(), controller_port=free_port())
     try:
         broker.start(timeout_s=120)
     except Exception as exc:
-        pytest.fail(f"no Kafka broker for integration tests: {exc}", pytrace=False)
-    yield broker
-    broker.stop()
+        pytest.fail(f"no Kafka broker for {purpose}: {exc}", pytrace=False)
+    return broker
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from streams.broker.local import LocalKafka, free_port
+from streams.broker.local import LocalKafka
 from streams.broker.reading import read_topic
 from streams.generator import generate_messages
-from tests.conftest import PipelineRun, assert_exactly_once, pipeline_runs
+from tests.conftest import PipelineRun, assert_exactly_once, pipeline_runs, start_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -35,13 +35,7 @@ LONG_OUTAGE_S = 45.0
 @pytest.fixture(scope="module")
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A broker of this module's own, to kill and restart."""
-    broker = LocalKafka(
-        tmp_path_factory.mktemp("faulty-kafka"), port=free_port(), controller_port=free_port()
-    )
-    try:
-        broker.start(timeout_s=120)
-    except Exception as exc:
-        pytest.fail(f"no Kafka broker for the broker-fault tests: {exc}", pytrace=False)
+    broker = start_broker(tmp_path_factory.mktemp("faulty-kafka"), "the broker-fault tests")
     yield broker
     broker.stop()
 
