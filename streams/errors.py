@@ -13,3 +13,11 @@ class ConfigError(StreamsError):
 
 class BrokerError(StreamsError):
     """The Kafka broker cannot be reached, started or used."""
+
+
+class DeclarationError(StreamsError):
+    """An app's declaration (its topics, pipelines, operators) cannot run as written."""
+
+
+class StateMismatchError(StreamsError):
+    """A pipeline's stored state was built by a different declaration than the one running."""

@@ -24,10 +24,12 @@ class Deduplicator:
     :meth:`remember` at the end of the batch.
     """
 
-    __slots__ = ("_expiries", "_horizon", "_ids", "_newest", "_stale", "seen")
+    __slots__ = ("_expiries", "_horizon", "_ids", "_newest", "_stale", "seen", "tag")
 
-    def __init__(self, horizon_ms: int) -> None:
+    def __init__(self, horizon_ms: int, tag: bytes = changelog.DEDUPE_TAG) -> None:
         self._horizon = horizon_ms
+        # What this dedupe's changelog keys start with (one per dedupe of a segment).
+        self.tag = tag
         # None only in a spilled store's view of a batch: an id known not to be held.
         self.seen: dict[str, int | None] = {}
         # seq -> largest ts, for each batch that still holds a live id.
@@ -64,7 +66,7 @@ class Deduplicator:
                 self._newest[seq] = newest
                 self._keep_ids(seq, ids)
                 heapq.heappush(self._expiries, (newest + self._horizon, seq))
-                records.append((changelog.dedupe_key(seq), changelog.encode_ids(ids)))
+                records.append((self.tag + b"%d" % seq, changelog.encode_ids(ids)))
             else:
                 # Expired on arrival (a horizon shorter than the disorder): nothing to keep. An
                 # earlier record under this seq is expired too and goes in the purge below.
@@ -86,7 +88,7 @@ class Deduplicator:
             ids = self._batch_keys(seq)
             self._drop_ids(seq)
             self._forget(ids, stream_time)
-            records.append((changelog.dedupe_key(seq), None))
+            records.append((self.tag + b"%d" % seq, None))
         return records
 
     def _batch_ids(self, seq: int) -> dict[str, int]:

@@ -1,0 +1,163 @@
+"""``App``: an app's topics, tables and pipelines, declared in a few lines of Python."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from streams.api.stream import Head, Stream, _Node, caller, fail
+from streams.topology import nodes
+
+
+class Topic:
+    """A topic of JSON objects; see :meth:`App.topic`."""
+
+    def __init__(self, decl: nodes.TopicDecl) -> None:
+        self.decl = decl
+
+    @property
+    def name(self) -> str:
+        """The topic's name."""
+        return self.decl.name
+
+    def __repr__(self) -> str:
+        return f"Topic({self.name!r})"
+
+
+class Table:
+    """A compacted topic every worker holds whole; see :meth:`App.table`."""
+
+    def __init__(self, decl: nodes.TableDecl) -> None:
+        self.decl = decl
+
+    @property
+    def name(self) -> str:
+        """The topic's name."""
+        return self.decl.name
+
+    def __repr__(self) -> str:
+        return f"Table({self.name!r})"
+
+
+class App:
+    """A stream-processing app: its id is the consumer group (``STREAMS_APP_ID`` overrides).
+
+    Declare topics with :meth:`topic`, tables with :meth:`table`, and pipelines with
+    :meth:`stream` ... ``.to(...)``; run it with ``streams worker module:app``.
+    """
+
+    def __init__(self, name: str) -> None:
+        where = caller()
+        if not isinstance(name, str) or not name:
+            fail(where, f"App(name) needs a non-empty name, got {name!r}")
+        self.name = name
+        self.where = where
+        self.topics: dict[str, Topic] = {}
+        self.tables: dict[str, Table] = {}
+        self.pipelines: list[nodes.PipelineDecl] = []
+        self._open: dict[int, tuple[_Node, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, pipelines={[p.name for p in self.pipelines]})"
+
+    def app_id(self, env: Any = None) -> str:
+        """The consumer group id: ``STREAMS_APP_ID`` if set, else the app's name."""
+        env = os.environ if env is None else env
+        return str(env.get("STREAMS_APP_ID") or self.name)
+
+    def topic(
+        self, name: str, schema: str | os.PathLike[str] | None = None, *, dlq: str | None = None
+    ) -> Topic:
+        """A topic of JSON objects. With ``schema`` (a JSON Schema file), values that do not
+        validate are dead letters (``<name>.dlq``, or ``dlq``); without one, anything that is
+        not a UTF-8 JSON object is."""
+        where = caller()
+        if not isinstance(name, str) or not name:
+            fail(where, f"app.topic(name) needs a topic name, got {name!r}")
+        path = None if schema is None else _schema_path(where, schema)
+        decl = nodes.TopicDecl(name=name, schema=path, dlq=dlq)
+        known = self.topics.get(name)
+        if known is not None:
+            if known.decl != decl:
+                fail(where, f"topic {name!r} is declared twice, with different schema or dlq")
+            return known
+        self.topics[name] = topic = Topic(decl)
+        return topic
+
+    def table(self, name: str) -> Table:
+        """A compacted topic held whole by every worker (Kafka Streams' GlobalKTable): loaded
+        before the first event and followed while running; a tombstone deletes the key."""
+        where = caller()
+        if not isinstance(name, str) or not name:
+            fail(where, f"app.table(name) needs a topic name, got {name!r}")
+        table = self.tables.get(name)
+        if table is None:
+            self.tables[name] = table = Table(nodes.TableDecl(name))
+        return table
+
+    def stream(
+        self,
+        topic: Topic | str,
+        key: str | None = None,
+        timestamp: str | None = None,
+        *,
+        name: str | None = None,
+        changelog: str | None = None,
+    ) -> Stream:
+        """A pipeline's source. ``key``: the value field the topic is partitioned by (the
+        aggregation and output key); ``timestamp``: the event-time field (epoch ms), else the
+        record's Kafka timestamp. ``name`` names the pipeline (default: its output topic);
+        ``changelog`` names its state topic (default ``{app_id}-<pipeline>-changelog``)."""
+        where = caller()
+        if isinstance(topic, str):
+            topic = self.topics.get(topic) or self.topic(topic)
+        if not isinstance(topic, Topic):
+            fail(where, f"app.stream(topic) needs app.topic(...) or a name, got {topic!r}")
+        for what, value in (("key", key), ("timestamp", timestamp), ("name", name)):
+            if value is not None and (not isinstance(value, str) or not value):
+                fail(where, f"app.stream({what}=...) must be a non-empty string, got {value!r}")
+        head = Head(self, topic.decl, key, timestamp, name, changelog, where)
+        return Stream(head, (), where)
+
+    # -- bookkeeping of the builder ---------------------------------------------------------
+
+    def _open_chain(self, node: _Node, where: str) -> None:
+        self._open[id(node)] = (node, where)
+
+    def _close_chain(self, node: _Node) -> None:
+        self._open.pop(id(node), None)
+
+    def _add_pipeline(self, pipeline: nodes.PipelineDecl) -> None:
+        self.pipelines.append(pipeline)
+
+    def dangling(self) -> list[str]:
+        """Where chains were started or continued and then never led to a ``.to(...)``."""
+        return [where for _, where in self._open.values()]
+
+
+def _schema_path(where: str, schema: str | os.PathLike[str]) -> Path:
+    """The schema file: as given, else relative to the declaring file's directory."""
+    path = Path(schema)
+    candidates = [path]
+    if not path.is_absolute():
+        frame_file = _declaring_file()
+        if frame_file is not None:
+            candidates.append(frame_file.parent / path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    fail(
+        where,
+        f"schema file {str(schema)!r} does not exist (looked in "
+        f"{', '.join(str(c.parent.resolve()) for c in candidates)}); fix the path",
+    )
+
+
+def _declaring_file() -> Path | None:
+    api_dir = str(Path(__file__).parent)
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(api_dir):
+        frame = frame.f_back  # type: ignore[assignment]
+    return None if frame is None else Path(frame.f_code.co_filename)

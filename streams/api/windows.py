@@ -1,0 +1,20 @@
+"""``tumbling``, ``hopping`` and ``session``: the window specs users pass to ``.window``."""
+
+from __future__ import annotations
+
+from streams.topology.windows import Hopping, Session
+
+
+def tumbling(size_ms: int) -> Hopping:
+    """Back-to-back windows of ``size_ms``, aligned to the epoch (``start = ts - ts % size``)."""
+    return Hopping(size_ms, size_ms)
+
+
+def hopping(size_ms: int, step_ms: int) -> Hopping:
+    """Windows of ``size_ms`` starting every ``step_ms`` (an event is in ``size/step`` of them)."""
+    return Hopping(size_ms, step_ms)
+
+
+def session(gap_ms: int) -> Session:
+    """Per key, events less than ``gap_ms`` apart belong to one session."""
+    return Session(gap_ms)

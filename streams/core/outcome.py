@@ -1,0 +1,33 @@
+"""What one call of a segment task produced, for the runtime to send and count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# (key, value, event time or None): a record for the segment's output topic. The event time
+# is set for repartition records, whose downstream reads it as the record timestamp.
+Output = tuple[bytes | None, bytes, int | None]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Results of a batch (or a tick) of one segment on one input partition.
+
+    ``dead`` maps the index of a record in the batch to the stage and reason of its first
+    failure; ``late`` holds late records' indices in arrival order (a dict as an ordered set).
+    """
+
+    outputs: list[Output] = field(default_factory=list)
+    dead: dict[int, tuple[str, str]] = field(default_factory=dict)
+    late: dict[int, None] = field(default_factory=dict)
+    accepted: int = 0
+    duplicates: int = 0
+    filtered: int = 0
+    join_misses: int = 0
+    key_mismatches: int = 0
+    updates: int = 0
+    # window end -> number of finals emitted for it (they share an emit latency)
+    finals: dict[int, int] = field(default_factory=dict)
+    enrich_hits: int = 0
+    enrich_misses: int = 0
+    enrich_seconds: list[float] = field(default_factory=list)

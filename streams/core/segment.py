@@ -1,0 +1,656 @@
+"""One segment of a pipeline on one input partition: its state, its batches, its changelog.
+
+Pure and synchronous like the rest of the core: :meth:`SegmentTask.process` runs a chunk of
+decoded events through the compiled stages. It is a generator: where a stage is a batch
+operator whose function must be awaited (``async def`` in ``map_batch`` or ``enrich``), it
+yields a :class:`Call` once per batch and the runtime sends back a :class:`CallResult`; a
+segment without one never yields. :meth:`~SegmentTask.tick` advances an idle partition's
+stream time by the wall clock, and :meth:`~SegmentTask.drain_changelog` returns the records
+that rebuild the state, to be written with the batch.
+
+Changelog keys (values are compact JSON, ``None`` a tombstone):
+
+==================  =======================================================================
+``t``               the segment's stream time and idle bookkeeping (``StreamClock``)
+``T<stage>``        the stream time of a stage before a batch step (only dedupe reads it)
+``o``               the next input offset the state stands at
+``w<start>:<key>``  a (key, window) accumulator of tumbling or hopping windows
+``s<key>``          a key's open sessions ``[[start, last, accumulator], ...]``
+``d<seq>``          event ids the first dedupe accepted in the chunk starting at ``seq``
+``D<n>:<seq>``      the same for the segment's dedupe number ``n`` (from 1)
+``m<tag>``          the fingerprint of the declaration that wrote operator ``tag``'s state
+==================  =======================================================================
+
+A fingerprint record starts its operator's state afresh when replayed; records of an
+operator whose last fingerprint is not the running declaration's are not applied, and
+:meth:`~SegmentTask.finish_restore` then stops the worker or starts that operator empty
+(decision 0009).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from streams.core import changelog
+from streams.core.changelog import Record
+from streams.core.compile import Compiled, canonical_key, reason
+from streams.core.dedupe import Deduplicator
+from streams.core.enrich import MISSING, TtlCache
+from streams.core.jsonbytes import dumps
+from streams.core.outcome import Outcome
+from streams.core.sessions import SessionStore
+from streams.core.streamtime import NO_TIME, StreamClock
+from streams.core.windows import WindowStore
+from streams.errors import StateMismatchError, StreamsError
+from streams.topology import nodes
+
+FINGERPRINT_TAG = b"m"
+STAGE_TIME_TAG = b"T"
+SESSION_TAG = b"s"
+ON_STATE_CHANGE = ("stop", "fresh")
+
+
+@dataclass
+class Call:
+    """A batch operator's function for the runtime to call once (and retry up to
+    ``attempts`` times with backoff); ``what`` names it in logs."""
+
+    fn: Any
+    arg: Any
+    is_async: bool
+    attempts: int
+    what: str
+
+
+@dataclass
+class CallResult:
+    """What a :class:`Call` returned, or the exception of its last attempt."""
+
+    value: Any = None
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+
+CallGen = Generator[Call, CallResult, Outcome]
+
+
+def run_sync(gen: CallGen) -> Outcome:
+    """Drive a :meth:`SegmentTask.process` that calls only synchronous functions."""
+    try:
+        call = next(gen)
+    except StopIteration as stop:
+        outcome: Outcome = stop.value
+        return outcome
+    while True:
+        try:
+            call = gen.send(call_now(call))
+        except StopIteration as stop:
+            outcome = stop.value
+            return outcome
+
+
+def call_now(call: Call) -> CallResult:
+    """Call a synchronous :class:`Call` (every attempt, no backoff): drivers and tests."""
+    assert not call.is_async, "an async call needs the runtime (or the test driver)"
+    started = time.perf_counter()
+    error: BaseException | None = None
+    for _ in range(call.attempts):
+        try:
+            return CallResult(call.fn(call.arg), None, time.perf_counter() - started)
+        except Exception as exc:
+            error = exc
+    return CallResult(None, error, time.perf_counter() - started)
+
+
+class SegmentTask:
+    """All state and processing of one segment for one input partition."""
+
+    def __init__(
+        self,
+        compiled: Compiled,
+        *,
+        idle_timeout_ms: int,
+        tables: Mapping[str, Mapping[str, Any]] | None = None,
+        caches: Mapping[int, TtlCache] | None = None,
+    ) -> None:
+        self.compiled = compiled
+        self.segment = compiled.segment
+        self.idle_timeout_ms = idle_timeout_ms
+        self.tables = tables or {}
+        self.caches = caches or {}
+        self.clock = StreamClock()
+        self.stage_times: dict[int, int] = {}
+        self.dedupes = [Deduplicator(spec.horizon_ms, spec.tag) for spec in compiled.dedupes]
+        self._dedupe_by_tag = {spec.tag: n for n, spec in enumerate(compiled.dedupes)}
+        self.windows: Any = self._new_windows()
+        self.session_first = compiled.session_first
+        self.session_update = compiled.session_update
+        self.session_merge = compiled.session_merge
+        self._record = compiled.record
+        self._encode = compiled.encode
+        self._decode = compiled.decode
+        self._markers: list[Record] = []
+        self._pending: list[Record] = []
+        # start -> key -> accumulator changed since the last drain (hopping windows).
+        self._unsaved: dict[int, dict[str, list[Any]]] = {}
+        self._position: int | None = None
+        self._fingerprints = self._declared_fingerprints()
+        # Restoring: tag -> True while the records read are the running declaration's.
+        self._active: dict[bytes, bool] = {}
+        self._foreign: set[bytes] = set()
+        self._restored_from: dict[bytes, str] = {}
+        self._restored = False
+        self.mismatch_warned = False
+
+    # -- what the runtime reads ----------------------------------------------------------
+
+    @property
+    def stateful(self) -> bool:
+        """True when the segment keeps state (and so has a changelog)."""
+        return bool(self._fingerprints)
+
+    @property
+    def stream_time(self) -> int | None:
+        """The segment's stream time; None before any event."""
+        st = self.clock.stream_time
+        return None if st == NO_TIME else st
+
+    @property
+    def position(self) -> int | None:
+        """The next input offset the state stands at (see :meth:`note_position`)."""
+        return self._position
+
+    @property
+    def open_windows(self) -> int:
+        """(key, window) accumulators held (sessions for session windows)."""
+        return 0 if self.windows is None else len(self.windows)
+
+    @property
+    def dedupe_size(self) -> int:
+        """Event ids held by the segment's dedupes."""
+        return sum(len(d) for d in self.dedupes)
+
+    # -- batches -------------------------------------------------------------------------
+
+    def process(
+        self, records: Sequence[Any], idxs: Sequence[int], vals: list[Any], now_ms: int
+    ) -> CallGen:
+        """Run a chunk: ``records`` as fetched (offset order), ``vals`` the decoded valid
+        values and ``idxs`` their indices in ``records``."""
+        out = Outcome()
+        if not records:
+            return out
+        seq = records[0].offset
+        items: Any = None
+        for stage in self.compiled.stages:
+            if stage.fn is not None:
+                if stage.index == 0:
+                    items = stage.fn(self, records, idxs, vals, out, now_ms, seq)
+                else:
+                    items = stage.fn(self, records, items, out, now_ms, seq)
+            elif isinstance(stage.op, nodes.MapBatch):
+                items = yield from self._map_batch(stage.op, items, out)
+            else:
+                assert isinstance(stage.op, nodes.Enrich)
+                items = yield from self._enrich(stage.op, stage.index, items, out, now_ms)
+        if self.compiled.sessions:
+            self._session_updates(out)
+        self.clock.mark_activity(now_ms)
+        self._queue_time()
+        return out
+
+    def _map_batch(
+        self, op: nodes.MapBatch, items: list[tuple[Any, ...]], out: Outcome
+    ) -> Generator[Call, CallResult, list[tuple[Any, ...]]]:
+        if not items:
+            return []
+        values = [item[1] for item in items]
+        if op.is_async:
+            result = yield Call(op.fn, values, True, 1, f"map_batch at {op.where}")
+        else:
+            result = _call(op.fn, values)
+        if result.error is not None:
+            failure = ("map_batch", reason(result.error))
+            for item in items:
+                out.dead.setdefault(item[0], failure)
+            return []
+        returned = result.value
+        if not isinstance(returned, list | tuple) or len(returned) != len(items):
+            got = (
+                f"{len(returned)} values"
+                if isinstance(returned, list | tuple)
+                else type(returned).__name__
+            )
+            failure = (
+                "map_batch",
+                f"map_batch must return a list of {len(items)} values "
+                f"(one per event, None to drop one), got {got}",
+            )
+            for item in items:
+                out.dead.setdefault(item[0], failure)
+            return []
+        kept = []
+        for (index, _, key, ts), value in zip(items, returned, strict=True):
+            if value is None:
+                out.filtered += 1
+            elif value.__class__ is dict or isinstance(value, dict):
+                kept.append((index, value, key, ts))
+            else:
+                out.dead.setdefault(
+                    index, ("map_batch", f"map_batch returned {type(value).__name__}, not a dict")
+                )
+        return kept
+
+    def _enrich(
+        self,
+        op: nodes.Enrich,
+        stage: int,
+        items: list[tuple[Any, ...]],
+        out: Outcome,
+        now_ms: int,
+    ) -> Generator[Call, CallResult, list[tuple[Any, ...]]]:
+        if not items:
+            return []
+        cache = self.caches.get(stage)
+        if cache is None:
+            cache = self.caches[stage] = TtlCache(op.ttl_ms, op.max_entries)  # type: ignore[index]
+        keys: list[Any] = []
+        found: dict[Any, Any] = {}
+        wanted: dict[Any, None] = {}
+        for item in items:
+            key = item[1].get(op.key)
+            if key is not None and key.__class__ is not str:
+                key = canonical_key(key)
+            keys.append(key)
+            if key is None or key in found or key in wanted:
+                continue
+            value = cache.get(key, now_ms)
+            if value is MISSING:
+                wanted[key] = None
+            else:
+                found[key] = value
+        out.enrich_hits += len(found)
+        out.enrich_misses += len(wanted)
+        failed = False
+        failure = ("enrich", "")
+        if wanted:
+            call = Call(op.fn, list(wanted), op.is_async, op.attempts, f"enrich at {op.where}")
+            result = (yield call) if op.is_async else call_now(call)
+            out.enrich_seconds.append(result.seconds)
+            returned = result.value
+            if result.error is None and not isinstance(returned, Mapping):
+                result.error = TypeError(
+                    f"enrich must return a dict of key to value, got {type(returned).__name__}"
+                )
+            if result.error is not None:
+                failed = True
+                failure = (
+                    "enrich",
+                    f"{op.attempts} attempts failed, the last with {reason(result.error)}",
+                )
+            else:
+                for key in wanted:
+                    value = returned.get(key)
+                    cache.put(key, value, now_ms)
+                    found[key] = value
+        kept = []
+        into = op.into
+        for item, key in zip(items, keys, strict=True):
+            if key is None:
+                item[1][into] = None
+            elif key in found:
+                item[1][into] = found[key]
+            else:
+                assert failed
+                out.dead.setdefault(item[0], failure)
+                continue
+            kept.append(item)
+        return kept
+
+    def touch(self, now_ms: int) -> None:
+        """Note activity at ``now_ms`` for a batch that held no valid event."""
+        self.clock.mark_activity(now_ms)
+        self._queue_time()
+
+    def tick(self, now_ms: int, caught_up: bool) -> Outcome:
+        """Advance an idle, caught-up partition's stream time by the wall clock (the
+        reference pipeline's rule); returns the finals of the windows this closes."""
+        out = Outcome()
+        if not caught_up or not self.stateful:
+            return out
+        clock = self.clock
+        if clock.last_activity is None:
+            clock.mark_activity(now_ms)
+            self._queue_time()
+            return out
+        target = clock.idle_target(now_ms, self.idle_timeout_ms)
+        if target is None or target == clock.stream_time:
+            return out
+        clock.stream_time = target
+        if self.windows is not None:
+            self.close_windows(target, out)
+        for d, spec in enumerate(self.compiled.dedupes):
+            if self.compiled.stages[spec.stage].terminal:
+                dedupe = self.dedupes[d]
+                dedupe.ensure_index()
+                self._pending.extend(dedupe.purge(target))
+        self._queue_time()
+        return out
+
+    # -- called by the generated loops ------------------------------------------------
+
+    def remember(self, d: int, seq: int, accepted: dict[str, int], stream_time: int) -> None:
+        """Dedupe ``d`` keeps the ids accepted in the chunk ``seq``; queues its records."""
+        self._pending.extend(self.dedupes[d].remember(seq, accepted, stream_time))
+
+    def windows_changed(self, touched: dict[int, dict[str, list[Any]]], out: Outcome) -> None:
+        """A chunk changed these (window, key) accumulators: keep them for the next drain,
+        and in update mode emit a ``"final": false`` record for each one whose window is
+        still open (by window end, then key)."""
+        unsaved = self._unsaved
+        for start, changed in touched.items():
+            held = unsaved.get(start)
+            if held is None:
+                unsaved[start] = changed  # a fresh dict of the chunk's, not used after it
+            else:
+                held.update(changed)
+        if not self.segment.emit_updates:
+            return
+        record = self._record
+        assert record is not None
+        size = self.compiled.size_ms
+        by_start = self.windows.by_start
+        outputs = out.outputs
+        for start in sorted(touched):
+            if start in by_start:
+                changed = touched[start]
+                end = start + size
+                for key in sorted(changed):
+                    value = dumps(record(key, start, end, changed[key], False))
+                    outputs.append((key.encode(), value, None))
+                    out.updates += 1
+
+    def close_windows(self, stream_time: int, out: Outcome) -> None:
+        """Emit and forget every window closed at ``stream_time``: finals by window end,
+        then key; their changelog records become tombstones."""
+        record = self._record
+        assert record is not None
+        outputs = out.outputs
+        finals = out.finals
+        pending = self._pending
+        if self.compiled.sessions:
+            gap = self.compiled.gap_ms
+            for key, (start, last, acc) in self.windows.close_until(stream_time):
+                end = last + gap
+                outputs.append((key.encode(), dumps(record(key, start, end, acc, True)), None))
+                finals[end] = finals.get(end, 0) + 1
+            return
+        size = self.compiled.size_ms
+        tag = self.compiled.window_tag
+        assert tag is not None
+        for start, users in self.windows.close_until(stream_time):
+            prefix = tag + b"%d:" % start
+            end = start + size
+            emitted = 0
+            for key in sorted(users):
+                kb = key.encode()
+                outputs.append((kb, dumps(record(key, start, end, users[key], True)), None))
+                pending.append((prefix + kb, None))
+                emitted += 1
+            if emitted:
+                finals[end] = finals.get(end, 0) + emitted
+
+    def _session_updates(self, out: Outcome) -> None:
+        store: SessionStore = self.windows
+        touched = store.touched
+        if not touched:
+            return
+        if self.segment.emit_updates:
+            record = self._record
+            assert record is not None
+            gap = self.compiled.gap_ms
+            alive = sorted(touched.values(), key=lambda item: (item[1][1], item[0]))
+            for key, (start, last, acc) in alive:
+                out.outputs.append(
+                    (key.encode(), dumps(record(key, start, last + gap, acc, False)), None)
+                )
+                out.updates += 1
+        touched.clear()
+
+    # -- changelog -----------------------------------------------------------------------
+
+    def note_position(self, offset: int) -> None:
+        """Record that the input is consumed up to ``offset`` (the next one to read)."""
+        if not self.stateful:
+            return
+        self._position = offset
+        self._pending.append((changelog.POSITION_KEY, b"%d" % offset))
+
+    def drain_changelog(self) -> list[Record]:
+        """Every state change since the last drain, as changelog records in replay order:
+        fingerprints first, then the current value of each changed accumulator of a still
+        open window, then tombstones, dedupe and time records as they happened."""
+        records = self._markers
+        self._markers = []
+        if self._unsaved:
+            self._drain_windows(records)
+        elif self.compiled.sessions and self.windows.changed:
+            self._drain_sessions(records)
+        records.extend(self._pending)
+        self._pending = []
+        return records
+
+    def _encoded(self, acc: list[Any]) -> bytes:
+        try:
+            return dumps(acc if self._encode is None else self._encode(acc))
+        except TypeError as exc:
+            raise StreamsError(
+                f"pipeline {self.segment.name}: an aggregator's accumulator is not JSON "
+                f"({exc}); the state lives in the changelog: make add() return lists, "
+                "dicts, numbers and strings"
+            ) from None
+
+    def _drain_windows(self, records: list[Record]) -> None:
+        by_start = self.windows.by_start
+        tag = self.compiled.window_tag
+        assert tag is not None
+        encode = self._encoded
+        for start, changed in self._unsaved.items():
+            if start in by_start:
+                prefix = tag + b"%d:" % start
+                records.extend([(prefix + k.encode(), encode(a)) for k, a in changed.items()])
+        self._unsaved = {}
+
+    def _drain_sessions(self, records: list[Record]) -> None:
+        store: SessionStore = self.windows
+        encode = self._encode
+        for key in store.changed:
+            sessions = store.by_key.get(key)
+            if sessions:
+                value = [
+                    [s, last, acc if encode is None else encode(acc)] for s, last, acc in sessions
+                ]
+                try:
+                    records.append((SESSION_TAG + key.encode(), dumps(value)))
+                except TypeError:
+                    for _, _, acc in sessions:
+                        self._encoded(acc)  # raises the error naming the problem
+                    raise
+            else:
+                records.append((SESSION_TAG + key.encode(), None))
+        store.changed.clear()
+
+    def _queue_time(self) -> None:
+        if not self.stateful:
+            return
+        clock = self.clock
+        self._pending.append(
+            (
+                changelog.TIME_KEY,
+                changelog.encode_time(
+                    self.stream_time,
+                    clock.last_activity,
+                    None if clock.at_last_activity == NO_TIME else clock.at_last_activity,
+                ),
+            )
+        )
+        for stage, value in self.stage_times.items():
+            self._pending.append((STAGE_TIME_TAG + b"%d" % stage, b"%d" % value))
+
+    # -- restore -------------------------------------------------------------------------
+
+    def apply_changelog(self, key: bytes, value: bytes | None) -> None:
+        """Restore from one changelog record; feed them in topic order."""
+        tag = key[:1]
+        if tag == b"w" or tag == SESSION_TAG:
+            if self._active.get(tag):
+                self._apply_window(key, value)
+            else:
+                self._foreign.add(tag)
+        elif tag == b"d" or tag == b"D":
+            dtag = key[: key.index(b":") + 1] if tag == b"D" else tag
+            n = self._dedupe_by_tag.get(dtag)
+            if n is not None and self._active.get(dtag):
+                seq = int(key[len(dtag) :])
+                self.dedupes[n].apply(seq, None if value is None else changelog.decode_ids(value))
+            else:
+                self._foreign.add(dtag)
+        elif tag == FINGERPRINT_TAG:
+            self._apply_fingerprint(key[1:], value)
+        elif key == changelog.TIME_KEY:
+            self._apply_time(value)
+        elif key == changelog.POSITION_KEY:
+            self._position = None if value is None else int(value)
+        elif tag == STAGE_TIME_TAG:
+            stage = int(key[1:])
+            if value is None:
+                self.stage_times.pop(stage, None)
+            else:
+                self.stage_times[stage] = int(value)
+        # Anything else was written by a newer version of streams; it is not ours to read.
+
+    def _apply_window(self, key: bytes, value: bytes | None) -> None:
+        decode = self._decode
+        assert decode is not None
+        if key[:1] == SESSION_TAG:
+            name = key[1:].decode()
+            if value is None:
+                self.windows.discard(name)
+            else:
+                self.windows.put(
+                    name, [[s, last, decode(acc)] for s, last, acc in orjson.loads(value)]
+                )
+            return
+        start, name = changelog.parse_window_key(key)
+        if value is None:
+            self.windows.discard(start, name)
+        else:
+            self.windows.put(start, name, decode(orjson.loads(value)))
+
+    def _apply_time(self, value: bytes | None) -> None:
+        if value is None:
+            self.clock = StreamClock()
+            return
+        clock = self.clock
+        stream_time, last_activity, at_last_activity = changelog.decode_time(value)
+        clock.stream_time = NO_TIME if stream_time is None else stream_time
+        clock.last_activity = last_activity
+        clock.at_last_activity = NO_TIME if at_last_activity is None else at_last_activity
+
+    def _declared_fingerprints(self) -> dict[bytes, str]:
+        compiled = self.compiled
+        prints = {spec.tag: spec.fingerprint for spec in compiled.dedupes}
+        if compiled.window_tag is not None:
+            assert compiled.window_fingerprint is not None
+            prints[compiled.window_tag] = compiled.window_fingerprint
+        return prints
+
+    def _apply_fingerprint(self, tag: bytes, value: bytes | None) -> None:
+        """A fingerprint record: state of ``tag`` starts again from here."""
+        if tag not in self._fingerprints:
+            return
+        text = None if value is None else value.decode()
+        self._clear(tag)
+        self._foreign.discard(tag)
+        if text is not None:
+            self._restored_from[tag] = text
+        else:
+            self._restored_from.pop(tag, None)
+        self._active[tag] = text == self._fingerprints[tag]
+
+    def _clear(self, tag: bytes) -> None:
+        n = self._dedupe_by_tag.get(tag)
+        if n is not None:
+            spec = self.compiled.dedupes[n]
+            self.dedupes[n] = Deduplicator(spec.horizon_ms, spec.tag)
+        elif tag == self.compiled.window_tag:
+            self.windows = self._new_windows()
+            self._unsaved = {}
+
+    def _new_windows(self) -> Any:
+        compiled = self.compiled
+        if not compiled.windowed:
+            return None
+        if compiled.sessions:
+            return SessionStore(compiled.gap_ms, compiled.grace_ms)
+        return WindowStore(compiled.size_ms, compiled.grace_ms)
+
+    def finish_restore(self, on_state_change: str = "stop", where: str = "") -> list[str]:
+        """After the last changelog record: check that every operator's state was written
+        by this declaration. A fresh partition gets its fingerprints queued. A changed
+        operator raises :class:`StateMismatchError` (``stop``) or starts empty (``fresh``);
+        returns a line per operator started afresh that way, for the log."""
+        for dedupe in self.dedupes:
+            dedupe.ensure_index()
+        started_fresh: list[str] = []
+        for tag, fingerprint in self._fingerprints.items():
+            if self._active.get(tag):
+                continue
+            before = self._restored_from.get(tag)
+            if before is None and tag not in self._foreign:
+                self._markers.append((FINGERPRINT_TAG + tag, fingerprint.encode()))
+                continue
+            change = describe_change(before, fingerprint)
+            if on_state_change == "stop":
+                raise StateMismatchError(
+                    f"pipeline {self.segment.name}{where}: its stored state was built by "
+                    f"another declaration ({change}); to start that operator from empty "
+                    "state, restart with STREAMS_ON_STATE_CHANGE=fresh, or reset the app with "
+                    "`streams reset APP` (docs/decisions/0009)"
+                )
+            self._clear(tag)
+            self._markers.append((FINGERPRINT_TAG + tag, fingerprint.encode()))
+            started_fresh.append(f"pipeline {self.segment.name}{where}: {change}: starts empty")
+        self._pending = []
+        self._unsaved = {}
+        if self.compiled.sessions:
+            self.windows.changed.clear()
+            self.windows.touched.clear()
+        self._restored = True
+        return started_fresh
+
+
+def describe_change(before: str | None, now: str) -> str:
+    """What differs between two fingerprints, e.g. ``window: tumbling(60000) -> ...``."""
+    if before is None:
+        return "state of an unknown declaration"
+    old, new = orjson.loads(before), orjson.loads(now)
+    changed = [
+        f"{name}: {old.get(name)!r} -> {new.get(name)!r}"
+        for name in sorted(set(old) | set(new))
+        if old.get(name) != new.get(name)
+    ]
+    return "; ".join(changed) or "the same declaration"
+
+
+def _call(fn: Any, arg: Any) -> CallResult:
+    started = time.perf_counter()
+    try:
+        return CallResult(fn(arg), None, time.perf_counter() - started)
+    except Exception as exc:
+        return CallResult(None, exc, time.perf_counter() - started)

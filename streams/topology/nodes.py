@@ -1,0 +1,181 @@
+"""The nodes of a declared app: topics, tables, operators and pipelines, as frozen data.
+
+Every operator remembers where it was declared (``where``: ``file.py:line``), so a problem
+found when the app is planned can point at the line to fix. Functions are kept as given; the
+core calls them in its batched loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.topology.windows import WindowSpec
+
+UserFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class TopicDecl:
+    """An input or output topic of JSON objects; ``schema`` validates values read from it."""
+
+    name: str
+    schema: Path | None = None
+    dlq: str | None = None
+
+    @property
+    def dlq_topic(self) -> str:
+        """Where its dead letters go: ``<name>.dlq`` unless declared otherwise."""
+        return self.dlq or f"{self.name}.dlq"
+
+
+@dataclass(frozen=True)
+class TableDecl:
+    """A compacted topic held whole by every worker: latest value per message key."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operator of a pipeline, in declaration order."""
+
+    where: str = field(default="", compare=False)
+
+    @property
+    def stage(self) -> str:
+        """The name dead letters carry in ``error.stage`` for a failure in this operator."""
+        return type(self).__name__.lower()
+
+
+@dataclass(frozen=True)
+class Filter(Op):
+    """Keep the events for which ``fn(value)`` is true."""
+
+    fn: UserFn = print
+
+
+@dataclass(frozen=True)
+class Map(Op):
+    """Replace each value by ``fn(value)``, a dict."""
+
+    fn: UserFn = print
+
+
+@dataclass(frozen=True)
+class FlatMap(Op):
+    """Replace each value by the values of the iterable ``fn(value)``."""
+
+    fn: UserFn = print
+
+    @property
+    def stage(self) -> str:
+        """``flat_map``."""
+        return "flat_map"
+
+
+@dataclass(frozen=True)
+class MapBatch(Op):
+    """``fn(values)`` once per batch (awaited once if it is ``async def``): a list out."""
+
+    fn: UserFn = print
+    is_async: bool = False
+
+    @property
+    def stage(self) -> str:
+        """``map_batch``."""
+        return "map_batch"
+
+
+@dataclass(frozen=True)
+class Dedupe(Op):
+    """Drop an event whose ``field`` value an accepted event had within ``horizon_ms``."""
+
+    field: str = ""
+    horizon_ms: int = 3_600_000
+
+
+@dataclass(frozen=True)
+class Join(Op):
+    """``value[into]`` = the table's current value for key ``value[on]`` (or None)."""
+
+    table: TableDecl = TableDecl("")
+    on: str = ""
+    into: str = ""
+    how: str = "left"
+
+
+@dataclass(frozen=True)
+class Enrich(Op):
+    """``value[into]`` = what ``await fn(keys)`` returned for ``value[key]``, cached."""
+
+    fn: UserFn = print
+    key: str = ""
+    into: str = ""
+    ttl_ms: int = 60_000
+    max_entries: int = 100_000
+    attempts: int = 3
+    is_async: bool = True
+
+
+@dataclass(frozen=True)
+class GroupBy(Op):
+    """Re-key by a field or ``fn(value)``, through a repartition topic."""
+
+    by: str | UserFn = ""
+
+    @property
+    def stage(self) -> str:
+        """``group_by``."""
+        return "group_by"
+
+
+@dataclass(frozen=True)
+class Window(Op):
+    """Event-time windows of the spec, with grace and a late topic."""
+
+    spec: WindowSpec | None = None
+    grace_ms: int = 0
+    late_topic: str | None = None
+
+
+@dataclass(frozen=True)
+class Aggregate(Op):
+    """Named aggregations over each (key, window), in declaration order."""
+
+    named: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class To(Op):
+    """The pipeline's output topic; ``emit`` is ``final`` or ``updates`` after a window."""
+
+    topic: str = ""
+    emit: str = "final"
+
+
+@dataclass(frozen=True)
+class PipelineDecl:
+    """One ``app.stream(...)...to(...)`` chain.
+
+    ``key`` is the field the source topic is partitioned by (the aggregation and output key);
+    ``timestamp`` the event-time field (else the record's Kafka timestamp). ``changelog``, if
+    set, names the state changelog topic (``{app_id}`` is replaced by the app id).
+    """
+
+    name: str
+    source: TopicDecl
+    key: str | None
+    timestamp: str | None
+    ops: tuple[Op, ...]
+    where: str = field(default="", compare=False)
+    changelog: str | None = None
+
+    @property
+    def sink(self) -> To:
+        """The final ``.to(...)``."""
+        last = self.ops[-1]
+        assert isinstance(last, To)
+        return last

@@ -1,0 +1,398 @@
+"""From a declared app to what a run needs: segments, topics, stores and their fingerprints.
+
+A pipeline splits into **segments** at each ``group_by``: a segment reads one topic (the
+pipeline's source, or a repartition topic), runs its operators per input partition, and ends
+in the pipeline's output or in the next repartition topic. Every check that needs the whole
+app happens here, before a worker touches Kafka, each failing with one line that names the
+declaring line and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from streams.errors import DeclarationError
+from streams.topology import nodes
+from streams.topology.aggregations import describe
+from streams.topology.windows import Session
+
+if TYPE_CHECKING:
+    from streams.api.app import App
+
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Operators that run inside a segment (the rest end it or make it windowed).
+SEGMENT_OPS = (
+    nodes.Filter,
+    nodes.Map,
+    nodes.FlatMap,
+    nodes.MapBatch,
+    nodes.Dedupe,
+    nodes.Join,
+    nodes.Enrich,
+)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A stateful operator's state: its changelog key tag and what it depends on."""
+
+    tag: bytes
+    op: nodes.Op
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One stretch of a pipeline between topics, run per partition of ``input``.
+
+    The first segment reads the declared source: ``key``/``timestamp`` name value fields.
+    A later one reads its repartition topic: the key is the message key and event time the
+    record timestamp (``key_from_message``).
+    """
+
+    pipeline: str
+    index: int
+    input: str
+    source: nodes.TopicDecl | None
+    key: str | None
+    timestamp: str | None
+    ops: tuple[nodes.Op, ...]
+    window: nodes.Window | None
+    aggregate: nodes.Aggregate | None
+    sink: nodes.To | None
+    group_by: nodes.GroupBy | None
+    repartition: str | None
+    dlq: str
+    late: str | None
+    changelog: str | None
+    stores: tuple[Store, ...]
+    key_from_message: bool = False
+
+    @property
+    def name(self) -> str:
+        """``pipeline`` or ``pipeline#index`` for a later segment (logs, metrics)."""
+        return self.pipeline if self.index == 0 else f"{self.pipeline}#{self.index}"
+
+    @property
+    def output(self) -> str:
+        """The topic this segment writes its results to."""
+        if self.sink is not None:
+            return self.sink.topic
+        assert self.repartition is not None
+        return self.repartition
+
+    @property
+    def emit_updates(self) -> bool:
+        """True when the windowed output also carries ``"final": false`` updates."""
+        return self.sink is not None and self.window is not None and self.sink.emit == "updates"
+
+
+@dataclass(frozen=True)
+class PlannedTopic:
+    """A topic the app uses, and how ``streams topics create`` makes it.
+
+    ``partitions_like`` names the topic whose partition count it must have (changelog and
+    repartition topics follow their input); ``None`` means the configured default.
+    """
+
+    name: str
+    role: str
+    partitions_like: str | None = None
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a run of the app needs, derived once from its declaration."""
+
+    app_id: str
+    segments: tuple[Segment, ...]
+    topics: tuple[PlannedTopic, ...]
+    tables: tuple[str, ...]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Topics the worker consumes, in first-use order."""
+        return tuple(dict.fromkeys(segment.input for segment in self.segments))
+
+    @property
+    def pipelines(self) -> tuple[str, ...]:
+        """Pipeline names in declaration order."""
+        return tuple(dict.fromkeys(segment.pipeline for segment in self.segments))
+
+    def reading(self, topic: str) -> tuple[Segment, ...]:
+        """The segments that consume ``topic``."""
+        return tuple(s for s in self.segments if s.input == topic)
+
+    def topic(self, name: str) -> PlannedTopic:
+        """The planned topic called ``name``."""
+        return next(t for t in self.topics if t.name == name)
+
+
+CHANGELOG_CONFIGS = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+
+
+def plan(app: App, app_id: str | None = None) -> Plan:
+    """Check ``app`` and derive its plan; ``app_id`` overrides the app's name."""
+    app_id = app_id or app.name
+    _check_name(app.where, "app id", app_id)
+    dangling = app.dangling()
+    if dangling:
+        raise DeclarationError(
+            f"{dangling[0]}: this stream never reaches a .to(topic); end it with "
+            ".to(...) or remove it"
+        )
+    if not app.pipelines:
+        raise DeclarationError(
+            f"{app.where}: app {app.name!r} declares no pipeline; add "
+            "app.stream(topic, key=...)...to(topic)"
+        )
+    segments: list[Segment] = []
+    for pipeline in app.pipelines:
+        segments.extend(_segments(pipeline, app_id, app))
+    _check_unique(app, segments)
+    return Plan(
+        app_id=app_id,
+        segments=tuple(segments),
+        topics=_topics(segments, app),
+        tables=tuple(app.tables),
+    )
+
+
+def _check_name(where: str, what: str, name: str) -> None:
+    if not _TOPIC_NAME.match(name):
+        raise DeclarationError(
+            f"{where}: {what} {name!r} cannot name Kafka topics: use letters, digits, '.', "
+            "'_' and '-' (at most 249)"
+        )
+
+
+def _segments(pipeline: nodes.PipelineDecl, app_id: str, app: App) -> list[Segment]:
+    _check_name(pipeline.where, "pipeline name", pipeline.name)
+    for topic in (pipeline.source.name, pipeline.sink.topic):
+        _check_name(pipeline.where, "topic", topic)
+    segments: list[Segment] = []
+    ops: list[nodes.Op] = []
+    index = 0
+    topic = pipeline.source.name
+    key: str | None = pipeline.key
+    key_desc = f"field {pipeline.key!r}" if pipeline.key else "message key"
+    window: nodes.Window | None = None
+    aggregate: nodes.Aggregate | None = None
+    for op in pipeline.ops:
+        if isinstance(op, SEGMENT_OPS):
+            if isinstance(op, nodes.Join) and op.table.name not in app.tables:
+                raise DeclarationError(
+                    f"{op.where}: .join() uses table {op.table.name!r} of another app; "
+                    "declare it with this app's app.table(...)"
+                )
+            ops.append(op)
+        elif isinstance(op, nodes.GroupBy):
+            repartition = f"{app_id}-{pipeline.name}-repartition"
+            if index:
+                repartition += f"-{index + 1}"
+            segments.append(
+                _segment(
+                    pipeline,
+                    app_id,
+                    index,
+                    topic,
+                    key,
+                    tuple(ops),
+                    None,
+                    None,
+                    op,
+                    repartition,
+                    key_desc,
+                )
+            )
+            index += 1
+            topic = repartition
+            ops = []
+            key = None
+            by = op.by if isinstance(op.by, str) else _fn_name(op.by)
+            key_desc = f"group_by {by}"
+        elif isinstance(op, nodes.Window):
+            if key is None and index == 0:
+                raise DeclarationError(
+                    f"{op.where}: .window() needs a key to aggregate by: declare "
+                    "app.stream(topic, key=FIELD) or re-key with .group_by(...) first"
+                )
+            window = op
+        elif isinstance(op, nodes.Aggregate):
+            aggregate = op
+    sink = pipeline.sink
+    segments.append(
+        _segment(
+            pipeline, app_id, index, topic, key, tuple(ops), window, aggregate, sink, None, key_desc
+        )
+    )
+    return segments
+
+
+def _segment(
+    pipeline: nodes.PipelineDecl,
+    app_id: str,
+    index: int,
+    topic: str,
+    key: str | None,
+    ops: tuple[nodes.Op, ...],
+    window: nodes.Window | None,
+    aggregate: nodes.Aggregate | None,
+    end: nodes.To | nodes.GroupBy,
+    repartition: str | None,
+    key_desc: str,
+) -> Segment:
+    stores = _stores(ops, window, aggregate, key_desc)
+    changelog = None
+    if stores:
+        if index == 0 and pipeline.changelog:
+            changelog = pipeline.changelog.replace("{app_id}", app_id)
+            _check_name(pipeline.where, "changelog topic", changelog)
+        else:
+            suffix = "" if index == 0 else f"-{index}"
+            changelog = f"{app_id}-{pipeline.name}{suffix}-changelog"
+    late = None
+    if window is not None:
+        late = window.late_topic or f"{pipeline.source.name}.late"
+    return Segment(
+        pipeline=pipeline.name,
+        index=index,
+        input=topic,
+        source=pipeline.source if index == 0 else None,
+        key=key,
+        timestamp=pipeline.timestamp if index == 0 else None,
+        ops=ops,
+        window=window,
+        aggregate=aggregate,
+        sink=end if isinstance(end, nodes.To) else None,
+        group_by=end if isinstance(end, nodes.GroupBy) else None,
+        repartition=repartition,
+        dlq=pipeline.source.dlq_topic,
+        late=late,
+        changelog=changelog,
+        stores=stores,
+        key_from_message=index > 0,
+    )
+
+
+def _fn_name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _fingerprint(data: dict[str, Any]) -> str:
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _stores(
+    ops: tuple[nodes.Op, ...],
+    window: nodes.Window | None,
+    aggregate: nodes.Aggregate | None,
+    key_desc: str,
+) -> tuple[Store, ...]:
+    """Each stateful operator with its changelog tag and fingerprint.
+
+    The fingerprint holds what its stored state depends on, so a changed declaration is
+    never fed state it did not build (decision 0009).
+    """
+    stores: list[Store] = []
+    dedupes = 0
+    for op in ops:
+        if isinstance(op, nodes.Dedupe):
+            tag = b"d" if dedupes == 0 else b"D%d:" % dedupes
+            dedupes += 1
+            fingerprint = _fingerprint({"op": "dedupe", "field": op.field, "key": key_desc})
+            stores.append(Store(tag, op, fingerprint))
+    if window is not None:
+        assert window.spec is not None
+        assert aggregate is not None
+        fingerprint = _fingerprint(
+            {
+                "op": "window",
+                "window": window.spec.describe(),
+                "grace_ms": window.grace_ms,
+                "aggregations": [[name, describe(agg)] for name, agg in aggregate.named],
+                "key": key_desc,
+            }
+        )
+        tag = b"s" if isinstance(window.spec, Session) else b"w"
+        stores.append(Store(tag, window, fingerprint))
+    return tuple(stores)
+
+
+def _check_unique(app: App, segments: list[Segment]) -> None:
+    """Names and topics no two pipelines may share, and topics no output may clobber."""
+    pipelines: dict[str, str] = {}
+    for pipeline in app.pipelines:
+        if pipeline.name in pipelines:
+            raise DeclarationError(
+                f"{pipeline.where}: two pipelines are named {pipeline.name!r} (the other at "
+                f"{pipelines[pipeline.name]}); give one a name=... or another output topic"
+            )
+        pipelines[pipeline.name] = pipeline.where
+    outputs: dict[str, str] = {}
+    for pipeline in app.pipelines:
+        sink = pipeline.sink
+        if sink.topic in outputs:
+            raise DeclarationError(
+                f"{sink.where}: two pipelines write {sink.topic!r} (the other at "
+                f"{outputs[sink.topic]}); give each pipeline its own output topic"
+            )
+        outputs[sink.topic] = sink.where
+        if sink.topic == pipeline.source.name:
+            raise DeclarationError(
+                f"{sink.where}: pipeline {pipeline.name!r} writes its own input "
+                f"{sink.topic!r}; write to another topic"
+            )
+    internal: dict[str, str] = {}
+    for segment in segments:
+        for topic in (segment.dlq, segment.late, segment.changelog, segment.repartition):
+            if topic is not None:
+                internal[topic] = segment.pipeline
+    for name, where in outputs.items():
+        if name in internal:
+            raise DeclarationError(
+                f"{where}: output topic {name!r} is also a dead-letter, late, changelog or "
+                f"repartition topic of pipeline {internal[name]!r}; pick another name"
+            )
+    changelogs: dict[str, str] = {}
+    for segment in segments:
+        if segment.changelog is None:
+            continue
+        if segment.changelog in changelogs:
+            raise DeclarationError(
+                f"pipelines {changelogs[segment.changelog]!r} and {segment.pipeline!r} would "
+                f"share the changelog {segment.changelog!r}; give one another changelog=..."
+            )
+        changelogs[segment.changelog] = segment.pipeline
+
+
+def _topics(segments: list[Segment], app: App) -> tuple[PlannedTopic, ...]:
+    topics: dict[str, PlannedTopic] = {}
+
+    def add(topic: PlannedTopic) -> None:
+        topics.setdefault(topic.name, topic)
+
+    for segment in segments:
+        if segment.source is not None:
+            add(PlannedTopic(segment.input, "input"))
+    for segment in segments:
+        add(PlannedTopic(segment.dlq, "dlq"))
+        if segment.late is not None:
+            add(PlannedTopic(segment.late, "late"))
+        if segment.repartition is not None:
+            add(PlannedTopic(segment.repartition, "repartition", partitions_like=segment.input))
+        if segment.sink is not None:
+            add(PlannedTopic(segment.sink.topic, "output"))
+        if segment.changelog is not None:
+            add(
+                PlannedTopic(segment.changelog, "changelog", segment.input, dict(CHANGELOG_CONFIGS))
+            )
+    for name in app.tables:
+        add(PlannedTopic(name, "table", configs={"cleanup.policy": "compact"}))
+    return tuple(topics.values())

@@ -1,0 +1,337 @@
+"""Property tests: the compiled engine equals the plain interpreter on random pipelines.
+
+Random declarations (filters, maps, flat maps, dedupes, joins, batch steps, enrichment,
+tumbling, hopping and session windows with every aggregation, custom ones included) run
+over random records: out-of-order event times, repeated ids, bad keys and timestamps,
+values that make user functions raise, random chunking and idle ticks. The engine's finals,
+dead letters (stage per record), late records and counts must be the interpreter's; and a
+task rebuilt from its changelog (compacted or not) at a random point must carry on exactly
+as the original would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import namedtuple
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams import (
+    App,
+    Count,
+    CountDistinct,
+    First,
+    Last,
+    Max,
+    Mean,
+    Min,
+    Sum,
+    hopping,
+    session,
+    tumbling,
+)
+from streams.core.compile import compile_segment
+from streams.core.interpreter import Batch, Tick, interpret, same_value
+from streams.core.outcome import Outcome
+from streams.core.segment import Call, CallGen, CallResult, SegmentTask
+from streams.topology.plan import Segment, plan
+
+Record = namedtuple("Record", "offset key value timestamp headers")
+TABLE = {"s0": {"region": "eu"}, "s1": {"region": "us"}, "3": {"region": "num"}}
+
+
+class Collect:
+    """A custom aggregator: the sorted list of distinct ``n`` values (merge for sessions);
+    raises on n == 13 to exercise the aggregate dead letters."""
+
+    def initial(self) -> list[int]:
+        return []
+
+    def add(self, acc: list[int], value: dict[str, Any]) -> list[int]:
+        n = value.get("n")
+        if n == 13:
+            raise ValueError("thirteen")
+        if isinstance(n, int) and n not in acc:
+            return sorted([*acc, n])
+        return acc
+
+    def result(self, acc: list[int]) -> list[int]:
+        return acc
+
+    def merge(self, a: list[int], b: list[int]) -> list[int]:
+        return sorted(set(a) | set(b))
+
+
+def _double(v: dict[str, Any]) -> dict[str, Any]:
+    if v.get("n") == 7:
+        raise RuntimeError("seven")
+    return {**v, "n": (v.get("n") or 0) * 2 % 17}
+
+
+def _split(v: dict[str, Any]) -> list[dict[str, Any]]:
+    n = v.get("n") or 0
+    if n % 5 == 4:
+        return []
+    return [v, {**v, "n": n + 1, "id": f"{v.get('id')}-b"}] if n % 3 == 0 else [v]
+
+
+def _batch(values: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    return [None if (v.get("n") or 0) % 6 == 5 else {**v, "tag": "b"} for v in values]
+
+
+async def _abatch(values: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    return _batch(values)
+
+
+def _lookup(keys: list[Any]) -> dict[Any, Any]:
+    return {k: {"score": len(str(k))} for k in keys if k != "s0"}
+
+
+def _down(keys: list[Any]) -> dict[Any, Any]:
+    raise ConnectionError("the service is down")
+
+
+async def _alookup(keys: list[Any]) -> dict[Any, Any]:
+    return _lookup(keys)
+
+
+OPS: dict[str, Callable[[Any], Any]] = {
+    "filter": lambda s: s.filter(lambda v: (v.get("n") or 0) % 4 != 1),
+    "filter_raises": lambda s: s.filter(lambda v: 1 // ((v.get("n") or 0) - 9) >= -100),
+    "map": lambda s: s.map(_double),
+    "flat_map": lambda s: s.flat_map(_split),
+    "dedupe_id": lambda s: s.dedupe("id", horizon_ms=25),
+    "dedupe_n": lambda s: s.dedupe("n", horizon_ms=8),
+    "join": lambda s: s.join(TABLE_HANDLE[0], on="sku", into="product"),
+    "join_inner": lambda s: s.join(TABLE_HANDLE[0], on="sku", into="product", how="inner"),
+    "map_batch": lambda s: s.map_batch(_batch),
+    "map_batch_async": lambda s: s.map_batch(_abatch),
+    "enrich": lambda s: s.enrich(_lookup, key="sku", into="extra", attempts=2),
+    "enrich_async": lambda s: s.enrich(_alookup, key="sku", into="extra", ttl_ms=5),
+    "enrich_down": lambda s: s.enrich(_down, key="sku", into="extra", attempts=2),
+}
+TABLE_HANDLE: list[Any] = []
+
+AGGREGATIONS = {
+    "count": lambda: Count(),
+    "sum": lambda: Sum("x"),
+    "mean": lambda: Mean("x"),
+    "min": lambda: Min("x"),
+    "max": lambda: Max("x"),
+    "first": lambda: First("n"),
+    "last": lambda: Last("n"),
+    "distinct": lambda: CountDistinct("n"),
+    "collect": lambda: Collect(),
+}
+
+
+@st.composite
+def declarations(draw: st.DrawFn) -> tuple[Segment, bool]:
+    """A random one-segment pipeline; returns its segment and whether it is windowed."""
+    app = App("prop")
+    TABLE_HANDLE[:] = [app.table("products")]
+    stream = app.stream(app.topic("in"), key="k", timestamp="ts")
+    for name in draw(st.lists(st.sampled_from(sorted(OPS)), max_size=4)):
+        stream = OPS[name](stream)
+    kind = draw(st.sampled_from(["tumbling", "hopping", "session", "none"]))
+    if kind == "none":
+        stream.to("out")
+        return plan(app).segments[0], False
+    size = draw(st.integers(1, 20))
+    spec = {
+        "tumbling": lambda: tumbling(size),
+        "hopping": lambda: hopping(size, draw(st.integers(1, size))),
+        "session": lambda: session(draw(st.integers(1, 12))),
+    }[kind]()
+    names = draw(
+        st.lists(st.sampled_from(sorted(AGGREGATIONS)), min_size=1, max_size=5, unique=True)
+    )
+    emit = draw(st.sampled_from(["final", "updates"]))
+    (
+        stream.window(spec, grace_ms=draw(st.integers(0, 10)))
+        .aggregate(**{name: AGGREGATIONS[name]() for name in names})
+        .to("out", emit=emit)
+    )
+    return plan(app).segments[0], True
+
+
+_value = st.fixed_dictionaries(
+    {
+        "k": st.sampled_from(["a", "b", "c"]),
+        "id": st.sampled_from([f"e{i}" for i in range(8)]),
+        "n": st.integers(0, 16),
+        "sku": st.sampled_from(["s0", "s1", "s2", 3, None]),
+    },
+    optional={
+        "x": st.one_of(
+            st.none(), st.integers(0, 50), st.floats(0, 100, allow_nan=False), st.just("oops")
+        ),
+    },
+)
+
+
+@st.composite
+def inputs(draw: st.DrawFn) -> list[Batch | Tick]:
+    """Batches of records (event times drifting forward with disorder) and idle ticks."""
+    items: list[Batch | Tick] = []
+    offset = 0
+    now = 1_000
+    drift = 0
+    for _ in range(draw(st.integers(0, 8))):
+        if draw(st.integers(0, 4)) == 0:
+            now += draw(st.integers(0, 60))
+            items.append(Tick(now, caught_up=draw(st.booleans())))
+            continue
+        records = []
+        for _ in range(draw(st.integers(0, 8))):
+            value = dict(draw(_value))
+            drift += draw(st.integers(0, 6))
+            value["ts"] = max(0, drift - draw(st.integers(0, 15)))
+            bad = draw(st.integers(0, 20))
+            if bad == 0:
+                del value["k"]
+            elif bad == 1:
+                value["ts"] = -1
+            elif bad == 2:
+                value["ts"] = float(value["ts"])
+            key = value.get("k")
+            records.append(
+                Record(offset, None if key is None else key.encode(), orjson.dumps(value), 0, [])
+            )
+            offset += 1
+        now += draw(st.integers(0, 9))
+        items.append(Batch(now, records))
+    return items
+
+
+def drive(gen: CallGen) -> Outcome:
+    """What the runtime does: answer the task's calls (async ones awaited)."""
+    try:
+        call = next(gen)
+        while True:
+            call = gen.send(_answer(call))
+    except StopIteration as stop:
+        outcome: Outcome = stop.value
+        return outcome
+
+
+def _answer(call: Call) -> CallResult:
+    error: BaseException | None = None
+    for _ in range(call.attempts):
+        try:
+            value = asyncio.run(call.fn(call.arg)) if call.is_async else call.fn(call.arg)
+            return CallResult(value)
+        except Exception as exc:
+            error = exc
+    return CallResult(None, error)
+
+
+class Engine:
+    """A segment task fed like the runtime feeds it, recording what it produced."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.compiled = compile_segment(segment)
+        self.task = self._new()
+        self.changelog: list[tuple[bytes, bytes | None]] = []
+        self.finals: list[Any] = []
+        self.dead: dict[int, str] = {}
+        self.late: list[int] = []
+        self.counts = {"duplicates": 0, "accepted": 0, "filtered": 0, "join_misses": 0}
+        self.seen = 0
+
+    def _new(self) -> SegmentTask:
+        task = SegmentTask(self.compiled, idle_timeout_ms=7, tables={"products": TABLE})
+        task.finish_restore()
+        return task
+
+    def feed(self, item: Batch | Tick) -> None:
+        if isinstance(item, Tick):
+            self._take(self.task.tick(item.now_ms, item.caught_up), 0)
+        else:
+            records = list(item.records)
+            values = [orjson.loads(r.value) for r in records]
+            outcome = drive(self.task.process(records, range(len(values)), values, item.now_ms))
+            self._take(outcome, self.seen)
+            self.seen += len(records)
+            if records:
+                self.task.note_position(records[-1].offset + 1)
+        self.changelog.extend(self.task.drain_changelog())
+
+    def _take(self, outcome: Outcome, base: int) -> None:
+        for key, value, ts in outcome.outputs:
+            decoded = orjson.loads(value)
+            if isinstance(decoded, dict) and decoded.get("final") is False:
+                continue
+            self.finals.append((key, decoded, ts))
+        for index, (stage, _) in outcome.dead.items():
+            self.dead[base + index] = stage
+        self.late.extend(base + index for index in outcome.late)
+        for name in self.counts:
+            self.counts[name] += getattr(outcome, name)
+
+    def restart(self, compacted: bool) -> None:
+        """A new task from the changelog so far (as after a crash or a rebalance)."""
+        records = self.changelog
+        if compacted:
+            last = {key: i for i, (key, _) in enumerate(records)}
+            records = [r for i, r in enumerate(records) if last[r[0]] == i and r[1] is not None]
+        task = SegmentTask(self.compiled, idle_timeout_ms=7, tables={"products": TABLE})
+        for key, value in records:
+            task.apply_changelog(key, value)
+        task.finish_restore()
+        self.task = task
+
+
+def flush_finals(engine: Engine) -> None:
+    """Close every open window, as the interpreter does at the end of input."""
+    outcome = Outcome()
+    if engine.task.windows is not None:
+        engine.task.close_windows(2**62, outcome)
+    engine._take(outcome, 0)
+
+
+def _check(segment: Segment, items: list[Batch | Tick], engine: Engine) -> None:
+    expected = interpret(segment, items, tables={"products": TABLE}, idle_timeout_ms=7)
+    assert len(engine.finals) == len(expected.outputs), (engine.finals, expected.outputs)
+    for got, want in zip(engine.finals, expected.outputs, strict=True):
+        assert got[0] == want[0], (got, want)
+        assert got[2] == want[2], (got, want)
+        assert same_value(want[1], got[1]), (got, want)
+    assert engine.dead == {i: stage for i, (stage, _) in expected.dead.items()}
+    assert engine.late == expected.late
+    assert engine.counts["duplicates"] == expected.duplicates
+    assert engine.counts["accepted"] == expected.accepted
+    assert engine.counts["filtered"] == expected.filtered
+    assert engine.counts["join_misses"] == expected.join_misses
+
+
+@settings(max_examples=300, deadline=None)
+@given(declarations(), inputs())
+def test_engine_equals_interpreter(
+    declared: tuple[Segment, bool], items: list[Batch | Tick]
+) -> None:
+    segment, _ = declared
+    engine = Engine(segment)
+    for item in items:
+        engine.feed(item)
+    flush_finals(engine)
+    _check(segment, items, engine)
+
+
+@settings(max_examples=200, deadline=None)
+@given(declarations(), inputs(), st.integers(0, 8), st.booleans())
+def test_a_restored_task_carries_on_as_the_original(
+    declared: tuple[Segment, bool], items: list[Batch | Tick], cut: int, compacted: bool
+) -> None:
+    segment, _ = declared
+    engine = Engine(segment)
+    for position, item in enumerate(items):
+        if position == cut:
+            engine.restart(compacted)
+        engine.feed(item)
+    flush_finals(engine)
+    _check(segment, items, engine)
