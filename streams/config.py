@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 GUARANTEES = ("at_least_once", "exactly_once")
 EMIT_MODES = ("final", "updates")
 STORES = ("memory", "rocksdb")
+ON_STATE_CHANGE = ("stop", "fresh")
 DEFAULT_STATE_DIR = os.path.join(tempfile.gettempdir(), "streams-state")
 ROCKSDB_MISSING = (
     "STREAMS_STORE=rocksdb needs the rocksdict package: pip install 'streams[rocksdb]'"
@@ -187,6 +188,8 @@ class Settings:
     metadata_refresh_ms: int = 30_000
     store: str = "memory"
     state_dir: str = DEFAULT_STATE_DIR
+    on_state_change: str = "stop"
+    app: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -223,6 +226,8 @@ class Settings:
             metadata_refresh_ms=_int(env, "STREAMS_METADATA_REFRESH_MS", 30_000, minimum=1_000),
             store=store,
             state_dir=env.get("STREAMS_STATE_DIR") or DEFAULT_STATE_DIR,
+            on_state_change=_choice(env, "STREAMS_ON_STATE_CHANGE", "stop", ON_STATE_CHANGE),
+            app=env.get("STREAMS_APP") or None,
         )
 
     def open_store(self, partition: int) -> KeyValueStore | None:

@@ -1,15 +1,26 @@
-"""Audit a pipeline: recompute the expected finals from the input topic and compare.
+"""Audit an app: recompute every pipeline from its input topics and compare.
 
-The input is read from the beginning, per partition in offset order, validated and run through
-the reference model (:mod:`streams.core.reference`), which closes every window at the end of
-input. The output topic is read ``read_committed``. Each (key, window) must have exactly one
-final record, equal to the recomputation; anything else is reported.
+Each segment's input is read from the beginning, per partition in offset order, and run
+through the plain interpreter of its declaration (:mod:`streams.core.interpreter`), which
+closes every window at the end of input. Outputs are read ``read_committed``. Compared:
+
+- windowed outputs: each (key, window) must have exactly one final record, equal to the
+  recomputation (floats to 1e-9 relative); updates are counted, not compared;
+- stateless outputs and repartition topics: the same (key, value) records, as multisets;
+- dead letters (by source topic, partition, offset and stage) and late records (by source
+  topic, partition and offset), as sets, with duplicates counted.
+
+A segment after a ``group_by`` is recomputed from its actual repartition topic, so the
+interleaving of upstream partitions (which no recomputation can know) does not matter.
+User functions must be deterministic for the audit to mean anything; enrichment functions
+are called again, and tables are read as they are now (decision 0009).
 """
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
+import asyncio
+import dataclasses
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,18 +28,21 @@ import orjson
 
 from streams.broker.reading import read_topic
 from streams.config import KafkaSettings, Settings
-from streams.core.config import CoreConfig
-from streams.core.reference import recompute_partition
-from streams.validation import decode_event
+from streams.core.interpreter import Batch, interpret, same_value
+from streams.dlq import header_map
+from streams.errors import BrokerError
+from streams.topology.plan import Plan, Segment
 
 WindowKey = tuple[str, int, int]
 _SAMPLES = 20
+_PRODUCE = "produce"
 
 
 @dataclass
 class VerifyReport:
-    """Differences between the output topic and the recomputation (samples kept short)."""
+    """Differences between one segment's outputs and the recomputation (samples short)."""
 
+    pipeline: str = ""
     input_messages: int = 0
     invalid: int = 0
     expected_late: int = 0
@@ -41,14 +55,34 @@ class VerifyReport:
     duplicate_finals: int = 0
     wrong: int = 0
     unreadable: int = 0
+    expected_dead: int = 0
     dlq_records: int | None = None
     late_records: int | None = None
+    dead_missing: int = 0
+    dead_extra: int = 0
+    dead_duplicates: int = 0
+    late_missing: int = 0
+    late_extra: int = 0
+    late_duplicates: int = 0
+    poison: int = 0
     samples: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
 
     def exact(self, *, allow_duplicates: bool = False) -> bool:
-        """True when nothing is missing, extra, wrong or (unless allowed) duplicated."""
-        dupes_ok = allow_duplicates or self.duplicate_finals == 0
-        return not (self.missing or self.extra or self.wrong or self.unreadable) and dupes_ok
+        """True when nothing is missing, extra, wrong or (unless allowed) duplicated, in
+        the outputs, the dead letters and the late records."""
+        dupes = self.duplicate_finals + self.dead_duplicates + self.late_duplicates
+        if dupes and not allow_duplicates:
+            return False
+        return not (
+            self.missing
+            or self.extra
+            or self.wrong
+            or self.unreadable
+            or self.dead_missing
+            or self.dead_extra
+            or self.late_missing
+            or self.late_extra
+        )
 
     def sample(self, kind: str, item: Any) -> None:
         """Keep a few examples of each kind of difference."""
@@ -63,64 +97,144 @@ class VerifyReport:
         return data
 
 
-def _same(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
-    if expected["count"] != actual.get("count"):
-        return False
-    for name in ("min", "max", "sum"):
-        want, got = expected[name], actual.get(name)
-        if want is None or got is None:
-            if want is not got:
-                return False
-        elif not math.isclose(want, got, rel_tol=1e-9, abs_tol=1e-6):
-            return False
-    return True
+@dataclass
+class AppReport:
+    """One :class:`VerifyReport` per segment of the app."""
+
+    app_id: str
+    pipelines: list[VerifyReport]
+
+    def exact(self, *, allow_duplicates: bool = False) -> bool:
+        """Every segment exact."""
+        return all(p.exact(allow_duplicates=allow_duplicates) for p in self.pipelines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return {
+            "app_id": self.app_id,
+            "exact": self.exact(),
+            "pipelines": [p.as_dict() for p in self.pipelines],
+        }
 
 
-async def verify(
-    kafka: KafkaSettings,
-    *,
-    input_topic: str,
-    output_topic: str,
-    config: CoreConfig,
-    dlq_topic: str | None = None,
-    late_topic: str | None = None,
-    max_message_bytes: int = 1_048_576,
-) -> VerifyReport:
-    """Compare ``output_topic`` with a recomputation from ``input_topic``."""
-    report = VerifyReport()
-    expected: dict[WindowKey, list[dict[str, Any]]] = defaultdict(list)
-    for records in (await read_topic(kafka, input_topic)).values():
-        events = []
+class _Reader:
+    """Reads each topic once per audit (several segments share inputs, DLQs, late topics)."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self._cache: dict[str, dict[int, list[Any]]] = {}
+
+    async def read(self, topic: str) -> dict[int, list[Any]]:
+        if topic not in self._cache:
+            self._cache[topic] = await read_topic(self.kafka, topic)
+        return self._cache[topic]
+
+
+async def verify_app(
+    settings: Settings, plan: Plan, *, max_message_bytes: int | None = None
+) -> AppReport:
+    """Audit every segment of ``plan`` on the cluster of ``settings``."""
+    reader = _Reader(settings.kafka)
+    tables = {name: await _table(reader, name) for name in plan.tables}
+    reports = []
+    for segment in plan.segments:
+        reports.append(
+            await _verify_segment(
+                reader,
+                segment,
+                tables,
+                settings.idle_timeout_ms,
+                max_message_bytes or settings.max_message_bytes,
+            )
+        )
+    return AppReport(plan.app_id, reports)
+
+
+async def _table(reader: _Reader, name: str) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for records in (await reader.read(name)).values():
         for record in records:
-            event, _ = decode_event(record.value, max_message_bytes)
-            if event is not None:
-                events.append(event)
-            else:
-                report.invalid += 1
-        report.input_messages += len(records)
-        result = recompute_partition(events, config)
-        report.expected_late += len(result.late)
-        report.expected_duplicates += len(result.duplicates)
-        for final in result.finals:
-            expected[(final["key"], final["window_start"], final["window_end"])].append(final)
-    report.expected_finals = sum(len(v) for v in expected.values())
+            if record.key is None:
+                continue
+            key = record.key.decode("utf-8", "replace")
+            if record.value is None:
+                table.pop(key, None)
+                continue
+            try:
+                table[key] = orjson.loads(record.value)
+            except orjson.JSONDecodeError:
+                continue
+    return table
 
+
+async def _verify_segment(
+    reader: _Reader,
+    segment: Segment,
+    tables: dict[str, Any],
+    idle_timeout_ms: int,
+    max_bytes: int,
+) -> VerifyReport:
+    report = VerifyReport(pipeline=segment.name)
+    inputs = await reader.read(segment.input)
+    expected_outputs: list[tuple[bytes | None, Any, int | None]] = []
+    expected_dead: set[tuple[int, int, str]] = set()
+    expected_late: set[tuple[int, int]] = set()
+    for partition, records in inputs.items():
+        result = await asyncio.to_thread(
+            interpret,
+            segment,
+            [Batch(0, records)],
+            tables=tables,
+            idle_timeout_ms=idle_timeout_ms,
+            max_message_bytes=max_bytes,
+        )
+        report.input_messages += len(records)
+        report.expected_duplicates += result.duplicates
+        expected_outputs.extend(result.outputs)
+        for index, (stage, _) in result.dead.items():
+            if stage == "validate":
+                report.invalid += 1
+            expected_dead.add((partition, records[index].offset, stage))
+        for index in result.late:
+            expected_late.add((partition, records[index].offset))
+    report.expected_late = len(expected_late)
+    report.expected_dead = len(expected_dead)
+    output = segment.output
+    actual = await reader.read(output)
+    if segment.window is not None:
+        _compare_finals(report, expected_outputs, actual)
+    else:
+        _compare_records(report, expected_outputs, actual)
+    await _compare_dead(report, reader, segment, expected_dead)
+    if segment.late is not None:
+        await _compare_late(report, reader, segment, expected_late)
+    return report
+
+
+def _compare_finals(
+    report: VerifyReport,
+    expected_outputs: list[tuple[bytes | None, Any, int | None]],
+    topic: dict[int, list[Any]],
+) -> None:
+    expected: dict[WindowKey, list[dict[str, Any]]] = defaultdict(list)
+    for _, final, _ in expected_outputs:
+        expected[(final["key"], final["window_start"], final["window_end"])].append(final)
+    report.expected_finals = sum(len(v) for v in expected.values())
     actual: dict[WindowKey, list[dict[str, Any]]] = defaultdict(list)
-    for records in (await read_topic(kafka, output_topic)).values():
+    for records in topic.values():
         for record in records:
             try:
                 value = orjson.loads(record.value)
                 key: WindowKey = (value["key"], value["window_start"], value["window_end"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 report.unreadable += 1
-                report.sample("unreadable", repr(record.value[:200]))
+                report.sample("unreadable", repr((record.value or b"")[:200]))
                 continue
             if value.get("final") is True:
                 actual[key].append(value)
             else:
                 report.output_updates += 1
     report.output_finals = sum(len(v) for v in actual.values())
-
     for key, wants in expected.items():
         gots = actual.get(key, [])
         if not gots:
@@ -132,10 +246,10 @@ async def verify(
             report.sample("duplicate", gots[0])
         unmatched = list(wants)
         for got in gots:
-            match = next((w for w in unmatched if _same(w, got)), None)
+            match = next((w for w in unmatched if same_value(w, got)), None)
             if match is not None:
                 unmatched.remove(match)
-            elif not any(_same(w, got) for w in wants):
+            elif not any(same_value(w, got) for w in wants):
                 report.wrong += 1
                 report.sample("wrong", {"expected": wants[0], "actual": got})
         if len(gots) < len(wants):
@@ -145,32 +259,127 @@ async def verify(
             report.extra += len(gots)
             report.sample("extra", gots[0])
 
-    if dlq_topic:
-        report.dlq_records = _count(await read_topic(kafka, dlq_topic))
-    if late_topic:
-        report.late_records = _count(await read_topic(kafka, late_topic))
-    return report
+
+def _canonical(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _count(records: dict[int, list[Any]]) -> int:
-    return sum(len(r) for r in records.values())
+def _compare_records(
+    report: VerifyReport,
+    expected_outputs: list[tuple[bytes | None, Any, int | None]],
+    topic: dict[int, list[Any]],
+) -> None:
+    """Stateless outputs: the same (key, value) records, counted."""
+    expected = Counter((key, _canonical(value)) for key, value, _ in expected_outputs)
+    actual: Counter[tuple[bytes | None, str]] = Counter()
+    for records in topic.values():
+        for record in records:
+            try:
+                actual[(record.key, _canonical(orjson.loads(record.value)))] += 1
+            except (orjson.JSONDecodeError, TypeError):
+                report.unreadable += 1
+                report.sample("unreadable", repr((record.value or b"")[:200]))
+    report.expected_finals = sum(expected.values())
+    report.output_finals = sum(actual.values())
+    for item, want in expected.items():
+        got = actual.get(item, 0)
+        if got < want:
+            report.missing += want - got
+            report.sample("missing", _show(item))
+        elif got > want:
+            report.duplicate_finals += got - want
+            report.sample("duplicate", _show(item))
+    for item, got in actual.items():
+        if item not in expected:
+            report.extra += got
+            report.sample("extra", _show(item))
+
+
+def _show(item: tuple[bytes | None, str]) -> dict[str, Any]:
+    key, value = item
+    return {"key": None if key is None else key.decode("utf-8", "replace"), "value": value}
+
+
+async def _compare_dead(
+    report: VerifyReport, reader: _Reader, segment: Segment, expected: set[tuple[int, int, str]]
+) -> None:
+    """This segment's dead letters: validation ones of its input (once per topic, whoever
+    reads it) and its own operators' (named by ``error.pipeline``)."""
+    records = await _read_optional(reader, segment.dlq)
+    seen: Counter[tuple[int, int, str]] = Counter()
+    total = 0
+    for letter in (r for rs in records.values() for r in rs):
+        headers = header_map(letter.headers)
+        stage = headers.get("error.stage", "")
+        if stage == _PRODUCE:
+            if headers.get("error.pipeline") == segment.name:
+                report.poison += 1
+            continue
+        if headers.get("source.topic") != segment.input:
+            continue
+        pipeline = headers.get("error.pipeline")
+        if pipeline is not None and pipeline != segment.name:
+            continue
+        try:
+            where = (int(headers["source.partition"]), int(headers["source.offset"]), stage)
+        except (KeyError, ValueError):
+            continue
+        total += 1
+        seen[where] += 1
+    report.dlq_records = total
+    _compare_sets(report, "dead", expected, seen)
+
+
+async def _compare_late(
+    report: VerifyReport, reader: _Reader, segment: Segment, expected: set[tuple[int, int]]
+) -> None:
+    assert segment.late is not None
+    records = await _read_optional(reader, segment.late)
+    seen: Counter[tuple[int, int]] = Counter()
+    total = 0
+    for record in (r for rs in records.values() for r in rs):
+        headers = header_map(record.headers)
+        if headers.get("source.topic") != segment.input:
+            continue
+        try:
+            seen[(int(headers["source.partition"]), int(headers["source.offset"]))] += 1
+        except (KeyError, ValueError):
+            continue
+        total += 1
+    report.late_records = total
+    _compare_sets(report, "late", expected, seen)
+
+
+def _compare_sets(report: VerifyReport, kind: str, expected: set[Any], seen: Counter[Any]) -> None:
+    missing = [item for item in expected if item not in seen]
+    extra = [item for item in seen if item not in expected]
+    duplicates = sum(count - 1 for count in seen.values() if count > 1)
+    setattr(report, f"{kind}_missing", len(missing))
+    setattr(report, f"{kind}_extra", len(extra))
+    setattr(report, f"{kind}_duplicates", duplicates)
+    for item in missing[:3]:
+        report.sample(f"{kind}_missing", item)
+    for item in extra[:3]:
+        report.sample(f"{kind}_extra", item)
+
+
+async def _read_optional(reader: _Reader, topic: str) -> dict[int, list[Any]]:
+    try:
+        return await reader.read(topic)
+    except BrokerError:
+        return {}
 
 
 async def verify_pipeline(settings: Settings, **windows: int) -> VerifyReport:
-    """:func:`verify` of a pipeline's own topics and settings (``windows`` overrides
+    """The reference pipeline's audit on its own topics and settings (``windows`` overrides
     ``window_size_ms``, ``window_step_ms``, ``grace_ms`` or ``max_message_bytes``)."""
-    config = CoreConfig(
-        window_size_ms=windows.get("window_size_ms", settings.window_size_ms),
-        window_step_ms=windows.get("window_step_ms", settings.window_step_ms),
-        grace_ms=windows.get("grace_ms", settings.grace_ms),
-        dedupe_horizon_ms=settings.dedupe_horizon_ms,
-    )
-    return await verify(
-        settings.kafka,
-        input_topic=settings.input_topic,
-        output_topic=settings.output_topic,
-        config=config,
-        dlq_topic=settings.dlq_topic,
-        late_topic=settings.late_topic,
-        max_message_bytes=windows.get("max_message_bytes", settings.max_message_bytes),
-    )
+    from streams.apps.reference import build
+    from streams.topology.plan import plan
+
+    overrides = {k: v for k, v in windows.items() if k != "max_message_bytes"}
+    if "window_size_ms" in overrides and "window_step_ms" not in overrides:
+        overrides["window_step_ms"] = overrides["window_size_ms"]
+    settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
+    planned = plan(build(settings), settings.app_id)
+    report = await verify_app(settings, planned, max_message_bytes=windows.get("max_message_bytes"))
+    return report.pipelines[0]

@@ -138,13 +138,15 @@ class App:
 
 
 def _schema_path(where: str, schema: str | os.PathLike[str]) -> Path:
-    """The schema file: as given, else relative to the declaring file's directory."""
+    """The schema file: as given (relative to the working directory), else relative to the
+    declaring file's directory or one of its parents (an app in ``examples/orders/`` finds
+    the project's ``schemas/``)."""
     path = Path(schema)
     candidates = [path]
     if not path.is_absolute():
         frame_file = _declaring_file()
         if frame_file is not None:
-            candidates.append(frame_file.parent / path)
+            candidates.extend(parent / path for parent in frame_file.resolve().parents[:4])
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()

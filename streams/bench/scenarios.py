@@ -87,7 +87,7 @@ async def limit(args: Args) -> dict[str, Any]:
 
 async def decode(args: Args) -> dict[str, Any]:
     """Consume + orjson decode + schema validation, no output, in the worker's chunks."""
-    from streams.worker.pipeline import DECODE_CHUNK
+    from streams.runtime.processing import DECODE_CHUNK
 
     def decode_chunks(values: list[bytes]) -> None:
         # As in the worker: no collector while a batch's decoded events are alive.
@@ -103,8 +103,7 @@ async def decode(args: Args) -> dict[str, Any]:
 
 async def pipeline(args: Args) -> dict[str, Any]:
     """The worker's pipeline, in process, until it has consumed every event."""
-    from streams.worker.metrics import WorkerMetrics
-    from streams.worker.pipeline import Health, Pipeline
+    from streams.runtime.worker import Worker
 
     settings = Settings.from_env(
         {
@@ -119,7 +118,7 @@ async def pipeline(args: Args) -> dict[str, Any]:
             "STREAMS_EMIT": args.get("emit", "final"),
         }
     )
-    worker = Pipeline(settings, WorkerMetrics(), Health())
+    worker = Worker.create(settings)
     await worker.start()
     try:
         stats = await worker.run(stop_after=args["events"])
@@ -236,8 +235,7 @@ async def latency(args: Args) -> dict[str, Any]:
     """
     from streams.broker.admin import TopicSpec, ensure_topics
     from streams.broker.reading import read_topic
-    from streams.worker.metrics import WorkerMetrics
-    from streams.worker.pipeline import Health, Pipeline
+    from streams.runtime.worker import Worker
 
     kafka = _kafka(args)
     app_id, parts, rate = args["app_id"], args["partitions"], args["rate"]
@@ -258,7 +256,7 @@ async def latency(args: Args) -> dict[str, Any]:
             "STREAMS_GUARANTEE": args["guarantee"],
         }
     )
-    worker = Pipeline(settings, WorkerMetrics(), Health())
+    worker = Worker.create(settings)
     await worker.start()
     running = asyncio.ensure_future(worker.run(stop_after=total))
     await asyncio.wait_for(worker.assigned.wait(), timeout=60)

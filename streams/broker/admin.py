@@ -243,3 +243,39 @@ async def grow_partitions(kafka: KafkaSettings, topic: str, count: int) -> bool:
         except KafkaError as exc:
             raise BrokerError(f"could not grow {topic!r} to {count} partitions: {exc}") from None
     return True
+
+
+async def topic_limits(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
+    """Each existing topic's ``max.message.bytes``: the largest record batch it accepts."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    names = list(dict.fromkeys(topics))
+    if not names:
+        return {}
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})
+        for name in names
+    ]
+    async with admin_client(kafka) as admin:
+        responses = await admin.describe_configs(resources)
+    limits: dict[str, int] = {}
+    for response in responses:
+        for error_code, _, _, name, entries in response.resources:
+            if error_code:
+                continue
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and entry[1]:
+                    limits[name] = int(entry[1])
+    return limits
+
+
+async def partition_counts(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
+    """Partition count of each existing topic among ``topics`` (missing ones are left out)."""
+    names = list(dict.fromkeys(topics))
+    async with admin_client(kafka) as admin:
+        described = await admin.describe_topics(names)
+    return {
+        info["topic"]: len(info["partitions"])
+        for info in described
+        if info.get("error_code", 0) == 0 and info.get("partitions")
+    }

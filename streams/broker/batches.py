@@ -4,20 +4,55 @@
 to aiokafka ``BatchBuilder`` objects (C-accelerated) and each full batch is sent once, so the
 per-record cost is one ``append`` call. Partitions are picked like the Java client's default
 partitioner (murmur2 of the key), so keyed records land where any Kafka producer puts them.
+
+A record batch the broker refuses for good (too large for the topic, a denied ACL, an invalid
+record) is split and its records resent one by one, as the Java producer splits a batch that
+is too large; a record refused on its own is returned to the caller as *poison* instead of
+failing the whole flush. A topic's size limit (``max.message.bytes``), when known, also sizes
+its batches, and a record that cannot fit is refused at ``append`` without a round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 Headers = list[tuple[str, bytes]]
 _NO_HEADERS: Headers = []
+# A record batch's fixed overhead and a record's worst-case own overhead (varints, attributes).
+BATCH_OVERHEAD = 61
+RECORD_OVERHEAD = 21
+# Errors no retry will cure for these records: split the batch, and past one record, give up.
+PERMANENT = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    PolicyViolationError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 
 
 @lru_cache(maxsize=262_144)
@@ -26,19 +61,54 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def record_size(key: bytes | None, value: bytes | None, headers: Headers | None) -> int:
+    """An upper bound of the bytes one record takes in a batch of its own."""
+    size = BATCH_OVERHEAD + RECORD_OVERHEAD + len(key or b"") + len(value or b"")
+    if headers:
+        size += sum(len(k) + len(v) + 10 for k, v in headers)
+    return size
+
+
+Record = tuple[bytes | None, bytes | None, int | None, Headers]
+
+
+@dataclass
+class Poison:
+    """A record the broker refused for good, on its own."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    reason: str
+
+
 class BatchSender:
     """Accumulates records per (topic, partition) and sends them as whole batches.
 
     Bounded: at most ``max_pending`` batches are in flight; past that, ``append`` callers
     wait in ``send_full`` for the oldest to be acknowledged (backpressure to the caller).
+    ``limits`` maps topics to their ``max.message.bytes``.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, *, max_pending: int = 64) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        max_pending: int = 64,
+        limits: dict[str, int] | None = None,
+        retain: bool = False,
+    ) -> None:
         self._producer = producer
-        self._open: dict[tuple[str, int], Any] = {}
-        self._full: list[tuple[str, int, Any]] = []
-        self._pending: list[asyncio.Future[Any]] = []
+        # With ``retain``, every record since the last successful flush, to resend after a
+        # failure (changelog records: their replay is idempotent).
+        self._retained: list[tuple[str, int, Record]] | None = [] if retain else None
+        self._open: dict[tuple[str, int], tuple[Any, list[Record]]] = {}
+        self._full: list[tuple[str, int, Any, list[Record]]] = []
+        self._pending: list[tuple[asyncio.Future[Any], str, int, list[Record]]] = []
         self._max_pending = max_pending
+        self._limits = limits or {}
         self._partition_counts: dict[str, int] = {}
         self._round_robin = itertools.count()
         self.records = 0
@@ -51,6 +121,28 @@ class BatchSender:
             parts = await self._producer.partitions_for(topic)
             count = self._partition_counts[topic] = len(parts)
         return count
+
+    def fits(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None
+    ) -> bool:
+        """Whether the record fits ``topic``'s size limit (always, when it is not known)."""
+        limit = self._limits.get(topic)
+        return limit is None or record_size(key, value, headers) <= limit
+
+    def _new_batch(self, topic: str) -> Any:
+        limit = self._limits.get(topic)
+        producer = self._producer
+        if limit is None or limit >= producer._message_accumulator._batch_size:
+            return producer.create_batch()
+        accumulator = producer._message_accumulator
+        return BatchBuilder(
+            max(limit - BATCH_OVERHEAD, 1),
+            accumulator._compression_type,
+            is_transactional=bool(
+                producer._txn_manager is not None
+                and producer._txn_manager.transactional_id is not None
+            ),
+        )
 
     def append(
         self,
@@ -65,14 +157,20 @@ class BatchSender:
         """Add one record; a batch that fills up is queued for ``send_full``/``flush``."""
         headers = headers or _NO_HEADERS
         slot = (topic, partition)
-        batch = self._open.get(slot)
-        if batch is None:
-            batch = self._open[slot] = self._producer.create_batch()
+        entry = self._open.get(slot)
+        if entry is None:
+            entry = self._open[slot] = (self._new_batch(topic), [])
+        batch, kept = entry
         if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
-            self._full.append((topic, partition, batch))
-            batch = self._open[slot] = self._producer.create_batch()
+            self._full.append((topic, partition, batch, kept))
+            batch = self._new_batch(topic)
+            kept = []
+            self._open[slot] = (batch, kept)
             if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
                 raise ValueError(f"a record of {len(value or b'')} bytes exceeds the batch size")
+        kept.append((key, value, timestamp_ms, headers))
+        if self._retained is not None:
+            self._retained.append((topic, partition, (key, value, timestamp_ms, headers)))
         self.records += 1
         self.bytes += len(value or b"") + len(key or b"")
 
@@ -83,26 +181,90 @@ class BatchSender:
     async def send_full(self) -> None:
         """Send the batches that filled up, waiting when too many are in flight."""
         full, self._full = self._full, []
-        for topic, partition, batch in full:
-            await self._submit(topic, partition, batch)
+        for topic, partition, batch, kept in full:
+            await self._submit(topic, partition, batch, kept)
 
     async def send_all(self) -> None:
         """Send every batch, full or not, without waiting for acknowledgements."""
         await self.send_full()
         open_batches, self._open = self._open, {}
-        for (topic, partition), batch in open_batches.items():
+        for (topic, partition), (batch, kept) in open_batches.items():
             if batch.record_count():
-                await self._submit(topic, partition, batch)
+                await self._submit(topic, partition, batch, kept)
 
-    async def flush(self) -> None:
-        """Send everything appended so far and wait until the broker acknowledged all of it."""
+    async def flush(self) -> list[Poison]:
+        """Send everything appended so far and wait until the broker acknowledged it all.
+
+        Returns the records refused for good one by one (every other record is written);
+        raises the first other error (the caller replays the batch).
+        """
         await self.send_all()
         pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        if not pending:
+            if self._retained is not None:
+                self._retained = []
+            return []
+        results = await asyncio.gather(*(f for f, _, _, _ in pending), return_exceptions=True)
+        refused: list[tuple[str, int, list[Record], BaseException]] = []
+        for (_, topic, partition, kept), result in zip(pending, results, strict=True):
+            if isinstance(result, PERMANENT):
+                refused.append((topic, partition, kept, result))
+            elif isinstance(result, BaseException):
+                raise result
+        poison: list[Poison] = []
+        for topic, partition, kept, error in refused:
+            poison.extend(await self._one_by_one(topic, partition, kept, error))
+        if self._retained is not None:
+            self._retained = []
+        return poison
 
-    async def _submit(self, topic: str, partition: int, batch: Any) -> None:
+    def unacked(self) -> list[tuple[str, int, Record]]:
+        """With ``retain``: the records appended since the last successful flush."""
+        assert self._retained is not None, "a BatchSender(retain=True) keeps them"
+        return list(self._retained)
+
+    def resend(self, records: list[tuple[str, int, Record]]) -> None:
+        """Append records taken from another sender's :meth:`unacked`, in order."""
+        for topic, partition, (key, value, ts, headers) in records:
+            self.append(topic, partition, key, value, timestamp_ms=ts, headers=headers)
+
+    async def _one_by_one(
+        self, topic: str, partition: int, kept: list[Record], error: BaseException
+    ) -> list[Poison]:
+        """Resend a refused batch's records each in a batch of its own."""
+        if len(kept) == 1:
+            key, value, _, headers = kept[0]
+            return [Poison(topic, partition, key, value, headers, _describe(error))]
+        futures = []
+        for key, value, ts, headers in kept:
+            batch = self._new_batch(topic)
+            batch.append(key=key, value=value, timestamp=ts, headers=headers)
+            futures.append(await self._producer.send_batch(batch, topic, partition=partition))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        poison = []
+        for (key, value, _, headers), result in zip(kept, results, strict=True):
+            if isinstance(result, PERMANENT):
+                poison.append(Poison(topic, partition, key, value, headers, _describe(result)))
+            elif isinstance(result, BaseException):
+                raise result
+        return poison
+
+    async def _submit(self, topic: str, partition: int, batch: Any, kept: list[Record]) -> None:
         while len(self._pending) >= self._max_pending:
             oldest = self._pending.pop(0)
-            await oldest
-        self._pending.append(await self._producer.send_batch(batch, topic, partition=partition))
+            try:
+                await oldest[0]
+            except PERMANENT:
+                # Keep it for flush, which splits it; only the wait was for room.
+                self._pending.insert(0, oldest)
+                break
+        future = await self._producer.send_batch(batch, topic, partition=partition)
+        self._pending.append((future, topic, partition, kept))
+
+
+def _describe(error: BaseException) -> str:
+    name = type(error).__name__
+    text = str(error)
+    if isinstance(error, KafkaError) and getattr(error, "description", None):
+        text = f"{text} ({error.description})" if text and text != name else error.description
+    return f"{name}: {text}" if text and text != name else name

@@ -1,29 +1,47 @@
-"""``streams topics create``: the pipeline's topics."""
+"""``streams topics create [APP]``: every topic an app uses."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import click
 
-from streams.broker.admin import ensure_topics, pipeline_topics
+from streams.api.loading import app_for
+from streams.broker.admin import partition_counts
 from streams.config import Settings
+from streams.runtime import topics
+from streams.topology.plan import plan
 
 
 @click.group(name="topics")
 def command() -> None:
-    """Manage the pipeline's topics."""
+    """Manage an app's topics."""
 
 
 @command.command()
+@click.argument("app", required=False)
 @click.option("--partitions", type=int, default=None, help="Default: STREAMS_PARTITIONS (6).")
-def create(partitions: int | None) -> None:
-    """Create the input, output, DLQ and late topics if they do not exist."""
+def create(app: str | None, partitions: int | None) -> None:
+    """Create the topics of APP that do not exist yet: inputs, outputs, dead-letter, late,
+    changelog, repartition and table topics (default APP: STREAMS_APP, else the reference
+    pipeline).
+
+    Changelog and repartition topics get as many partitions as the topic they follow.
+    """
     settings = Settings.from_env()
-    specs = pipeline_topics(settings)
     if partitions is not None:
-        specs = [type(s)(s.name, partitions, s.configs) for s in specs]
-    created = asyncio.run(ensure_topics(settings.kafka, specs))
-    for spec in specs:
-        state = "created" if spec.name in created else "exists "
-        click.echo(f"{state}  {spec.name}  partitions={spec.partitions}")
+        settings = dataclasses.replace(settings, partitions=partitions)
+    declared, settings = app_for(settings, app)
+    planned = plan(declared, settings.app_id)
+    names = [t.name for t in planned.topics]
+
+    async def run() -> tuple[set[str], dict[str, int]]:
+        before = set(await partition_counts(settings.kafka, names))
+        layout = await topics.prepare(settings.kafka, planned, settings.partitions)
+        return before, layout.partitions
+
+    existed, counts = asyncio.run(run())
+    for topic in planned.topics:
+        state = "exists " if topic.name in existed else "created"
+        click.echo(f"{state}  {topic.name}  partitions={counts.get(topic.name)}  ({topic.role})")

@@ -1,29 +1,34 @@
-"""``streams verify``: audit the output topic against a recomputation from the input."""
+"""``streams verify [APP]``: audit every pipeline of an app against a recomputation."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import click
 import orjson
 
+from streams.api.loading import app_for
 from streams.config import Settings
-from streams.core.config import CoreConfig
-from streams.verify import verify
+from streams.errors import ConfigError
+from streams.topology.plan import plan
+from streams.verify import AppReport, VerifyReport, verify_app
 
 
 @click.command(name="verify")
-@click.option("--input", "input_topic", default=None, help="Default: STREAMS_INPUT_TOPIC.")
-@click.option("--output", "output_topic", default=None, help="Default: STREAMS_OUTPUT_TOPIC.")
-@click.option("--window", type=int, default=None, help="Window size, ms (STREAMS_WINDOW_SIZE_MS).")
-@click.option("--step", type=int, default=None, help="Hop, ms (STREAMS_WINDOW_STEP_MS).")
-@click.option("--grace", type=int, default=None, help="Grace, ms (STREAMS_GRACE_MS).")
-@click.option("--dedupe-horizon", type=int, default=None, help="ms (STREAMS_DEDUPE_HORIZON_MS).")
+@click.argument("app", required=False)
+@click.option("--input", "input_topic", default=None, help="Reference pipeline: input topic.")
+@click.option("--output", "output_topic", default=None, help="Reference pipeline: output.")
+@click.option("--window", type=int, default=None, help="Reference: window size, ms.")
+@click.option("--step", type=int, default=None, help="Reference: hop, ms.")
+@click.option("--grace", type=int, default=None, help="Reference: grace, ms.")
+@click.option("--dedupe-horizon", type=int, default=None, help="Reference: horizon, ms.")
 @click.option(
-    "--allow-duplicates", is_flag=True, help="Repeated finals pass (at_least_once audits)."
+    "--allow-duplicates", is_flag=True, help="Repeated records pass (at_least_once audits)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def command(
+    app: str | None,
     input_topic: str | None,
     output_topic: str | None,
     window: int | None,
@@ -33,45 +38,69 @@ def command(
     allow_duplicates: bool,
     as_json: bool,
 ) -> None:
-    """Recompute final aggregates from the input topic and compare with the output topic.
+    """Recompute every pipeline of APP from its input topics with a plain interpreter of its
+    declaration, and compare with its outputs, dead letters and late records (default APP:
+    STREAMS_APP, else the reference pipeline, whose topics and windows the options override).
 
     Reports missing, extra, duplicate and wrong records; exits 0 only on an exact match.
     """
-    s = Settings.from_env()
-    size = window or s.window_size_ms
-    config = CoreConfig(
-        window_size_ms=size,
-        window_step_ms=step or (s.window_step_ms if window is None else size),
-        grace_ms=s.grace_ms if grace is None else grace,
-        dedupe_horizon_ms=s.dedupe_horizon_ms if dedupe_horizon is None else dedupe_horizon,
-    )
-    report = asyncio.run(
-        verify(
-            s.kafka,
-            input_topic=input_topic or s.input_topic,
-            output_topic=output_topic or s.output_topic,
-            config=config,
-            dlq_topic=s.dlq_topic if input_topic is None else None,
-            late_topic=s.late_topic if input_topic is None else None,
-            max_message_bytes=s.max_message_bytes,
+    settings = Settings.from_env()
+    overrides = {
+        "input_topic": input_topic,
+        "output_topic": output_topic,
+        "window_size_ms": window,
+        "window_step_ms": step if step is not None else window,
+        "grace_ms": grace,
+        "dedupe_horizon_ms": dedupe_horizon,
+    }
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given and (app or settings.app):
+        raise ConfigError(
+            "--input, --output, --window, --step, --grace and --dedupe-horizon apply to the "
+            "reference pipeline only; an app declares its own"
         )
-    )
+    settings = dataclasses.replace(settings, **given)  # type: ignore[arg-type]
+    declared, settings = app_for(settings, app)
+    report = asyncio.run(verify_app(settings, plan(declared, settings.app_id)))
     ok = report.exact(allow_duplicates=allow_duplicates)
     if as_json:
-        click.echo(orjson.dumps(report.as_dict()).decode())
+        data = report.as_dict()
+        data["exact"] = ok
+        if len(report.pipelines) == 1:  # the reference pipeline's fields at the top level too
+            data.update({k: v for k, v in report.pipelines[0].as_dict().items() if k != "exact"})
+        click.echo(orjson.dumps(data).decode())
     else:
-        click.echo(
-            f"input {report.input_messages} messages: {report.invalid} invalid, "
-            f"{report.expected_duplicates} duplicates, {report.expected_late} late\n"
-            f"expected {report.expected_finals} finals, found {report.output_finals} "
-            f"(+{report.output_updates} updates)\n"
-            f"missing {report.missing}, extra {report.extra}, duplicate {report.duplicate_finals}"
-            f", wrong {report.wrong}, unreadable {report.unreadable}"
-        )
-        if report.dlq_records is not None:
-            click.echo(f"dead letters {report.dlq_records}, late records {report.late_records}")
-        for kind, items in report.samples.items():
-            for item in items[:3]:
-                click.echo(f"  {kind}: {orjson.dumps(item).decode()}")
+        _print(report)
         click.echo("EXACT MATCH" if ok else "MISMATCH")
     raise SystemExit(0 if ok else 1)
+
+
+def _print(report: AppReport) -> None:
+    for p in report.pipelines:
+        click.echo(f"pipeline {p.pipeline}:" if len(report.pipelines) > 1 else "", nl=False)
+        if len(report.pipelines) > 1:
+            click.echo()
+        _print_one(p, indent="  " if len(report.pipelines) > 1 else "")
+
+
+def _print_one(report: VerifyReport, indent: str) -> None:
+    lines = [
+        f"input {report.input_messages} messages: {report.invalid} invalid, "
+        f"{report.expected_duplicates} duplicates, {report.expected_late} late",
+        f"expected {report.expected_finals} results, found {report.output_finals} "
+        f"(+{report.output_updates} updates)",
+        f"missing {report.missing}, extra {report.extra}, duplicate {report.duplicate_finals}, "
+        f"wrong {report.wrong}, unreadable {report.unreadable}",
+        f"dead letters {report.dlq_records} (expected {report.expected_dead}: missing "
+        f"{report.dead_missing}, extra {report.dead_extra}, duplicate "
+        f"{report.dead_duplicates}); late records {report.late_records} (missing "
+        f"{report.late_missing}, extra {report.late_extra}, duplicate "
+        f"{report.late_duplicates})",
+    ]
+    if report.poison:
+        lines.append(f"outputs refused by the broker, in the dead-letter topic: {report.poison}")
+    for line in lines:
+        click.echo(indent + line)
+    for kind, items in report.samples.items():
+        for item in items[:3]:
+            click.echo(f"{indent}  {kind}: {orjson.dumps(item, default=str).decode()}")

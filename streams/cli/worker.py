@@ -9,6 +9,7 @@ from streams.config import Settings
 
 
 @click.command(name="worker")
+@click.argument("app", required=False)
 @click.option(
     "--exit-when-idle",
     type=float,
@@ -17,14 +18,16 @@ from streams.config import Settings
     "seconds (demos, tests).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run's totals as JSON at exit.")
-def command(exit_when_idle: float | None, as_json: bool) -> None:
-    """Validate, dedupe, window and aggregate events; emit final aggregates.
+def command(app: str | None, exit_when_idle: float | None, as_json: bool) -> None:
+    """Run the pipelines of APP (module:attribute or path.py[:attribute]; default
+    STREAMS_APP, else the reference pipeline: validate, dedupe, window, aggregate).
 
-    Configured by environment variables (STREAMS_*, KAFKA_*): see the README.
+    Scale out by running more workers: they share the input partitions (one consumer group,
+    the app id). Configured by environment variables (STREAMS_*, KAFKA_*): see the README.
     """
     from streams.worker.app import run
 
-    stats = run(Settings.from_env(), exit_when_idle_s=exit_when_idle)
+    stats = run(Settings.from_env(), app=app, exit_when_idle_s=exit_when_idle)
     if as_json:
         click.echo(orjson.dumps(stats.__dict__).decode())
     else:

@@ -141,8 +141,11 @@ class _Interpreter:
         self.last_activity: int | None = None
         self.at_last_activity: int | None = None
         self.seen: dict[int, dict[Any, int]] = {}  # id(dedupe op) -> value -> largest ts
-        # windows: (start, end, key) -> [accepted events in arrival order, custom accumulators]
-        self.windows: dict[tuple[int, int, str], list[Any]] = {}
+        # windows: start -> key -> [accepted events in arrival order, custom accumulators]
+        self.windows: dict[int, dict[str, list[Any]]] = {}
+        self._late_seen: set[int] = set()
+        # The earliest time a session can close (None: no session): scans only from there.
+        self._session_close: int | None = None
         # sessions: key -> list of [start, last, events]
         self.sessions: dict[str, list[list[Any]]] = {}
         self.records_seen = 0
@@ -156,8 +159,14 @@ class _Interpreter:
                 continue
             if not batch.records:
                 continue  # a fetch brings records: an empty one is no activity
-            for record in batch.records:
-                self._record(record)
+            _, vals, failures = self.decoder.decode([r.value for r in batch.records])
+            why = dict(failures)
+            valid = iter(vals)
+            for position, record in enumerate(batch.records):
+                if position in why:
+                    self.result.dead[self.records_seen] = ("validate", why[position])
+                else:
+                    self._record(record, next(valid))
                 self.records_seen += 1
             self.last_activity = batch.now_ms
             self.at_last_activity = self.stream_time
@@ -185,13 +194,8 @@ class _Interpreter:
 
     # -- one record ----------------------------------------------------------------------
 
-    def _record(self, record: Any) -> None:
+    def _record(self, record: Any, value: dict[str, Any]) -> None:
         index = self.records_seen
-        _, vals, failures = self.decoder.decode([record.value])
-        if failures:
-            self.result.dead[index] = ("validate", failures[0][1])
-            return
-        value = vals[0]
         try:
             key, ts = self._key_and_time(record, value)
         except _Dead as dead:
@@ -386,11 +390,11 @@ class _Interpreter:
                 # Newest window first, as the engine walks them: a custom aggregator that
                 # raises leaves the windows before it updated.
                 for start in open_starts:
-                    slot = (start, start + spec.size_ms, event.key)
-                    window = self.windows.get(slot)
+                    keys = self.windows.setdefault(start, {})
+                    window = keys.get(event.key)
                     accs = self._custom_add(None if window is None else window[1], event)
                     if window is None:
-                        self.windows[slot] = [[event], accs]
+                        keys[event.key] = [[event], accs]
                     else:
                         window[0].append(event)
                         window[1] = accs
@@ -425,7 +429,8 @@ class _Interpreter:
             self.stream_time = event.ts
 
     def _late(self, event: _Event) -> None:
-        if event.index not in self.result.late:
+        if event.index not in self._late_seen:
+            self._late_seen.add(event.index)
             self.result.late.append(event.index)
 
     def _write(self, event: _Event, marks: list[tuple[int, Any]]) -> bool:
@@ -489,6 +494,10 @@ class _Interpreter:
         for s in hits:
             sessions.remove(s)
         sessions.append(merged)
+        assert self.segment.window is not None
+        close = merged[1] + gap + self.segment.window.grace_ms
+        if self._session_close is None or close < self._session_close:
+            self._session_close = close
 
     def _close(self, st: int | None) -> None:
         """Emit every window closed at stream time ``st`` (all of them for None)."""
@@ -499,6 +508,8 @@ class _Interpreter:
         closing: list[tuple[int, str, int, list[_Event], dict[str, Any]]] = []
         if isinstance(window.spec, Session):
             gap = window.spec.gap_ms
+            if st is not None and (self._session_close is None or st < self._session_close):
+                return
             for key, sessions in list(self.sessions.items()):
                 for s in list(sessions):
                     end = s[1] + gap
@@ -507,11 +518,19 @@ class _Interpreter:
                         sessions.remove(s)
                 if not sessions:
                     del self.sessions[key]
+            self._session_close = min(
+                (s[1] + gap + grace for ss in self.sessions.values() for s in ss), default=None
+            )
         else:
-            for (start, end, key), (events, accs) in list(self.windows.items()):
-                if st is None or end + grace <= st:
-                    closing.append((end, key, start, events, accs))
-                    del self.windows[(start, end, key)]
+            assert window.spec is not None
+            size = window.spec.size_ms
+            if st is not None and (not self.windows or min(self.windows) + size + grace > st):
+                return
+            for start in sorted(self.windows):
+                if st is not None and start + size + grace > st:
+                    break  # windows are all one size: later starts close later
+                for key, (events, accs) in self.windows.pop(start).items():
+                    closing.append((start + size, key, start, events, accs))
         closing.sort(key=lambda item: (item[0], item[1]))
         for end, key, start, events, accs in closing:
             final = self._final(key, start, end, events, accs)

@@ -426,7 +426,7 @@ class SegmentTask:
 
     def note_position(self, offset: int) -> None:
         """Record that the input is consumed up to ``offset`` (the next one to read)."""
-        if not self.stateful:
+        if not self.stateful or (self._position is not None and offset <= self._position):
             return
         self._position = offset
         self._pending.append((changelog.POSITION_KEY, b"%d" % offset))

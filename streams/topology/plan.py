@@ -327,14 +327,6 @@ def _stores(
 
 def _check_unique(app: App, segments: list[Segment]) -> None:
     """Names and topics no two pipelines may share, and topics no output may clobber."""
-    pipelines: dict[str, str] = {}
-    for pipeline in app.pipelines:
-        if pipeline.name in pipelines:
-            raise DeclarationError(
-                f"{pipeline.where}: two pipelines are named {pipeline.name!r} (the other at "
-                f"{pipelines[pipeline.name]}); give one a name=... or another output topic"
-            )
-        pipelines[pipeline.name] = pipeline.where
     outputs: dict[str, str] = {}
     for pipeline in app.pipelines:
         sink = pipeline.sink
@@ -349,6 +341,14 @@ def _check_unique(app: App, segments: list[Segment]) -> None:
                 f"{sink.where}: pipeline {pipeline.name!r} writes its own input "
                 f"{sink.topic!r}; write to another topic"
             )
+    pipelines: dict[str, str] = {}
+    for pipeline in app.pipelines:
+        if pipeline.name in pipelines:
+            raise DeclarationError(
+                f"{pipeline.where}: two pipelines are named {pipeline.name!r} (the other at "
+                f"{pipelines[pipeline.name]}); give one a name=... or another output topic"
+            )
+        pipelines[pipeline.name] = pipeline.where
     internal: dict[str, str] = {}
     for segment in segments:
         for topic in (segment.dlq, segment.late, segment.changelog, segment.repartition):

@@ -1,9 +1,10 @@
-"""The worker process: Faust runs the lifecycle and the web server; the pipeline does the work.
+"""The worker process: Faust runs the lifecycle and the web server; the runtime does the work.
 
 Faust gives the worker its process model (signals, graceful shutdown, logging, a service
 tree) and serves ``/metrics``, ``/health/live`` and ``/health/ready`` from its web server.
-Faust's own Kafka consumer is switched off: consuming goes through the batched pipeline, whose
-consumer group id is the app id (see docs/decisions/0001-batched-hot-path.md).
+Faust's own Kafka consumer is switched off: consuming goes through the batched runtime
+(:mod:`streams.runtime.worker`), whose consumer group id is the app id (see
+docs/decisions/0001-batched-hot-path.md).
 """
 
 from __future__ import annotations
@@ -22,22 +23,22 @@ from streams.broker.local import port_in_use
 from streams.config import Settings
 from streams.errors import ConfigError, StreamsError
 from streams.faust_codec import register
+from streams.runtime.health import RunStats
+from streams.runtime.worker import Worker
 from streams.worker.diagnostics import install_task_dump
-from streams.worker.metrics import WorkerMetrics
-from streams.worker.pipeline import Health, Pipeline, RunStats
 
 log = logging.getLogger(__name__)
 
 
 class _WorkerBoot(BootStrategy):
-    """Faust services minus its Kafka consumer and producer: the pipeline owns those."""
+    """Faust services minus its Kafka consumer and producer: the runtime owns those."""
 
     enable_kafka = False
     enable_sensors = False
 
 
-def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float | None) -> Any:
-    """The Faust app that hosts one pipeline; returns (app, outcome) for :func:`run`."""
+def build_app(settings: Settings, pipeline: Worker, *, exit_when_idle_s: float | None) -> Any:
+    """The Faust app that hosts one worker; returns (app, outcome) for :func:`run`."""
     register()
     app = faust.App(
         settings.app_id,
@@ -98,23 +99,28 @@ def build_app(settings: Settings, pipeline: Pipeline, *, exit_when_idle_s: float
     return app, outcome
 
 
-def run(settings: Settings, *, exit_when_idle_s: float | None = None) -> RunStats:
-    """Run one worker until SIGTERM/SIGINT (or idle, when asked); returns its totals."""
+def run(
+    settings: Settings, *, app: str | None = None, exit_when_idle_s: float | None = None
+) -> RunStats:
+    """Run one worker of ``app`` (``module:attr`` or ``path.py[:attr]``; default
+    ``STREAMS_APP``, else the reference pipeline) until SIGTERM/SIGINT (or idle, when
+    asked); returns its totals. A bad declaration fails here, before any connection."""
+    worker = Worker.create(settings, app)
+    settings = worker.settings
     if settings.metrics_port and port_in_use(settings.metrics_port):
         raise ConfigError(
             f"STREAMS_METRICS_PORT={settings.metrics_port} is already in use; pick a free port"
         )
-    pipeline = Pipeline(settings, WorkerMetrics(), Health())
-    app, outcome = build_app(settings, pipeline, exit_when_idle_s=exit_when_idle_s)
-    worker = faust.Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
-    worker.spinner = None
+    host, outcome = build_app(settings, worker, exit_when_idle_s=exit_when_idle_s)
+    process = faust.Worker(host, loglevel="INFO", quiet=True, redirect_stdouts=False)
+    process.spinner = None
     # Our own progress at INFO; the libraries' chatter (group joins, service trees) only
     # when something is wrong.
     for noisy in ("faust", "mode", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    outcome["worker"] = worker
+    outcome["worker"] = process
     with contextlib.suppress(SystemExit):
-        worker.execute_from_commandline()
+        process.execute_from_commandline()
     if "error" in outcome:
         raise outcome["error"]
-    return pipeline.stats
+    return worker.stats

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from streams.config import KafkaSettings
 from streams.lag.exporter import LagExporter, LagMetrics
-from streams.worker.metrics import WorkerMetrics
+from streams.runtime.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "streams.json"

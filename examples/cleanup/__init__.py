@@ -1,0 +1,1 @@
+"""An example app; see app.py."""

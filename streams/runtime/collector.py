@@ -1,0 +1,249 @@
+"""From outcomes to records: outputs, dead letters, late events, changelogs, poison.
+
+Everything a batch produces is appended to a :class:`~streams.broker.batches.BatchSender`
+here, with its partition and headers: outputs by the murmur2 of their key (keyless ones stay
+on the input's partition number), dead letters and late events on the input's partition of
+their topic, changelog records on the input's partition of the segment's changelog. An output
+the broker could never accept (larger than the topic's ``max.message.bytes``: known before
+sending; or refused for good after sending) goes to its pipeline's dead-letter topic with
+stage ``produce``, and processing goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+
+from streams.broker.batches import Headers, Poison, partition_for
+from streams.core.outcome import Outcome
+from streams.core.segment import SegmentTask
+from streams.dlq import (
+    HEADER_MESSAGE,
+    HEADER_OFFSET,
+    HEADER_PARTITION,
+    HEADER_STAGE,
+    HEADER_TOPIC,
+    HEADER_TS,
+    dead_letter_headers,
+)
+from streams.errors import StreamsError
+from streams.runtime.health import RunStats
+from streams.runtime.metrics import WorkerMetrics, observe_many
+from streams.runtime.topics import TopicLayout
+from streams.topology.plan import Plan
+
+HEADER_PIPELINE = "error.pipeline"
+
+
+class Sink(Protocol):
+    """Where records go: a :class:`~streams.broker.batches.BatchSender`, or the test
+    driver's in-memory topics."""
+
+    def append(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        timestamp_ms: int | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        """Add one record."""
+
+    def fits(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None
+    ) -> bool:
+        """Whether the record fits the topic's size limit."""
+
+
+HEADER_OUTPUT_TOPIC = "output.topic"
+HEADER_OUTPUT_PARTITION = "output.partition"
+
+
+class Collector:
+    """Appends a worker's results to senders; counts them in metrics and run totals."""
+
+    def __init__(
+        self, plan: Plan, layout: TopicLayout, metrics: WorkerMetrics, stats: RunStats
+    ) -> None:
+        self.partitions = layout.partitions
+        self.metrics = metrics
+        self.stats = stats
+        self.dlq_of_output = {segment.output: segment.dlq for segment in plan.segments}
+        self.pipeline_of_output = {segment.output: segment.name for segment in plan.segments}
+        self.dlqs = {segment.dlq for segment in plan.segments}
+        # Outputs refused for good inside a transaction that was then aborted: diverted to
+        # the dead-letter topic when the replay produces them again.
+        self.known_poison: set[tuple[str, bytes | None, bytes | None]] = set()
+
+    def dead_letters(
+        self,
+        sender: Sink,
+        dlq: str,
+        tp: TopicPartition,
+        records: Sequence[Any],
+        failures: list[tuple[int, str, str]],
+        wall: int,
+        pipeline: str | None = None,
+    ) -> None:
+        """Original key and bytes of each failed record, with headers saying why."""
+        if not failures:
+            return
+        parts = self.partitions[dlq]
+        append = sender.append
+        for index, stage, reason in failures:
+            record = records[index]
+            headers = dead_letter_headers(
+                stage, reason, tp.topic, tp.partition, record.offset, wall, record.headers
+            )
+            if pipeline is not None:
+                headers.append((HEADER_PIPELINE, pipeline.encode()))
+            append(dlq, tp.partition % parts, record.key, record.value, headers=headers)
+        self.metrics.dlq_writes.labels(dlq).inc(len(failures))
+        self.metrics.produced.labels(dlq).inc(len(failures))
+
+    def outcome(
+        self,
+        sender: Sink,
+        task: SegmentTask,
+        tp: TopicPartition,
+        records: Sequence[Any],
+        outcome: Outcome,
+        wall: int,
+    ) -> None:
+        """A chunk's (or a tick's) results of one segment task."""
+        segment = task.segment
+        name = segment.name
+        metrics = self.metrics
+        if outcome.outputs:
+            self._outputs(sender, segment.output, tp.partition, outcome.outputs, wall)
+            metrics.emitted.labels(name).inc(len(outcome.outputs))
+            self.stats.emitted += len(outcome.outputs)
+        if outcome.finals:
+            latency = metrics.emit_latency.labels("event_time")
+            for end, count in outcome.finals.items():
+                observe_many(latency, max(0.0, (wall - end) / 1000), count)
+        if outcome.dead:
+            failures = [
+                (index, stage, reason) for index, (stage, reason) in sorted(outcome.dead.items())
+            ]
+            self.dead_letters(sender, segment.dlq, tp, records, failures, wall, name)
+            for _, stage, _ in failures:
+                metrics.failed.labels(name, stage).inc()
+            self.stats.failed += len(failures)
+        if outcome.late:
+            late = segment.late
+            assert late is not None
+            parts = self.partitions[late]
+            for index in outcome.late:
+                record = records[index]
+                headers = [
+                    (HEADER_TOPIC, tp.topic.encode()),
+                    (HEADER_PARTITION, str(tp.partition).encode()),
+                    (HEADER_OFFSET, str(record.offset).encode()),
+                ]
+                sender.append(late, tp.partition % parts, record.key, record.value, headers=headers)
+            metrics.late.labels(name).inc(len(outcome.late))
+            metrics.produced.labels(late).inc(len(outcome.late))
+            self.stats.late += len(outcome.late)
+        if outcome.duplicates:
+            metrics.duplicates.labels(name).inc(outcome.duplicates)
+            self.stats.duplicates += outcome.duplicates
+        if outcome.filtered:
+            metrics.filtered.labels(name).inc(outcome.filtered)
+        if outcome.join_misses:
+            metrics.join_misses.labels(name).inc(outcome.join_misses)
+        if outcome.key_mismatches:
+            metrics.key_mismatches.labels(name).inc(outcome.key_mismatches)
+        if outcome.enrich_hits or outcome.enrich_misses:
+            metrics.enrich_hits.labels(name).inc(outcome.enrich_hits)
+            metrics.enrich_misses.labels(name).inc(outcome.enrich_misses)
+            for seconds in outcome.enrich_seconds:
+                metrics.enrich_seconds.labels(name).observe(seconds)
+
+    def _outputs(
+        self,
+        sender: Sink,
+        topic: str,
+        partition: int,
+        outputs: list[tuple[bytes | None, bytes, int | None]],
+        wall: int,
+    ) -> None:
+        parts = self.partitions[topic]
+        append = sender.append
+        fits = sender.fits
+        poison = self.known_poison
+        refused: list[Poison] = []
+        for key, value, ts in outputs:
+            target = partition % parts if key is None else partition_for(key, parts)
+            if not fits(topic, key, value, None) or (poison and (topic, key, value) in poison):
+                refused.append(
+                    Poison(
+                        topic,
+                        target,
+                        key,
+                        value,
+                        [],
+                        f"record of {len(value)} bytes exceeds the topic's max.message.bytes"
+                        if not fits(topic, key, value, None)
+                        else "refused by the broker before (a replay)",
+                    )
+                )
+                continue
+            append(topic, target, key, value, timestamp_ms=ts)
+        self.metrics.produced.labels(topic).inc(len(outputs) - len(refused))
+        if refused:
+            self.poison(sender, refused, wall)
+
+    def poison(self, sender: Sink, refused: list[Poison], wall: int) -> None:
+        """Send outputs the broker will never accept to their pipeline's dead-letter topic;
+        a dead letter refused itself stops the worker (nowhere left to put it)."""
+        for record in refused:
+            dlq = self.dlq_of_output.get(record.topic)
+            if dlq is None or record.topic in self.dlqs:
+                raise StreamsError(
+                    f"the dead-letter topic {record.topic!r} refused a record for good "
+                    f"({record.reason}); raise its max.message.bytes or fix its ACLs, then "
+                    "restart (the batch is replayed)"
+                )
+            headers = [
+                (HEADER_STAGE, b"produce"),
+                (HEADER_MESSAGE, record.reason.encode("utf-8", "replace")),
+                (HEADER_OUTPUT_TOPIC, record.topic.encode()),
+                (HEADER_OUTPUT_PARTITION, str(record.partition).encode()),
+                (HEADER_TS, str(wall).encode()),
+                (HEADER_PIPELINE, self.pipeline_of_output[record.topic].encode()),
+            ]
+            parts = self.partitions[dlq]
+            if not sender.fits(dlq, record.key, record.value, headers):
+                raise StreamsError(
+                    f"an output of {len(record.value or b'')} bytes is too large for "
+                    f"{record.topic!r} and for its dead-letter topic {dlq!r}; raise "
+                    f"max.message.bytes of {dlq!r}, then restart"
+                )
+            sender.append(dlq, record.partition % parts, record.key, record.value, headers=headers)
+            self.metrics.poison.labels(record.topic).inc()
+            self.metrics.dlq_writes.labels(dlq).inc()
+            pipeline = self.pipeline_of_output[record.topic]
+            self.metrics.failed.labels(pipeline, "produce").inc()
+            self.stats.failed += 1
+
+    def changelog(self, sender: Sink, task: SegmentTask, partition: int) -> int:
+        """The task's changelog records since the last drain; returns how many."""
+        records = task.drain_changelog()
+        topic = task.segment.changelog
+        if records and topic is not None:
+            append = sender.append
+            for key, value in records:
+                append(topic, partition, key, value)
+            self.metrics.produced.labels(topic).inc(len(records))
+        return len(records)
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,326 @@
+"""Committing a batch under each delivery guarantee.
+
+**at_least_once** (one idempotent producer): first the outputs, dead letters and late
+events are flushed and acknowledged, then the changelog records, then the input offsets are
+committed. State therefore never runs ahead of delivered outputs: if the outputs fail, the
+changelog has none of the batch and a replay produces every result again; if the changelog
+write fails, the state in memory is complete and the write is retried; a crash between the
+two leaves outputs that a replay repeats (duplicates, never a loss).
+
+**exactly_once** (one transactional producer per input partition, ``transactional.id =
+<app id>-<topic>-<partition>``, decision 0002): outputs, changelog records and the input
+offsets commit in one transaction per partition and batch; starting the producer when a
+partition is adopted fences the previous owner and aborts its open transaction.
+
+Both wait for a slow output with the input paused (backpressure), and hand outputs the
+broker refuses for good to the collector's dead-letter path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streams.broker.admin import start_client, stop_within
+from streams.broker.batches import BatchSender, Poison
+from streams.config import Settings
+from streams.publish import make_producer
+from streams.runtime.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+TXN_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 10.0
+BACKPRESSURE_AFTER_S = 1.0
+RETRY_BACKOFF_S = 2.0
+
+OnPoison = Callable[[BatchSender, list[Poison]], None]
+
+
+class Backpressure:
+    """Pauses the consumer's partitions while an output flush is slow."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, metrics: WorkerMetrics) -> None:
+        self._consumer = consumer
+        self._metrics = metrics
+
+    async def wait(self, flush: Awaitable[list[Poison]]) -> list[Poison]:
+        """Await ``flush``; after ``BACKPRESSURE_AFTER_S`` pause fetching until it is done."""
+        task = asyncio.ensure_future(flush)
+        done, _ = await asyncio.wait({task}, timeout=BACKPRESSURE_AFTER_S)
+        if done:
+            return task.result()
+        paused = list(self._consumer.assignment())
+        self._consumer.pause(*paused)
+        self._metrics.paused.set(len(paused))
+        log.warning("output is slow: paused %d partitions until it catches up", len(paused))
+        try:
+            return await task
+        finally:
+            self._consumer.resume(*[tp for tp in paused if tp in self._consumer.assignment()])
+            self._metrics.paused.set(0)
+
+
+async def flush_all(
+    sender: BatchSender,
+    on_poison: OnPoison,
+    wait: Callable[[Awaitable[list[Poison]]], Awaitable[list[Poison]]],
+) -> None:
+    """Flush ``sender``; route refused records to dead letters and flush those too."""
+    poison = await wait(sender.flush())
+    while poison:
+        on_poison(sender, poison)
+        poison = await wait(sender.flush())
+
+
+class AtLeastOnce:
+    """Outputs, then changelog, then offsets; one producer for the worker."""
+
+    eos = False
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: AIOKafkaConsumer,
+        metrics: WorkerMetrics,
+        limits: dict[str, int],
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.metrics = metrics
+        self.limits = limits
+        self.producer: AIOKafkaProducer | None = None
+        self.outputs: BatchSender | None = None
+        self.changelog: BatchSender | None = None
+        self._backpressure = Backpressure(consumer, metrics)
+
+    async def start(self) -> None:
+        """Start the producer."""
+        kafka = self.settings.kafka
+        self.producer = make_producer(kafka, client_id=self.settings.app_id)
+        await start_client(self.producer, kafka)
+        self._new_senders()
+
+    def _new_senders(self) -> None:
+        assert self.producer is not None
+        self.outputs = BatchSender(self.producer, limits=self.limits)
+        self.changelog = BatchSender(self.producer, limits=self.limits, retain=True)
+
+    def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
+        """Where ``tp``'s outputs and changelog records go."""
+        assert self.outputs is not None
+        assert self.changelog is not None
+        return self.outputs, self.changelog
+
+    async def open(self, tps: set[TopicPartition]) -> None:
+        """Nothing to do per partition."""
+
+    async def close(self, tps: Iterable[TopicPartition]) -> None:
+        """Nothing to do per partition."""
+
+    async def commit(
+        self, offsets: dict[TopicPartition, int], on_poison: OnPoison, stopping: Callable[[], bool]
+    ) -> set[TopicPartition]:
+        """Commit a batch; returns the partitions to replay (all of them if the outputs
+        failed, none otherwise)."""
+        assert self.outputs is not None
+        assert self.changelog is not None
+        try:
+            await flush_all(self.outputs, on_poison, self._backpressure.wait)
+        except KafkaError as exc:
+            # aiokafka's idempotent producer gives up for good on some errors after a broker
+            # crash (OutOfOrderSequenceNumber): nothing of this batch counts, not even its
+            # state (none of it was written): a new producer, and a replay.
+            log.error("output failed (%r); replaying the batch from the last written state", exc)
+            await self.restart()
+            return set(offsets)
+        await self._write_changelog(stopping)
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except KafkaError as exc:
+                # A rebalance or an unreachable coordinator: whoever owns the partitions
+                # next resumes from the committed offset or where the state stands; if that
+                # is us, the next commit covers this one.
+                self.metrics.commit_failures.inc()
+                log.warning("offset commit failed (%r); the batch may repeat", exc)
+                return set()
+            self.metrics.commits.inc()
+        return set()
+
+    async def _write_changelog(self, stopping: Callable[[], bool]) -> None:
+        """The state in memory is complete: write its changelog until it is acknowledged."""
+        assert self.changelog is not None
+        pending = self.changelog
+        while True:
+            try:
+                poison = await self._backpressure.wait(pending.flush())
+            except KafkaError as exc:
+                if stopping():
+                    log.error(
+                        "changelog write failed (%r) while stopping; the next owner "
+                        "replays the batch",
+                        exc,
+                    )
+                    return
+                log.error("changelog write failed (%r); retrying with a new producer", exc)
+                unsent = pending.unacked()
+                await self.restart()
+                assert self.changelog is not None
+                pending = self.changelog
+                pending.resend(unsent)
+                continue
+            if poison:
+                raise KafkaError(
+                    f"the changelog refused a record for good ({poison[0].reason}); check "
+                    f"{poison[0].topic}'s max.message.bytes and ACLs"
+                )
+            return
+
+    async def restart(self) -> None:
+        """A new producer (the old one may be dead for good), retrying while the broker is
+        away."""
+        kafka = self.settings.kafka
+        if self.producer is not None:
+            await stop_within(self.producer, CLOSE_TIMEOUT_S)
+        while True:
+            self.producer = make_producer(kafka, client_id=self.settings.app_id)
+            try:
+                await start_client(self.producer, kafka)
+                break
+            except Exception as exc:
+                log.error("%s; retrying in %.0fs", exc, RETRY_BACKOFF_S)
+                await asyncio.sleep(RETRY_BACKOFF_S)
+        self._new_senders()
+
+    async def stop(self) -> None:
+        """Close the producer."""
+        if self.producer is not None:
+            await stop_within(self.producer, CLOSE_TIMEOUT_S)
+
+
+class ExactlyOnce:
+    """One transactional producer per input partition; one transaction per batch."""
+
+    eos = True
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: AIOKafkaConsumer,
+        metrics: WorkerMetrics,
+        limits: dict[str, int],
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.metrics = metrics
+        self.limits = limits
+        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._senders: dict[TopicPartition, BatchSender] = {}
+        self._backpressure = Backpressure(consumer, metrics)
+
+    async def start(self) -> None:
+        """Producers start per partition, when it is adopted."""
+
+    def transactional_id(self, tp: TopicPartition) -> str:
+        """``<app id>-<topic>-<partition>``: stable per input partition, so the next owner
+        fences this one."""
+        return f"{self.settings.app_id}-{tp.topic}-{tp.partition}"
+
+    async def open(self, tps: set[TopicPartition]) -> None:
+        """Start the partitions' producers: fences previous owners, aborts their open
+        transactions (so the changelog's last stable offset moves and restores finish)."""
+        for tp in tps:
+            old = self.producers.pop(tp, None)
+            self._senders.pop(tp, None)
+            if old is not None:
+                await stop_within(old, CLOSE_TIMEOUT_S)
+            producer = make_producer(
+                self.settings.kafka,
+                transactional_id=self.transactional_id(tp),
+                client_id=self.settings.app_id,
+            )
+            await start_client(producer, self.settings.kafka)
+            self.producers[tp] = producer
+
+    async def close(self, tps: Iterable[TopicPartition]) -> None:
+        """Stop the partitions' producers."""
+        for tp in tps:
+            producer = self.producers.pop(tp, None)
+            self._senders.pop(tp, None)
+            if producer is not None:
+                await stop_within(producer, CLOSE_TIMEOUT_S)
+
+    def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
+        """Outputs and changelog of ``tp`` share its transaction."""
+        sender = self._senders.get(tp)
+        if sender is None:
+            sender = self._senders[tp] = BatchSender(self.producers[tp], limits=self.limits)
+        return sender, sender
+
+    async def commit(
+        self, offsets: dict[TopicPartition, int], on_poison: OnPoison, stopping: Callable[[], bool]
+    ) -> set[TopicPartition]:
+        """One transaction per partition with records or offsets; returns the partitions
+        whose transaction failed (aborted: to rebuild and replay)."""
+        parts = [tp for tp, sender in self._senders.items() if sender.records or tp in offsets]
+        results = await asyncio.gather(
+            *(self._commit(tp, offsets.get(tp), on_poison) for tp in parts)
+        )
+        return {tp for tp, ok in zip(parts, results, strict=True) if not ok}
+
+    async def _commit(self, tp: TopicPartition, offset: int | None, on_poison: OnPoison) -> bool:
+        producer = self.producers[tp]
+        sender = self._senders.pop(tp)
+        try:
+            await asyncio.wait_for(
+                self._transaction(tp, producer, sender, offset, on_poison), TXN_TIMEOUT_S
+            )
+        except Exception as exc:
+            self.metrics.transactions.labels("aborted").inc()
+            if isinstance(exc, TimeoutError):
+                log.error(
+                    "transaction for %s[%d] did not finish within %.0fs; restoring its state",
+                    tp.topic,
+                    tp.partition,
+                    TXN_TIMEOUT_S,
+                )
+            else:
+                log.error(
+                    "transaction for %s[%d] failed (%r); restoring its state",
+                    tp.topic,
+                    tp.partition,
+                    exc,
+                )
+            # Whatever it wrote is aborted by the next producer of the transactional id.
+            self.producers.pop(tp, None)
+            await stop_within(producer, CLOSE_TIMEOUT_S)
+            return False
+        self.metrics.transactions.labels("committed").inc()
+        self.metrics.commits.inc()
+        return True
+
+    async def _transaction(
+        self,
+        tp: TopicPartition,
+        producer: AIOKafkaProducer,
+        sender: BatchSender,
+        offset: int | None,
+        on_poison: OnPoison,
+    ) -> None:
+        await producer.begin_transaction()
+        await flush_all(sender, on_poison, self._backpressure.wait)
+        if offset is not None:
+            await producer.send_offsets_to_transaction({tp: offset}, self.settings.app_id)
+        await producer.commit_transaction()
+
+    async def stop(self) -> None:
+        """Close every producer."""
+        await self.close(list(self.producers))
+
+
+Committer = AtLeastOnce | ExactlyOnce

@@ -1,0 +1,514 @@
+"""The poll loop: fetch a batch, run it through the partitions' tasks, commit, repeat.
+
+One fetched batch per partition goes through a synchronous loop per chunk (decode and
+validate, then every pipeline segment reading the topic, compiled), and its results are
+appended to record batches and sent together; nothing on this path creates a task or awaits
+per message (an ``async`` batch function is awaited once per chunk). Then the committer
+commits the batch under the app's guarantee. Between batches the loop adopts newly assigned
+partitions, advances idle partitions' stream time by the wall clock, and refreshes lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streams.broker.admin import start_client, stop_within
+from streams.broker.records import use_raw_records
+from streams.config import Settings
+from streams.core.compile import Compiled, compile_segment
+from streams.core.decode import TopicDecoder
+from streams.errors import StreamsError
+from streams.lag.timelag import HeadHistory, estimate_time_lag
+from streams.runtime import topics
+from streams.runtime.collector import Collector, now_ms
+from streams.runtime.committer import AtLeastOnce, Committer, ExactlyOnce
+from streams.runtime.health import Health, RunStats
+from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.processing import run_partition
+from streams.runtime.tables import Tables
+from streams.runtime.tasks import PartitionTask, TaskManager
+from streams.topology.plan import Plan
+
+log = logging.getLogger(__name__)
+
+TICK_INTERVAL_S = 0.5
+PROGRESS_EVERY_S = 10.0
+POSITION_WAIT_S = 0.2
+CLOSE_TIMEOUT_S = 10.0
+FETCH_TIMEOUT_MS = 200
+MAX_RECORDS = 20_000
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._worker.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._worker.on_assigned(set(assigned))
+
+
+class Worker:
+    """Runs every pipeline of a planned app for the partitions this member is assigned."""
+
+    def __init__(
+        self, settings: Settings, plan: Plan, metrics: WorkerMetrics, health: Health
+    ) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.metrics = metrics
+        self.health = health
+        metrics.ready.set_function(lambda: float(health.ready()))
+        self.stats = RunStats()
+        self.eos = settings.guarantee == "exactly_once"
+        self.assigned = asyncio.Event()
+        self.last_work = time.monotonic()
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._committer: Committer | None = None
+        self._collector: Collector | None = None
+        self._tasks: TaskManager | None = None
+        self._tables = Tables(settings.kafka, plan.tables, metrics, read_committed=self.eos)
+        self._layout: topics.TopicLayout | None = None
+        self._last_tick = 0.0
+        self._last_progress = (time.monotonic(), 0)
+        self._heads: dict[TopicPartition, HeadHistory] = {}
+        self._stop_requested = False
+        self._dlq_of_input = {segment.input: segment.dlq for segment in plan.segments}
+        self._decoders: dict[str, TopicDecoder] = {}
+        self._compiled: dict[str, list[Compiled]] = {}
+        for segment in plan.segments:
+            decoder = self._decoders.get(segment.input)
+            if decoder is None:
+                schema = segment.source.schema if segment.source is not None else None
+                decoder = self._decoders[segment.input] = TopicDecoder(
+                    segment.input, schema, settings.max_message_bytes
+                )
+            self._compiled.setdefault(segment.input, []).append(
+                compile_segment(segment, decoder.guarantees)
+            )
+        metrics.declare(
+            [s.name for s in plan.segments], plan.inputs, {s.dlq for s in plan.segments}
+        )
+
+    @classmethod
+    def create(cls, settings: Settings, app: str | None = None) -> Worker:
+        """A worker of ``app`` (default ``STREAMS_APP``, else the reference pipeline), its
+        declaration planned and compiled: a bad one raises here, before any connection."""
+        from streams.api.loading import app_for
+        from streams.topology.plan import plan
+
+        declared, settings = app_for(settings, app)
+        return cls(settings, plan(declared, settings.app_id), WorkerMetrics(), Health())
+
+    @property
+    def tasks(self) -> TaskManager:
+        """The partition tasks (after :meth:`start`)."""
+        assert self._tasks is not None, "start() first"
+        return self._tasks
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create missing topics, load tables, start the clients, join the consumer group."""
+        # Window and dedupe state is large, long-lived and free of reference cycles: full
+        # collections over it are pure pause (hundreds of ms with a million keys). Collect
+        # young objects often and the old generation rarely; restored state is frozen.
+        gc.set_threshold(50_000, 50, 1_000)
+        use_raw_records()
+        s = self.settings
+        kafka = s.kafka
+        self._layout = layout = await topics.prepare(kafka, self.plan, s.partitions)
+        await self._tables.load()
+        self._collector = Collector(self.plan, layout, self.metrics, self.stats)
+        self._tasks = TaskManager(
+            s,
+            self._compiled,
+            self._decoders,
+            self._tables.data,
+            self.metrics,
+            read_committed=self.eos,
+        )
+        self._consumer = AIOKafkaConsumer(
+            **kafka.client_kwargs(),
+            group_id=s.app_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if self.eos else "read_uncommitted",
+            # 1 MB per partition keeps ~40 MB less prefetched than 2 MB did (1M-key state run,
+            # BENCHMARKS.md) at the same throughput.
+            max_partition_fetch_bytes=1024 * 1024,
+            fetch_max_bytes=8 * 1024 * 1024,
+            fetch_max_wait_ms=100,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(1_000, s.session_timeout_ms // 5),
+            max_poll_interval_ms=300_000,
+            # How soon partitions added to the input are noticed (and a deleted topic).
+            metadata_max_age_ms=s.metadata_refresh_ms,
+        )
+        committer_type = ExactlyOnce if self.eos else AtLeastOnce
+        self._committer = committer_type(s, self._consumer, self.metrics, layout.limits)
+        await self._committer.start()
+        self._consumer.subscribe(list(self.plan.inputs), listener=_Rebalance(self))
+        await start_client(self._consumer, kafka)
+        self.health.started = True
+        log.info(
+            "worker %s started: %s (guarantee=%s)",
+            s.app_id,
+            "; ".join(
+                f"{segment.name}: {segment.input} -> {segment.output}"
+                for segment in self.plan.segments
+            ),
+            s.guarantee,
+        )
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in hand (a signal handler)."""
+        self._stop_requested = True
+        self.health.stopping = True
+
+    async def stop(self) -> None:
+        """Leave the group (committed work stays committed) and close every client."""
+        self.health.stopping = True
+        # Not under the lock: stopping the consumer waits for its coordinator, which may be in
+        # a rebalance calling on_revoked/on_assigned, which take the lock (a deadlock, seen).
+        if self._consumer is not None:
+            await stop_within(self._consumer, CLOSE_TIMEOUT_S * 3)
+        async with self._lock:
+            if self._committer is not None:
+                await self._committer.stop()
+        await self._tables.stop()
+
+    async def run(
+        self, *, exit_when_idle_s: float | None = None, stop_after: int | None = None
+    ) -> RunStats:
+        """Process until stopped, idle for ``exit_when_idle_s`` s, or ``stop_after`` events."""
+        consumer = self._consumer
+        assert consumer is not None, "start() first"
+        while True:
+            self.health.last_loop = time.monotonic()
+            if self.tasks.pending:
+                await self._adopt()
+            batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=MAX_RECORDS)
+            async with self._lock:
+                if batches:
+                    # A batch keeps ~20k decoded events alive at once; with the collector on,
+                    # each young collection walks and promotes them, about a fifth of the
+                    # worker's CPU (measured, docs/BENCHMARKS.md). They hold no cycles and die
+                    # by reference counting when the batch ends, so collect between batches.
+                    gc.disable()
+                    try:
+                        await self._process(batches)
+                    finally:
+                        gc.enable()
+                if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
+                    await self._tick()
+            if self._stop_requested:
+                log.info("stop requested: leaving the group after the last batch")
+                return self.stats
+            if exit_when_idle_s is not None and await self._idle_for(exit_when_idle_s):
+                return self.stats
+            if stop_after is not None and self.stats.consumed >= stop_after:
+                return self.stats
+
+    # -- rebalancing -----------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Let the in-flight batch finish (the lock), then set the partitions' tasks aside."""
+        self.health.rebalancing = True
+        async with self._lock:
+            assert self._consumer is not None
+            await self.tasks.suspend(revoked, self._consumer)
+            if self._committer is not None:
+                await self._committer.close(revoked)
+            for tp in revoked:
+                self._forget_lag(tp)
+            self._update_state_gauges()
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Note the assignment; new partitions stay paused until the loop has adopted them
+        (restoring in this callback would hide its failures: aiokafka swallows them)."""
+        self.metrics.rebalances.inc()
+        self.metrics.assigned.set(len(assigned))
+        async with self._lock:
+            self.tasks.assign(assigned)
+            assert self._consumer is not None
+            if self.tasks.pending:
+                self._consumer.pause(*self.tasks.pending)
+        self.health.rebalancing = False
+        self.assigned.set()
+        log.info("assigned input partitions %s", _names(assigned))
+        if not assigned:
+            self._warn_if_input_is_gone()
+
+    async def _adopt(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        assert self._committer is not None
+        async with self._lock:
+            await self.tasks.adopt(
+                consumer,
+                self._before_restore,
+                lambda: self.health.stopping,
+                self._restoring,
+            )
+            self._update_state_gauges()
+        gc.freeze()
+
+    def _restoring(self, on: bool) -> None:
+        self.health.restoring = on
+
+    async def _before_restore(self, tps: set[TopicPartition]) -> None:
+        """Grow derived topics if the input grew; exactly_once: fence previous owners."""
+        layout = self._layout
+        assert layout is not None
+        if any(tp.partition >= layout.partitions.get(tp.topic, 0) for tp in tps):
+            grown = await topics.prepare(self.settings.kafka, self.plan, self.settings.partitions)
+            layout.partitions.update(grown.partitions)
+        assert self._committer is not None
+        await self._committer.open(tps)
+
+    def _warn_if_input_is_gone(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for topic in self.plan.inputs:
+            if not consumer.partitions_for_topic(topic):
+                log.error(
+                    "input topic %s does not exist (deleted?); this worker idles until it is "
+                    "created again",
+                    topic,
+                )
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        started_mono = time.monotonic()
+        started = time.perf_counter()
+        wall = now_ms()
+        offsets: dict[TopicPartition, int] = {}
+        newest_append = 0
+        consumed: dict[str, int] = {}
+        active = self.tasks.active
+        for tp, records in batches.items():
+            task = active.get(tp)
+            if task is None or not records:
+                continue  # not adopted yet: it is re-fetched from where its state stands
+            self.metrics.buffered.inc(len(records))
+            await self._run_partition(task, records, wall)
+            offsets[tp] = records[-1].offset + 1
+            consumed[tp.topic] = consumed.get(tp.topic, 0) + len(records)
+            last_ts = records[-1].timestamp
+            if last_ts > newest_append:
+                newest_append = last_ts
+        if not offsets:
+            return
+        await self._commit(offsets)
+        self.metrics.buffered.set(0)
+        self.last_work = time.monotonic()
+        self._update_state_gauges()
+        total = sum(consumed.values())
+        st = self.stats
+        st.consumed += total
+        st.batches += 1
+        st.last_batch_at = time.monotonic()
+        if not st.first_batch_at:
+            st.first_batch_at = started_mono
+        m = self.metrics
+        for topic, count in consumed.items():
+            m.consumed.labels(topic).inc(count)
+        m.batch_size.observe(total)
+        m.batch_seconds.observe(time.perf_counter() - started)
+        if newest_append:
+            m.emit_latency.labels("append").observe(max(0.0, (now_ms() - newest_append) / 1000))
+
+    async def _run_partition(self, task: PartitionTask, records: list[Any], wall: int) -> None:
+        collector = self._collector
+        committer = self._committer
+        assert collector is not None
+        assert committer is not None
+        outputs, changelog = committer.senders(task.tp)
+        dlq = self._dlq_of_input[task.tp.topic]
+        await run_partition(task, records, wall, collector, outputs, changelog, dlq)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        committer = self._committer
+        collector = self._collector
+        assert committer is not None
+        assert collector is not None
+
+        def on_poison(sender: Any, poison: list[Any]) -> None:
+            for record in poison:
+                collector.known_poison.add((record.topic, record.key, record.value))
+            collector.poison(sender, poison, now_ms())
+
+        failed = await committer.commit(offsets, on_poison, lambda: self.health.stopping)
+        if failed:
+            await self._replay(failed)
+
+    async def _replay(self, tps: set[TopicPartition]) -> None:
+        """Drop these partitions' state (it may hold work that was not delivered) and adopt
+        them again: restored from their changelogs, resumed where the state stands."""
+        manager = self.tasks
+        for tp in tps:
+            manager.active.pop(tp, None)
+        assert self._consumer is not None
+        mine = {tp for tp in tps if tp in self._consumer.assignment()}
+        gone = tps - mine
+        if gone:
+            log.info("partitions %s are no longer ours; not restoring them", _names(gone))
+        if not mine or self.health.stopping:
+            return
+        manager.pending |= mine
+        self._consumer.pause(*mine)
+        await manager.adopt(
+            self._consumer, self._before_restore, lambda: self.health.stopping, self._restoring
+        )
+
+    # -- idle partitions and lag -----------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Advance idle, caught-up partitions by the wall clock; refresh lag gauges."""
+        self._last_tick = time.monotonic()
+        self._log_progress()
+        if self.health.rebalancing:
+            return
+        consumer = self._consumer
+        collector = self._collector
+        committer = self._committer
+        assert consumer is not None
+        assert collector is not None
+        assert committer is not None
+        wall = now_ms()
+        produced = False
+        for tp, task in list(self.tasks.active.items()):
+            end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
+            if end is None:
+                continue
+            position = await self._position(tp)
+            if position is None:
+                continue
+            self._record_lag(tp, position, end)
+            outputs, changelog = committer.senders(tp)
+            for segment in task.segments:
+                outcome = segment.tick(wall, caught_up=position >= end)
+                if outcome.outputs:
+                    produced = True
+                    self.last_work = time.monotonic()
+                collector.outcome(outputs, segment, tp, (), outcome, wall)
+                produced |= collector.changelog(changelog, segment, tp.partition) > 0
+        if produced:
+            await self._commit({})
+            self._update_state_gauges()
+
+    async def _idle_for(self, seconds: float) -> bool:
+        """True when assigned, caught up, every window emitted, and nothing was consumed or
+        emitted for ``seconds``.
+
+        Windows close by idle advance once the input stops (stream time follows the wall
+        clock), so a worker waiting to exit lets the last ones close: up to window size +
+        grace after the last event for live event times, one idle timeout for past ones.
+        """
+        now = time.monotonic()
+        manager = self.tasks
+        if (
+            not self.assigned.is_set()
+            or self.health.rebalancing
+            or manager.pending
+            or now - self.last_work < seconds
+        ):
+            return False
+        if any(s.open_windows for t in manager.active.values() for s in t.segments):
+            return False
+        idle_turn = self.settings.idle_timeout_ms / 1000 + 2 * TICK_INTERVAL_S
+        if self.stats.last_batch_at and now - self.stats.last_batch_at < idle_turn:
+            return False
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in manager.active:
+            end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
+            position = await self._position(tp)
+            if end is None or position is None or position < end:
+                return False
+        return True
+
+    async def _position(self, tp: TopicPartition) -> int | None:
+        """The consumer's position, or None if it is not known right now.
+
+        ``AIOKafkaConsumer.position`` waits until a position is valid, which during a rebalance
+        only happens after ``on_partitions_assigned`` returns; waiting here, with the lock held,
+        would deadlock with that callback. So the wait is short, and a miss is skipped.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            return await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
+        except (TimeoutError, AssertionError, KafkaError, StreamsError):
+            return None
+
+    def _record_lag(self, tp: TopicPartition, position: int, end: int) -> None:
+        history = self._heads.get(tp)
+        if history is None:
+            history = self._heads[tp] = HeadHistory(max_points=120)
+        wall = time.time()
+        history.add(end, wall)
+        labels = (tp.topic, str(tp.partition))
+        self.metrics.lag.labels(*labels).set(max(0, end - position))
+        seconds = estimate_time_lag(history, position, end, wall).seconds
+        if seconds is not None:
+            self.metrics.lag_seconds.labels(*labels).set(seconds)
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        self._heads.pop(tp, None)
+        labels = (tp.topic, str(tp.partition))
+        for gauge in (self.metrics.lag, self.metrics.lag_seconds):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+
+    def _update_state_gauges(self) -> None:
+        windows: dict[str, int] = {}
+        ids: dict[str, int] = {}
+        for task in self.tasks.active.values():
+            for segment in task.segments:
+                name = segment.segment.name
+                windows[name] = windows.get(name, 0) + segment.open_windows
+                ids[name] = ids.get(name, 0) + segment.dedupe_size
+        for planned in self.plan.segments:
+            self.metrics.open_windows.labels(planned.name).set(windows.get(planned.name, 0))
+            self.metrics.dedupe_ids.labels(planned.name).set(ids.get(planned.name, 0))
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress[0] < PROGRESS_EVERY_S:
+            return
+        st = self.stats
+        rate = (st.consumed - self._last_progress[1]) / (now - self._last_progress[0])
+        log.info(
+            "consumed %d (%.0f/s), invalid %d, duplicates %d, late %d, failed %d, emitted %d; "
+            "partitions %s, open windows %d",
+            st.consumed,
+            rate,
+            st.invalid,
+            st.duplicates,
+            st.late,
+            st.failed,
+            st.emitted,
+            _names(self.tasks.active),
+            sum(s.open_windows for t in self.tasks.active.values() for s in t.segments),
+        )
+        self._last_progress = (now, st.consumed)
+
+
+def _names(tps: Iterable[TopicPartition]) -> str:
+    return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)) or "none"

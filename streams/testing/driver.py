@@ -1,0 +1,418 @@
+"""``TestDriver``: run an app with no broker, as Kafka Streams' ``TopologyTestDriver`` does.
+
+Feed records to an app's topics (with keys, timestamps and partitions), move the wall clock,
+and read what every topic received: outputs, dead letters, late records, repartition and
+changelog topics. The driver runs the same compiled segments and the same record collector
+as a real worker, so the records are the ones a worker would write; only Kafka is replaced
+by in-memory topics (partitioned by the murmur2 of the key, like Kafka's producers).
+
+    from streams.testing import TestDriver
+
+    driver = TestDriver(app)
+    driver.send("orders", {"order_id": "o1", "customer_id": "c1", "ts": 1_000, ...})
+    driver.advance(60_000)                   # idle partitions close their windows
+    assert driver.values("revenue-per-customer") == [...]
+
+Each :meth:`send` is one fetched batch; :meth:`send_many` sends several records as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+from aiokafka import TopicPartition
+
+from streams.api.app import App
+from streams.broker.batches import Headers, partition_for
+from streams.config import Settings
+from streams.core.compile import compile_segment
+from streams.core.decode import TopicDecoder
+from streams.core.segment import SegmentTask
+from streams.dlq import header_map
+from streams.errors import StreamsError
+from streams.runtime.collector import Collector
+from streams.runtime.health import RunStats
+from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.processing import run_partition
+from streams.runtime.tasks import PartitionTask
+from streams.runtime.topics import TopicLayout
+from streams.topology.plan import plan
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record as a topic holds it: ``value`` decoded from JSON (raw bytes if it is not)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: Any
+    timestamp: int
+    headers: dict[str, str] = field(default_factory=dict)
+    raw_key: bytes | None = None
+    raw_value: bytes | None = None
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What an in-memory partition holds: the fields the runtime reads of a Kafka record."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: Headers
+
+
+class _Topics:
+    """In-memory topics: ``logs[topic][partition]`` is a list of records."""
+
+    def __init__(self, partitions: Mapping[str, int]) -> None:
+        self.partitions = dict(partitions)
+        self.logs: dict[str, list[list[_Stored]]] = {
+            name: [[] for _ in range(count)] for name, count in partitions.items()
+        }
+        self.clock = 0
+
+    def append(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        timestamp_ms: int | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        log = self.logs[topic][partition]
+        ts = self.clock if timestamp_ms is None else timestamp_ms
+        log.append(_Stored(len(log), key, value, ts, list(headers or [])))
+
+    def fits(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None
+    ) -> bool:
+        """No size limits in memory."""
+        return True
+
+
+class TestDriver:
+    """An app run in memory: ``partitions`` per topic it creates, wall clock at ``now_ms``.
+
+    ``settings`` (default: the ``STREAMS_*`` environment's, unset ones at their defaults)
+    supplies the idle timeout and the message size limit.
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        partitions: int = 1,
+        now_ms: int = 0,
+        settings: Settings | None = None,
+    ) -> None:
+        self.app = app
+        settings = settings or Settings()
+        self.settings = dataclasses.replace(settings, app_id=app.name, partitions=partitions)
+        self.plan = plan(app, app.name)
+        self.now_ms = now_ms
+        counts = {t.name: partitions for t in self.plan.topics}
+        self._topics = _Topics(counts)
+        self._topics.clock = now_ms
+        self.metrics = WorkerMetrics()
+        self.stats = RunStats()
+        self._collector = Collector(self.plan, TopicLayout(counts, {}), self.metrics, self.stats)
+        self.tables: dict[str, dict[str, Any]] = {name: {} for name in self.plan.tables}
+        self._decoders: dict[str, TopicDecoder] = {}
+        self._compiled: dict[str, list[Any]] = {}
+        for segment in self.plan.segments:
+            decoder = self._decoders.get(segment.input)
+            if decoder is None:
+                schema = segment.source.schema if segment.source is not None else None
+                decoder = self._decoders[segment.input] = TopicDecoder(
+                    segment.input, schema, self.settings.max_message_bytes
+                )
+            self._compiled.setdefault(segment.input, []).append(
+                compile_segment(segment, decoder.guarantees)
+            )
+        self._dlq_of_input = {segment.input: segment.dlq for segment in self.plan.segments}
+        # How far each input partition has been processed.
+        self._consumed: dict[tuple[str, int], int] = {}
+        self._tasks: dict[tuple[str, int], PartitionTask] = {}
+        self._caches: dict[str, dict[int, Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_tasks()
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def send(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: str | bytes | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish one record and process it (one batch). ``value`` is JSON-encoded unless it
+        is bytes (or None, a tombstone); ``timestamp`` defaults to the wall clock."""
+        self.send_many(
+            topic, [value], key=key, timestamp=timestamp, partition=partition, headers=headers
+        )
+
+    def send_many(
+        self,
+        topic: str,
+        values: Iterable[Any],
+        *,
+        key: str | bytes | None = None,
+        keys: Iterable[str | bytes | None] | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish several records, then process them as one batch per partition."""
+        self._require(topic)
+        values = list(values)
+        key_list = list(keys) if keys is not None else [key] * len(values)
+        if len(key_list) != len(values):
+            raise StreamsError(f"send_many: {len(values)} values but {len(key_list)} keys")
+        for value, one_key in zip(values, key_list, strict=True):
+            self.publish(
+                topic, value, key=one_key, timestamp=timestamp, partition=partition, headers=headers
+            )
+        self.process()
+
+    def publish(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: str | bytes | None = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Append a record without processing it yet (see :meth:`process`)."""
+        self._require(topic)
+        raw_key = key.encode() if isinstance(key, str) else key
+        raw_value = value if value is None or isinstance(value, bytes) else orjson.dumps(value)
+        parts = self._topics.partitions[topic]
+        if partition is None:
+            partition = 0 if raw_key is None else partition_for(raw_key, parts)
+        elif not 0 <= partition < parts:
+            raise StreamsError(f"topic {topic!r} has partitions 0..{parts - 1}, not {partition}")
+        self._topics.append(
+            topic,
+            partition,
+            raw_key,
+            raw_value,
+            timestamp_ms=self.now_ms if timestamp is None else timestamp,
+            headers=[(k, v.encode()) for k, v in (headers or {}).items()],
+        )
+        if topic in self.tables:
+            self._apply_table(topic, raw_key, raw_value)
+
+    def put(self, table: str, key: str, value: Any) -> None:
+        """Set a table's value for ``key`` (``None`` deletes it), as a compacted topic write."""
+        if table not in self.tables:
+            raise StreamsError(f"{table!r} is not a table of app {self.app.name!r}")
+        self.publish(table, value, key=key)
+
+    def process(self) -> None:
+        """Process every published record not processed yet, repartition hops included."""
+        self._run(self._drain())
+
+    def advance(self, ms: int) -> None:
+        """Move the wall clock ``ms`` forward; idle partitions advance their stream time
+        (closing windows) as in a worker."""
+        self.now_ms += ms
+        self._topics.clock = self.now_ms
+        self._run(self._tick())
+
+    def restart(self) -> None:
+        """Rebuild every task from its changelog, as a worker that took the partitions over
+        (after a crash or a rebalance) would."""
+        self._start_tasks()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def records(self, topic: str) -> list[Record]:
+        """Every record ``topic`` received, partition by partition, in offset order."""
+        self._require(topic)
+        out = []
+        for partition, log in enumerate(self._topics.logs[topic]):
+            for stored in log:
+                out.append(_record(topic, partition, stored))
+        return out
+
+    def values(self, topic: str) -> list[Any]:
+        """The decoded values of :meth:`records`."""
+        return [record.value for record in self.records(topic)]
+
+    def finals(self, topic: str) -> list[dict[str, Any]]:
+        """The final window records of an aggregate output (updates left out)."""
+        return [v for v in self.values(topic) if isinstance(v, dict) and v.get("final") is True]
+
+    def dead_letters(self, topic: str) -> list[Record]:
+        """What went to ``topic``'s dead-letter topic (``<topic>.dlq`` unless declared)."""
+        return self.records(self._decl_dlq(topic))
+
+    def late(self, topic: str) -> list[Record]:
+        """Late records of windows over ``topic`` (``<topic>.late`` unless declared)."""
+        names = [
+            s.late
+            for s in self.plan.segments
+            if s.late and (s.source is not None and s.source.name == topic)
+        ]
+        return [r for name in dict.fromkeys(names) for r in self.records(name)]
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic of the app."""
+        return list(self._topics.logs)
+
+    # -- inside --------------------------------------------------------------------------
+
+    def _require(self, topic: str) -> None:
+        if topic not in self._topics.logs:
+            raise StreamsError(
+                f"topic {topic!r} is not one of app {self.app.name!r}'s: "
+                f"{', '.join(sorted(self._topics.logs))}"
+            )
+
+    def _decl_dlq(self, topic: str) -> str:
+        for segment in self.plan.segments:
+            if segment.source is not None and segment.source.name == topic:
+                return segment.dlq
+        return f"{topic}.dlq"
+
+    def _apply_table(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        name = key.decode("utf-8", "replace")
+        if value is None:
+            self.tables[topic].pop(name, None)
+            return
+        try:
+            self.tables[topic][name] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return
+
+    def _start_tasks(self) -> None:
+        self._tasks = {}
+        for topic in self.plan.inputs:
+            for partition in range(self._topics.partitions[topic]):
+                self._tasks[(topic, partition)] = self._task(topic, partition)
+
+    def _task(self, topic: str, partition: int) -> PartitionTask:
+        segments = []
+        for compiled in self._compiled[topic]:
+            name = compiled.segment.name
+            task = SegmentTask(
+                compiled,
+                idle_timeout_ms=self.settings.idle_timeout_ms,
+                tables=self.tables,
+                caches=self._caches.setdefault(name, {}),
+            )
+            changelog = compiled.segment.changelog
+            if changelog is not None:
+                for stored in self._topics.logs[changelog][partition]:
+                    task.apply_changelog(stored.key or b"", stored.value)
+            task.finish_restore(self.settings.on_state_change)
+            segments.append(task)
+        task_of = PartitionTask(TopicPartition(topic, partition), self._decoders[topic], segments)
+        position = min((s.position for s in segments if s.position is not None), default=None)
+        if position is not None and all(s.stateful for s in segments):
+            self._consumed[(topic, partition)] = position
+        else:
+            self._consumed.setdefault((topic, partition), 0)
+        return task_of
+
+    async def _drain(self) -> None:
+        """Process new records until no topic the app reads has any (repartition hops)."""
+        while True:
+            progressed = False
+            for (topic, partition), task in self._tasks.items():
+                log = self._topics.logs[topic][partition]
+                start = self._consumed[(topic, partition)]
+                if start >= len(log):
+                    continue
+                records = log[start:]
+                self._consumed[(topic, partition)] = len(log)
+                await run_partition(
+                    task,
+                    records,
+                    self.now_ms,
+                    self._collector,
+                    self._topics,
+                    self._topics,
+                    self._dlq_of_input[topic],
+                )
+                progressed = True
+            if not progressed:
+                return
+
+    async def _tick(self) -> None:
+        for (topic, partition), task in self._tasks.items():
+            tp = TopicPartition(topic, partition)
+            for segment in task.segments:
+                outcome = segment.tick(self.now_ms, caught_up=True)
+                self._collector.outcome(self._topics, segment, tp, (), outcome, self.now_ms)
+                self._collector.changelog(self._topics, segment, partition)
+        await self._drain()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to completion, also from inside a running event loop (an async
+        test): then on a private loop in a helper thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self._loop is None or self._loop.is_closed():
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(coro)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, coro).result()
+
+    def close(self) -> None:
+        """Release the driver's event loop."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.close()
+
+    def __enter__(self) -> TestDriver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _record(topic: str, partition: int, stored: _Stored) -> Record:
+    value: Any = stored.value
+    if value is not None:
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            value = stored.value
+    key = None if stored.key is None else stored.key.decode("utf-8", "replace")
+    return Record(
+        topic,
+        partition,
+        stored.offset,
+        key,
+        value,
+        stored.timestamp,
+        header_map(stored.headers),
+        stored.key,
+        stored.value,
+    )

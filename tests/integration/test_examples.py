@@ -1,0 +1,265 @@
+"""The example apps on a real broker: ``streams topics create``, ``streams worker APP`` and
+``streams verify APP`` as a user runs them, and the test driver equal to the real worker.
+
+Each example's topic names are fixed by its declaration, so each runs once per session (a
+fresh broker); its consumer group (``STREAMS_APP_ID``) is unique per test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from examples.orders.generate import orders
+from streams.api.loading import load_app
+from streams.broker.local import free_port
+from streams.broker.reading import read_topic
+from streams.config import KafkaSettings
+from streams.dlq import header_map
+from streams.publish import Publisher
+from streams.testing import TestDriver
+from tests.conftest import Worker
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PARTITIONS = 3
+PAST = 1_700_000_000_000  # event times well behind the wall clock: windows close on idle
+
+
+class AppRun:
+    """One example app on the test broker, run through the CLI."""
+
+    def __init__(self, bootstrap: str, spec: str, app_id: str, log_dir: Path) -> None:
+        self.kafka = KafkaSettings(bootstrap_servers=bootstrap)
+        self.spec = spec
+        self.log_dir = log_dir
+        self.env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONUNBUFFERED": "1",
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "STREAMS_APP_ID": app_id,
+            "STREAMS_PARTITIONS": str(PARTITIONS),
+            "STREAMS_IDLE_TIMEOUT_MS": "1500",
+            "STREAMS_SESSION_TIMEOUT_MS": "6000",
+        }
+        self.workers: list[subprocess.Popen[str]] = []
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """``streams ARGS`` from the repository root, as the README runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "streams", *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    async def publish(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        async with Publisher(self.kafka) as publisher:
+            await publisher.publish(topic, messages)
+
+    def start_worker(self, **env: str) -> Worker:
+        port = free_port()
+        log_path = self.log_dir / f"worker-{len(self.workers)}.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "streams",
+                    "worker",
+                    self.spec,
+                    "--json",
+                    "--exit-when-idle",
+                    "3",
+                ],
+                cwd=REPO,
+                env={**self.env, "STREAMS_METRICS_PORT": str(port), **env},
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        self.workers.append(proc)
+        return Worker(proc, port, log_path)
+
+    def verify(self, *extra: str) -> dict[str, Any]:
+        done = self.cli("verify", self.spec, "--json", *extra)
+        report: dict[str, Any] = orjson.loads(done.stdout)
+        assert done.returncode == (0 if report["exact"] else 1), done.stderr
+        return report
+
+
+@pytest.fixture
+def app_run(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> Iterator[Callable[[str], AppRun]]:
+    runs: list[AppRun] = []
+
+    def make(spec: str) -> AppRun:
+        run = AppRun(kafka_bootstrap, spec, unique_name("example"), tmp_path)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        for proc in run.workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=30)
+
+
+def _keyed(values: list[bytes], field: str) -> list[tuple[bytes | None, bytes]]:
+    """Messages keyed by ``field`` as a producer keys them (unkeyed when unreadable)."""
+    out: list[tuple[bytes | None, bytes]] = []
+    for value in values:
+        try:
+            key = orjson.loads(value).get(field)
+        except (orjson.JSONDecodeError, AttributeError):
+            key = None
+        out.append((key.encode() if isinstance(key, str) else b"broken", value))
+    return out
+
+
+def _topic(records: dict[int, list[Any]]) -> Counter[tuple[int, bytes | None, bytes | None]]:
+    return Counter((p, r.key, r.value) for p, rs in records.items() for r in rs)
+
+
+async def test_orders_example_end_to_end_equals_the_driver(
+    app_run: Callable[[str], AppRun],
+) -> None:
+    """Example (a): created, run and audited from the CLI; and the driver, fed the same
+    records, writes the same outputs, dead letters and late records as the worker."""
+    run = app_run("examples/orders/app.py")
+    created = run.cli("topics", "create", run.spec)
+    assert created.returncode == 0, created.stderr
+    assert "revenue-per-customer" in created.stdout
+    assert "-revenue-per-customer-changelog" in created.stdout
+    messages = _keyed(orders(6_000, seed=5, start_ts=PAST), "customer_id")
+    await run.publish("orders", messages)
+    totals = run.start_worker().finish()
+    assert totals["consumed"] == len(messages)
+
+    report = run.verify()
+    (pipeline,) = report["pipelines"]
+    assert report["exact"], pipeline
+    assert pipeline["expected_finals"] > 100
+    assert pipeline["invalid"] > 0
+    assert pipeline["expected_duplicates"] > 0
+    assert pipeline["expected_late"] > 0
+
+    # The driver on the same records, partition by partition, as the worker fetched them.
+    inputs = await read_topic(run.kafka, "orders")
+    driver = TestDriver(load_app(str(REPO / run.spec)), partitions=PARTITIONS)
+    for partition, records in inputs.items():
+        for record in records:
+            driver.publish(
+                "orders",
+                record.value,
+                key=record.key,
+                partition=partition,
+                timestamp=record.timestamp,
+            )
+    driver.process()
+    driver.advance(10**13)  # far past every window: all closed, as the idle worker closed them
+    for topic in ("revenue-per-customer", "orders.late"):
+        actual = _topic(await read_topic(run.kafka, topic))
+        expected = Counter((r.partition, r.raw_key, r.raw_value) for r in driver.records(topic))
+        assert actual == expected, topic
+    letters = await read_topic(run.kafka, "orders.dlq")
+    worker_letters = sorted(
+        (
+            header_map(r.headers)["source.partition"],
+            header_map(r.headers)["source.offset"],
+            header_map(r.headers)["error.stage"],
+            r.value,
+        )
+        for rs in letters.values()
+        for r in rs
+    )
+    driver_letters = sorted(
+        (
+            d.headers["source.partition"],
+            d.headers["source.offset"],
+            d.headers["error.stage"],
+            d.raw_value,
+        )
+        for d in driver.dead_letters("orders")
+    )
+    assert worker_letters == driver_letters
+
+
+async def test_sessions_example_with_a_custom_aggregator(
+    app_run: Callable[[str], AppRun],
+) -> None:
+    """Example (b): session windows merge on a real worker as the interpreter says."""
+    import random
+
+    rng = random.Random(3)
+    clicks: list[tuple[int, dict[str, Any]]] = []
+    for user in range(60):
+        ts = PAST + rng.randint(0, 3_600_000)
+        for _ in range(rng.randint(1, 12)):
+            ts += rng.choice([5_000, 60_000, 600_000, 1_900_000, 4_000_000])
+            page = rng.choice(["home", "search", "item", "cart", None])
+            click = {"user_id": f"u{user}", "ts": ts - rng.randint(0, 70_000)}
+            if page is not None:
+                click["page"] = page
+            clicks.append((click["ts"] + rng.randint(0, 60_000), click))
+    # Arrival roughly in event-time order (a minute of disorder, some of it past the grace).
+    messages = [
+        (c["user_id"].encode(), orjson.dumps(c))
+        for _, c in sorted(clicks, key=lambda item: item[0])
+    ]
+    run = app_run("examples/sessions/app.py")
+    assert run.cli("topics", "create", run.spec).returncode == 0
+    await run.publish("clicks", messages)
+    run.start_worker(STREAMS_GUARANTEE="exactly_once").finish()
+    report = run.verify()
+    (pipeline,) = report["pipelines"]
+    assert report["exact"], pipeline
+    assert pipeline["expected_finals"] > 60  # most users had several sessions
+    sessions = [
+        orjson.loads(r.value)
+        for rs in (await read_topic(run.kafka, "user-sessions")).values()
+        for r in rs
+    ]
+    assert any(s["clicks"] > 1 for s in sessions)
+    assert all(len(s["path"]) == s["clicks"] for s in sessions)
+
+
+async def test_cleanup_example_fans_out_two_pipelines(
+    app_run: Callable[[str], AppRun],
+) -> None:
+    """Example (c): two stateless pipelines from one topic; `verify` checks both."""
+    signups = []
+    for i in range(2_000):
+        value: dict[str, Any] = {"user_id": f"u{i % 300}", "email": f" User{i}@Example.com "}
+        if i % 7 == 0:
+            value["interests"] = ["Jazz", "chess"][: i % 3]
+        if i % 11 == 0:
+            value["email"] = "nobody"
+        if i % 13 == 0:
+            value["email"] = ["@"]  # the clean-up raises: dead letter, stage map
+        signups.append((value["user_id"].encode(), orjson.dumps(value)))
+    signups.append((b"u1", b"not json"))
+    run = app_run("examples/cleanup/app.py")
+    assert run.cli("topics", "create", run.spec).returncode == 0
+    await run.publish("signups", signups)
+    run.start_worker().finish()
+    report = run.verify()
+    assert report["exact"], report
+    by_name = {p["pipeline"]: p for p in report["pipelines"]}
+    assert set(by_name) == {"signups-clean", "interests"}
+    assert by_name["signups-clean"]["expected_finals"] > 1_000
+    assert by_name["interests"]["expected_finals"] > 100
+    assert by_name["signups-clean"]["dlq_records"] > 100
