@@ -230,8 +230,9 @@ class Settings:
             app=env.get("STREAMS_APP") or None,
         )
 
-    def open_store(self, partition: int) -> KeyValueStore | None:
-        """The state store of an input partition being adopted: None keeps state in memory.
+    def open_store(self, name: str) -> KeyValueStore | None:
+        """The state store of a task being adopted (``name``: its segment and input
+        partition): None keeps state in memory.
 
         With ``rocksdb``, a new, empty RocksDB database under ``state_dir`` that the changelog
         replay then fills (see :mod:`streams.state.rocks`).
@@ -240,7 +241,7 @@ class Settings:
             return None
         from streams.state.rocks import open_store
 
-        return open_store(self.state_dir, self.app_id, partition)
+        return open_store(self.state_dir, self.app_id, name)
 
     def faust_data_dir(self, app_id: str) -> str:
         """Faust's data directory for ``app_id``, created, under ``state_dir``: Faust keeps

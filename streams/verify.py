@@ -189,7 +189,7 @@ async def _verify_segment(
             max_message_bytes=max_bytes,
         )
         report.input_messages += len(records)
-        report.expected_duplicates += result.duplicates
+        report.expected_duplicates += len(result.duplicates)
         expected_outputs.extend(result.outputs)
         for index, (stage, _) in result.dead.items():
             if stage == "validate":

@@ -20,6 +20,7 @@ VERBS = (
     "generate",
     "worker",
     "verify",
+    "reset",
     "dlq",
     "bench",
     "demo",

@@ -1,18 +1,11 @@
-"""The pure processing core: per-partition dedupe, lateness, windowed aggregation and emission.
+"""The pure processing core: compiled segments, their state, and the plain interpreter.
 
-No Kafka, no asyncio, no I/O: plain values in, plain values out. The async shell feeds it one
-batch at a time per input partition and persists its changelog records.
+No Kafka, no asyncio, no I/O: plain values in, plain values out. The runtime feeds a
+:class:`~streams.core.segment.SegmentTask` one chunk at a time per input partition and
+persists its changelog records; :mod:`streams.core.interpreter` is the slow model both the
+property tests and ``streams verify`` hold it to.
 """
 
 from streams.core.config import CoreConfig
-from streams.core.processor import BatchOutcome, PartitionProcessor
-from streams.core.reference import Recomputed, recompute, recompute_partition
 
-__all__ = [
-    "BatchOutcome",
-    "CoreConfig",
-    "PartitionProcessor",
-    "Recomputed",
-    "recompute",
-    "recompute_partition",
-]
+__all__ = ["CoreConfig"]

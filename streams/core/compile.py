@@ -31,6 +31,7 @@ from streams.topology.plan import Segment
 from streams.topology.windows import Hopping, Session
 
 _MAX_REASON = 1_000
+_MISSING = object()
 
 
 def reason(exc: BaseException) -> str:
@@ -136,6 +137,7 @@ class Compiled:
     session_first: Callable[..., Any] | None = None
     session_update: Callable[..., Any] | None = None
     session_merge: Callable[..., Any] | None = None
+    spilled: bool = False
 
     @property
     def sessions(self) -> bool:
@@ -160,16 +162,20 @@ class _Code:
         self.lines.extend(pad + line for line in lines)
 
 
-def compile_segment(segment: Segment, guarantees: Guarantees = NONE) -> Compiled:
+def compile_segment(
+    segment: Segment, guarantees: Guarantees = NONE, *, spilled: bool = False
+) -> Compiled:
     """Generate and ``exec`` the loops of ``segment``; ``guarantees`` come from its topic's
-    validator (only the first segment reads the declared topic)."""
-    return _Compiler(segment, guarantees if segment.index == 0 else NONE).build()
+    validator (only the first segment reads the declared topic). ``spilled`` loops fetch
+    what their dicts miss from the task's key-value store (STREAMS_STORE=rocksdb)."""
+    return _Compiler(segment, guarantees if segment.index == 0 else NONE, spilled).build()
 
 
 class _Compiler:
-    def __init__(self, segment: Segment, guarantees: Guarantees) -> None:
+    def __init__(self, segment: Segment, guarantees: Guarantees, spilled: bool) -> None:
         self.segment = segment
         self.guarantees = guarantees
+        self.spilled = spilled
         self.ns: dict[str, Any] = {
             "_dumps": dumps,
             "_reason": reason,
@@ -228,6 +234,7 @@ class _Compiler:
                     None if isinstance(batch, nodes.MapBatch) else frozenset({batch.into})
                 )
         compiled = Compiled(
+            spilled=self.spilled,
             segment=segment,
             stages=stages,
             source="\n\n".join(self.sources),
@@ -268,7 +275,7 @@ class _Compiler:
         else:
             code.add(f"def {name}(task, recs, items, out, now, seq):")
         code.depth = 1
-        code.add("dead = out.dead", "nacc = ndup = nfilt = nmiss = nmis = 0")
+        code.add("dead = out.dead", "dups = out.duplicates", "nacc = nfilt = nmiss = nmis = 0")
         clock = "st" if stage.terminal else "sst"
         if stage.terminal:
             code.add("st = task.clock.stream_time")
@@ -277,6 +284,8 @@ class _Compiler:
             self.ns["_NEVER_TIME"] = -(2**63)
         for d in stage.dedupes:
             code.add(f"seen{d} = task.dedupes[{d}].seen", f"acc{d} = {{}}")
+            if self.spilled:
+                code.add(f"dfetch{d} = task.dedupes[{d}].fetch")
         joins = [op for op in ops if isinstance(op, nodes.Join)]
         for j, join in enumerate(joins):
             code.add(f"tbl{j} = task.tables[{join.table.name!r}]")
@@ -333,7 +342,6 @@ class _Compiler:
         code.depth = 1
         code.add(
             "out.accepted += nacc",
-            "out.duplicates += ndup",
             "out.filtered += nfilt",
             "out.join_misses += nmiss",
             "out.key_mismatches += nmis",
@@ -443,12 +451,20 @@ class _Compiler:
         self, code: _Code, op: nodes.Dedupe, d: int, clock: str, guarantees: Guarantees
     ) -> None:
         horizon = op.horizon_ms
+        lookup = [f"p{d} = seen{d}.get(dk{d})"]
+        if self.spilled:
+            lookup = [
+                f"p{d} = seen{d}.get(dk{d}, _MISSING)",
+                f"if p{d} is _MISSING:",
+                f"    p{d} = dfetch{d}(dk{d})",
+            ]
+            self.ns["_MISSING"] = _MISSING
         if op.field in guarantees.strings:
             code.add(
                 f"dk{d} = v[{op.field!r}]",
-                f"p{d} = seen{d}.get(dk{d})",
+                *lookup,
                 f"if p{d} is not None and p{d} + {horizon} > {clock}:",
-                "    ndup += 1",
+                "    dups.append(i)",
                 "    continue",
             )
             return
@@ -459,9 +475,9 @@ class _Compiler:
             "else:",
             f"    if dk{d}.__class__ is not str:",
             f"        dk{d} = _canonical_key(dk{d})",
-            f"    p{d} = seen{d}.get(dk{d})",
+            *("    " + line for line in lookup),
             f"    if p{d} is not None and p{d} + {horizon} > {clock}:",
-            "        ndup += 1",
+            "        dups.append(i)",
             "        continue",
         )
 
@@ -593,6 +609,7 @@ class _Compiler:
             "            lanes[start] = lane = (users, fresh)",
             "        users, changed = lane",
             "    a = users.get(k)",
+            *(["    if a is None:", "        a = store.fetch(start, k)"] if self.spilled else []),
             "    if a is None:",
             f"        users[{key}] = a = [{first}]",
             "    else:",

@@ -70,7 +70,7 @@ class Interpretation:
     outputs: list[tuple[bytes | None, Any, int | None]] = field(default_factory=list)
     dead: dict[int, tuple[str, str]] = field(default_factory=dict)
     late: list[int] = field(default_factory=list)
-    duplicates: int = 0
+    duplicates: list[int] = field(default_factory=list)
     accepted: int = 0
     filtered: int = 0
     join_misses: int = 0
@@ -276,7 +276,7 @@ class _Interpreter:
             clock = self._clock(stage)
             earlier = seen.get(found)
             if earlier is not None and clock is not None and earlier + op.horizon_ms > clock:
-                self.result.duplicates += 1
+                self.result.duplicates.append(event.index)
                 return False
             return self._stage(stage, pos + 1, event, [*marks, (id(op), found)])
         if isinstance(op, nodes.Join):

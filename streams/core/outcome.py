@@ -14,14 +14,16 @@ class Outcome:
     """Results of a batch (or a tick) of one segment on one input partition.
 
     ``dead`` maps the index of a record in the batch to the stage and reason of its first
-    failure; ``late`` holds late records' indices in arrival order (a dict as an ordered set).
+    failure; ``late`` holds late records' indices in arrival order (a dict as an ordered set);
+    ``duplicates`` the index of each event dropped as a duplicate (a record's once per
+    ``flat_map`` child dropped).
     """
 
     outputs: list[Output] = field(default_factory=list)
     dead: dict[int, tuple[str, str]] = field(default_factory=dict)
     late: dict[int, None] = field(default_factory=dict)
     accepted: int = 0
-    duplicates: int = 0
+    duplicates: list[int] = field(default_factory=list)
     filtered: int = 0
     join_misses: int = 0
     key_mismatches: int = 0

@@ -44,6 +44,7 @@ from streams.core.enrich import MISSING, TtlCache
 from streams.core.jsonbytes import dumps
 from streams.core.outcome import Outcome
 from streams.core.sessions import SessionStore
+from streams.core.spill import KeyValueStore, Spill, SpilledDeduplicator, SpilledWindowStore
 from streams.core.streamtime import NO_TIME, StreamClock
 from streams.core.windows import WindowStore
 from streams.errors import StateMismatchError, StreamsError
@@ -117,7 +118,12 @@ class SegmentTask:
         idle_timeout_ms: int,
         tables: Mapping[str, Mapping[str, Any]] | None = None,
         caches: Mapping[int, TtlCache] | None = None,
+        store: KeyValueStore | None = None,
     ) -> None:
+        """State in memory, or with ``store`` (and a ``spilled`` compilation) the window
+        accumulators and event ids of the segment in that store (:mod:`streams.core.spill`);
+        the same records come out either way."""
+        assert (store is not None) == compiled.spilled, "a spilled loop needs a store"
         self.compiled = compiled
         self.segment = compiled.segment
         self.idle_timeout_ms = idle_timeout_ms
@@ -125,7 +131,8 @@ class SegmentTask:
         self.caches = caches or {}
         self.clock = StreamClock()
         self.stage_times: dict[int, int] = {}
-        self.dedupes = [Deduplicator(spec.horizon_ms, spec.tag) for spec in compiled.dedupes]
+        self._spill = None if store is None else Spill(store)
+        self.dedupes = [self._new_dedupe(spec.horizon_ms, spec.tag) for spec in compiled.dedupes]
         self._dedupe_by_tag = {spec.tag: n for n, spec in enumerate(compiled.dedupes)}
         self.windows: Any = self._new_windows()
         self.session_first = compiled.session_first
@@ -186,6 +193,8 @@ class SegmentTask:
         if not records:
             return out
         seq = records[0].offset
+        if self._spill is not None:
+            self._spilled_index()
         items: Any = None
         for stage in self.compiled.stages:
             if stage.fn is not None:
@@ -202,7 +211,15 @@ class SegmentTask:
             self._session_updates(out)
         self.clock.mark_activity(now_ms)
         self._queue_time()
+        if self._spill is not None:
+            self._spill.flush()
         return out
+
+    def _spilled_index(self) -> None:
+        for dedupe in self.dedupes:
+            dedupe.ensure_index()
+        if isinstance(self.windows, SpilledWindowStore):
+            self.windows.ensure_index()
 
     def _map_batch(
         self, op: nodes.MapBatch, items: list[tuple[Any, ...]], out: Outcome
@@ -340,6 +357,8 @@ class SegmentTask:
                 dedupe.ensure_index()
                 self._pending.extend(dedupe.purge(target))
         self._queue_time()
+        if self._spill is not None:
+            self._spill.flush()
         return out
 
     # -- called by the generated loops ------------------------------------------------
@@ -359,8 +378,12 @@ class SegmentTask:
                 unsaved[start] = changed  # a fresh dict of the chunk's, not used after it
             else:
                 held.update(changed)
-        if not self.segment.emit_updates:
-            return
+        if self.segment.emit_updates:
+            self._updates(touched, out)
+        if isinstance(self.windows, SpilledWindowStore):
+            self.windows.save(touched)
+
+    def _updates(self, touched: dict[int, dict[str, list[Any]]], out: Outcome) -> None:
         record = self._record
         assert record is not None
         size = self.compiled.size_ms
@@ -586,10 +609,16 @@ class SegmentTask:
     def _clear(self, tag: bytes) -> None:
         n = self._dedupe_by_tag.get(tag)
         if n is not None:
-            spec = self.compiled.dedupes[n]
-            self.dedupes[n] = Deduplicator(spec.horizon_ms, spec.tag)
+            dedupe = self.dedupes[n]
+            if isinstance(dedupe, SpilledDeduplicator):
+                dedupe.clear()
+            else:
+                self.dedupes[n] = Deduplicator(self.compiled.dedupes[n].horizon_ms, tag)
         elif tag == self.compiled.window_tag:
-            self.windows = self._new_windows()
+            if isinstance(self.windows, SpilledWindowStore):
+                self.windows.clear()
+            else:
+                self.windows = self._new_windows()
             self._unsaved = {}
 
     def _new_windows(self) -> Any:
@@ -597,16 +626,22 @@ class SegmentTask:
         if not compiled.windowed:
             return None
         if compiled.sessions:
+            # Sessions stay in memory with any store (decision 0009).
             return SessionStore(compiled.gap_ms, compiled.grace_ms)
+        if self._spill is not None:
+            return SpilledWindowStore(compiled.size_ms, compiled.grace_ms, self._spill)
         return WindowStore(compiled.size_ms, compiled.grace_ms)
+
+    def _new_dedupe(self, horizon_ms: int, tag: bytes) -> Deduplicator:
+        if self._spill is not None:
+            return SpilledDeduplicator(horizon_ms, self._spill, tag)
+        return Deduplicator(horizon_ms, tag)
 
     def finish_restore(self, on_state_change: str = "stop", where: str = "") -> list[str]:
         """After the last changelog record: check that every operator's state was written
         by this declaration. A fresh partition gets its fingerprints queued. A changed
         operator raises :class:`StateMismatchError` (``stop``) or starts empty (``fresh``);
         returns a line per operator started afresh that way, for the log."""
-        for dedupe in self.dedupes:
-            dedupe.ensure_index()
         started_fresh: list[str] = []
         for tag, fingerprint in self._fingerprints.items():
             if self._active.get(tag):
@@ -626,6 +661,12 @@ class SegmentTask:
             self._clear(tag)
             self._markers.append((FINGERPRINT_TAG + tag, fingerprint.encode()))
             started_fresh.append(f"pipeline {self.segment.name}{where}: {change}: starts empty")
+        for dedupe in self.dedupes:
+            dedupe.ensure_index()
+        if isinstance(self.windows, SpilledWindowStore):
+            self.windows.ensure_index()
+        if self._spill is not None:
+            self._spill.flush()
         self._pending = []
         self._unsaved = {}
         if self.compiled.sessions:

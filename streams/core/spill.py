@@ -7,11 +7,12 @@ it in a :class:`KeyValueStore` (RocksDB in the worker: :mod:`streams.state.rocks
 can outgrow memory. Only small bookkeeping stays in memory: the open window starts with their
 sizes, and each live batch's seq with its newest ts.
 
-The hot path is unchanged and stays batched. Before a batch, the keys it can touch (its event
-ids, and its (window, user) pairs in open windows) are read with one multi-get into plain dicts
-that the hot path uses as it does in memory; after the batch, what changed is written back and
-the dicts are emptied, with one atomic write per batch (two or three when the batch closes
-windows or forgets expired ids, since reads see earlier writes).
+The hot path stays batched and nearly unchanged: it reads the same plain dicts it reads in
+memory, and when a (window, key) accumulator or an event id is not in them it fetches it from
+the store into them (the compiled loop of a spilled segment has that one extra branch, only on
+a miss). After the batch, what changed is written back and the dicts are emptied, with one
+atomic write per batch (two or three when the batch closes windows or forgets expired ids,
+since reads see earlier writes).
 
 This module is pure: no I/O of its own, only calls to the store it is given. Values are encoded
 with :mod:`marshal`, which is exact for ints, floats (infinities included) and ``None``; the
@@ -26,15 +27,15 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from streams.core import changelog
-from streams.core.aggregate import Aggregate
 from streams.core.dedupe import Deduplicator
 from streams.core.windows import NEVER, WindowStore
 
-# Key spaces. Window keys are the changelog's (``w<start>:<user>``), batch keys too
-# (``d<seq>``); ``s<event id>`` holds the largest ts an id was accepted with.
+# Key spaces. Window keys are the changelog's (``w<start>:<key>``), and each dedupe's batch
+# keys too (its tag and the batch's seq); ``s<tag><event id>`` holds the largest ts an id was
+# accepted with by the dedupe with that tag.
 _WINDOWS = (b"w", b"x")
-_SEEN = (b"s", b"t")
 _SEEN_TAG = b"s"
+_MISSING = object()
 
 # Writes buffered while restoring before they go to the store in one write.
 RESTORE_FLUSH_AT = 50_000
@@ -122,24 +123,22 @@ class Spill:
 
 
 class SpilledWindowStore(WindowStore):
-    """:class:`WindowStore` whose aggregates live in a :class:`KeyValueStore`.
+    r""":class:`WindowStore` whose accumulators live in a :class:`KeyValueStore`.
 
-    ``by_start`` still has one dict per open window, but between batches they are empty: a
-    batch's :meth:`load` fills them with the aggregates its events can touch, and :meth:`save`
-    writes back the changed ones and empties them. A closed window is read from the store in
-    key order (UTF-8 byte order, which is code point order) and deleted with one range delete.
+    ``by_start`` still has one dict per open window, but between batches they are empty: the
+    compiled loop :meth:`fetch`\ es what it misses into them, and :meth:`save` writes back
+    the changed ones and empties them. A closed window is read from the store in key order
+    (UTF-8 byte order, which is code point order) and deleted with one range delete.
     """
 
-    __slots__ = ("_loaded", "_size", "_sizes", "_spill", "_stale", "_step")
+    __slots__ = ("_loaded", "_sizes", "_spill", "_stale")
 
-    def __init__(self, size_ms: int, step_ms: int, grace_ms: int, spill: Spill) -> None:
+    def __init__(self, size_ms: int, grace_ms: int, spill: Spill) -> None:
         super().__init__(size_ms, grace_ms)
-        self._size = size_ms
-        self._step = step_ms
         self._spill = spill
-        # start -> aggregates of the window in the store, as of the last save.
+        # start -> accumulators of the window in the store, as of the last save.
         self._sizes: dict[int, int] = {}
-        # start -> aggregates the current batch read from the store into by_start[start].
+        # start -> accumulators the current batch read from the store into by_start[start].
         self._loaded: dict[int, int] = {}
         self._stale = False
 
@@ -147,43 +146,19 @@ class SpilledWindowStore(WindowStore):
         self.ensure_index()
         return sum(self._sizes.values())
 
-    def load(self, events: Sequence[Mapping[str, Any]], stream_time: int) -> None:
-        """Read into ``by_start`` the aggregates that ``events`` can touch.
+    def fetch(self, start: int, key: str) -> list[Any] | None:
+        """The stored accumulator of ``key`` in open window ``start``, now in ``by_start``;
+        None if it has none."""
+        (value,) = self._spill.get_many([changelog.window_key_prefix(start) + key.encode()])
+        if value is None:
+            return None
+        acc: list[Any] = _loads(value)
+        self.by_start[start][key] = acc
+        self._loaded[start] = self._loaded.get(start, 0) + 1
+        return acc
 
-        Those are the (window, user) pairs of windows that hold an event's ts and are open at
-        ``stream_time``; stream time only grows during the batch, so no other is touched.
-        """
-        self.ensure_index()
-        by_start = self.by_start
-        if not by_start:
-            return
-        size = self._size
-        step = self._step
-        open_floor = stream_time - self._reach
-        prefixes = {start: changelog.window_key_prefix(start) for start in by_start}
-        wanted: dict[bytes, tuple[int, str]] = {}
-        for event in events:
-            ts = event["ts"]
-            start = ts - ts % step
-            floor = ts - size
-            if open_floor > floor:
-                floor = open_floor
-            while start > floor:
-                prefix = prefixes.get(start)
-                if prefix is not None:
-                    user_id = event["user_id"]
-                    wanted[prefix + user_id.encode()] = (start, user_id)
-                start -= step
-        loaded = self._loaded
-        for (start, user_id), value in zip(
-            wanted.values(), self._spill.get_many(list(wanted)), strict=True
-        ):
-            if value is not None:
-                by_start[start][user_id] = _loads(value)
-                loaded[start] = loaded.get(start, 0) + 1
-
-    def save(self, touched: Mapping[int, Mapping[str, Aggregate]]) -> None:
-        """Write back the aggregates a batch changed (``touched``) and empty ``by_start``."""
+    def save(self, touched: Mapping[int, Mapping[str, Any]]) -> None:
+        """Write back the accumulators a batch changed (``touched``) and empty ``by_start``."""
         by_start = self.by_start
         sizes = self._sizes
         loaded = self._loaded
@@ -193,9 +168,9 @@ class SpilledWindowStore(WindowStore):
             if users is None:
                 continue  # closed during the batch: already deleted from the store
             prefix = changelog.window_key_prefix(start)
-            for user_id, aggregate in changed.items():
-                changes[prefix + user_id.encode()] = _dumps(aggregate)
-            # The batch only adds users, and every added one is in changed.
+            for key, acc in changed.items():
+                changes[prefix + key.encode()] = _dumps(acc)
+            # The batch only adds keys, and every added one is in changed.
             sizes[start] = sizes.get(start, 0) + len(users) - loaded.get(start, 0)
             users.clear()
         for start in loaded:
@@ -204,7 +179,7 @@ class SpilledWindowStore(WindowStore):
                 users.clear()
         loaded.clear()
 
-    def close_until(self, stream_time: int) -> Iterator[tuple[int, dict[str, Aggregate]]]:
+    def close_until(self, stream_time: int) -> Iterator[tuple[int, dict[str, Any]]]:
         """Remove and yield, oldest first, the windows closed at ``stream_time``."""
         self.ensure_index()
         starts = self._starts
@@ -224,18 +199,24 @@ class SpilledWindowStore(WindowStore):
             yield start, users
         self.next_close = starts[0] + reach if starts else NEVER
 
-    def put(self, start: int, user_id: str, aggregate: Aggregate) -> None:
-        self._spill.put(changelog.window_key_prefix(start) + user_id.encode(), _dumps(aggregate))
+    def put(self, start: int, key: str, acc: list[Any]) -> None:
+        self._spill.put(changelog.window_key_prefix(start) + key.encode(), _dumps(acc))
         self._stale = True
         self._spill.flush_if_full()
 
-    def discard(self, start: int, user_id: str) -> None:
-        self._spill.delete(changelog.window_key_prefix(start) + user_id.encode())
+    def discard(self, start: int, key: str) -> None:
+        self._spill.delete(changelog.window_key_prefix(start) + key.encode())
         self._stale = True
         self._spill.flush_if_full()
+
+    def clear(self) -> None:
+        """Forget every window (a changed declaration starts afresh)."""
+        self._spill.delete_range(*_WINDOWS)
+        self._stale = True
 
     def ensure_index(self) -> None:
-        """After :meth:`put` or :meth:`discard`: find the open windows and their sizes."""
+        """After :meth:`put`, :meth:`discard` or :meth:`clear`: find the open windows and
+        their sizes."""
         if not self._stale:
             return
         sizes: dict[int, int] = {}
@@ -251,19 +232,20 @@ class SpilledWindowStore(WindowStore):
 
 
 class SpilledDeduplicator(Deduplicator):
-    """:class:`Deduplicator` whose ids live in a :class:`KeyValueStore`.
+    r""":class:`Deduplicator` whose ids live in a :class:`KeyValueStore`.
 
-    ``seen`` is the current batch's view: :meth:`load` reads every id of the batch into it
-    (``None`` for an id not held), the hot path uses it as in memory, and the end of
+    ``seen`` is the current batch's view: the compiled loop :meth:`fetch`\ es an id it
+    misses into it (``None`` for an id not held), uses it as in memory, and the end of
     :meth:`~Deduplicator.remember` (its purge) writes back what changed and empties it. Each
     live batch's ids are in the store under the batch's changelog key.
     """
 
-    __slots__ = ("_base", "_count", "_spill")
+    __slots__ = ("_base", "_count", "_seen_prefix", "_spill")
 
-    def __init__(self, horizon_ms: int, spill: Spill) -> None:
-        super().__init__(horizon_ms)
+    def __init__(self, horizon_ms: int, spill: Spill, tag: bytes = changelog.DEDUPE_TAG) -> None:
+        super().__init__(horizon_ms, tag)
         self._spill = spill
+        self._seen_prefix = _SEEN_TAG + tag
         # id -> its value in the store when read into seen (None: not held).
         self._base: dict[str, int | None] = {}
         self._count = 0
@@ -272,14 +254,19 @@ class SpilledDeduplicator(Deduplicator):
         self.ensure_index()
         return self._count
 
-    def load(self, events: Sequence[Mapping[str, Any]]) -> None:
-        self._fetch(dict.fromkeys([event["event_id"] for event in events]))
+    def _key(self, event_id: str) -> bytes:
+        return self._seen_prefix + event_id.encode()
+
+    def fetch(self, event_id: str) -> int | None:
+        """The largest ts ``event_id`` was accepted with (None: not held), now in ``seen``."""
+        self._fetch([event_id])
+        return self.seen[event_id]
 
     def _fetch(self, ids: Iterable[str]) -> None:
         """Read the ids not read yet into ``seen``, keeping values already set there."""
         base = self._base
         wanted = [event_id for event_id in ids if event_id not in base]
-        values = self._spill.get_many([_SEEN_TAG + event_id.encode() for event_id in wanted])
+        values = self._spill.get_many([self._key(event_id) for event_id in wanted])
         seen = self.seen
         for event_id, value in zip(wanted, values, strict=True):
             ts = None if value is None else int(value)
@@ -291,7 +278,7 @@ class SpilledDeduplicator(Deduplicator):
         horizon = self._horizon
         # Ids outside the current batch's view are checked and deleted in the store directly;
         # reads see pending deletes, so an id in two expiring batches is counted once.
-        keys = [_SEEN_TAG + event_id.encode() for event_id in ids if event_id not in seen]
+        keys = [self._key(event_id) for event_id in ids if event_id not in seen]
         if keys:
             values = self._spill.get_many(keys)
             changes = self._spill.changes
@@ -323,10 +310,10 @@ class SpilledDeduplicator(Deduplicator):
             if ts == before:
                 continue
             if ts is None:
-                changes[_SEEN_TAG + event_id.encode()] = None
+                changes[self._key(event_id)] = None
                 count -= 1
             else:
-                changes[_SEEN_TAG + event_id.encode()] = b"%d" % ts
+                changes[self._key(event_id)] = b"%d" % ts
                 if before is None:
                     count += 1
         self._count = count
@@ -334,7 +321,7 @@ class SpilledDeduplicator(Deduplicator):
         base.clear()
 
     def _batch_ids(self, seq: int) -> dict[str, int]:
-        (value,) = self._spill.get_many([changelog.dedupe_key(seq)])
+        (value,) = self._spill.get_many([self.tag + b"%d" % seq])
         assert value is not None, f"batch {seq} has no ids in the store"
         ids: dict[str, int] = _loads(value)
         return ids
@@ -343,21 +330,32 @@ class SpilledDeduplicator(Deduplicator):
         return self._batch_ids(seq)
 
     def _keep_ids(self, seq: int, ids: dict[str, int]) -> None:
-        self._spill.put(changelog.dedupe_key(seq), _dumps(ids))
+        self._spill.put(self.tag + b"%d" % seq, _dumps(ids))
 
     def _drop_ids(self, seq: int) -> None:
-        self._spill.delete(changelog.dedupe_key(seq))
+        self._spill.delete(self.tag + b"%d" % seq)
 
     def apply(self, seq: int, ids: dict[str, int] | None) -> None:
         super().apply(seq, ids)
         self._spill.flush_if_full()
+
+    def clear(self) -> None:
+        """Forget every id (a changed declaration starts afresh)."""
+        for seq in list(self._newest):
+            self._drop_ids(seq)
+        self._newest.clear()
+        self._expiries.clear()
+        self._spill.delete_range(self._seen_prefix, _after(self._seen_prefix))
+        self.seen.clear()
+        self._base.clear()
+        self._count = 0
 
     def ensure_index(self) -> None:
         """Rebuild the ids' ts and the expiry queue after :meth:`apply`, batch by batch."""
         if not self._stale:
             return
         spill = self._spill
-        spill.delete_range(*_SEEN)
+        spill.delete_range(self._seen_prefix, _after(self._seen_prefix))
         self._count = 0
         self.seen.clear()
         self._base.clear()
@@ -373,3 +371,8 @@ class SpilledDeduplicator(Deduplicator):
         self._expiries = [(newest + self._horizon, seq) for seq, newest in self._newest.items()]
         heapq.heapify(self._expiries)
         self._stale = False
+
+
+def _after(prefix: bytes) -> bytes:
+    """The smallest key greater than every key that starts with ``prefix``."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])

@@ -151,8 +151,8 @@ class Collector:
             metrics.produced.labels(late).inc(len(outcome.late))
             self.stats.late += len(outcome.late)
         if outcome.duplicates:
-            metrics.duplicates.labels(name).inc(outcome.duplicates)
-            self.stats.duplicates += outcome.duplicates
+            metrics.duplicates.labels(name).inc(len(outcome.duplicates))
+            self.stats.duplicates += len(outcome.duplicates)
         if outcome.filtered:
             metrics.filtered.labels(name).inc(outcome.filtered)
         if outcome.join_misses:

@@ -107,12 +107,16 @@ class TaskManager:
         for compiled in self.compiled[tp.topic]:
             name = compiled.segment.name
             caches = self._caches.setdefault(name, {})
+            store = None
+            if compiled.spilled:
+                store = self.settings.open_store(f"{name}/{tp.topic}-{tp.partition}")
             segments.append(
                 SegmentTask(
                     compiled,
                     idle_timeout_ms=self.settings.idle_timeout_ms,
                     tables=self.tables,
                     caches=caches,
+                    store=store,
                 )
             )
         return PartitionTask(tp, self.decoders[tp.topic], segments)

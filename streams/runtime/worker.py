@@ -95,8 +95,9 @@ class Worker:
                 decoder = self._decoders[segment.input] = TopicDecoder(
                     segment.input, schema, settings.max_message_bytes
                 )
+            spilled = settings.store == "rocksdb" and bool(segment.stores)
             self._compiled.setdefault(segment.input, []).append(
-                compile_segment(segment, decoder.guarantees)
+                compile_segment(segment, decoder.guarantees, spilled=spilled)
             )
         metrics.declare(
             [s.name for s in plan.segments], plan.inputs, {s.dlq for s in plan.segments}

@@ -6,12 +6,12 @@ new, empty database and replays the changelog into it, exactly as it fills memor
 Nothing is ever read back from an earlier database, so no state survives a rebalance or a
 crash to go stale; that is also why the write-ahead log is off.
 
-Layout: ``<STREAMS_STATE_DIR>/<app id>/<partition>/<pid>-<random>/`` is one database, next to
-its lock file ``<pid>-<random>.lock``, which the owning store holds (``flock``) while it is
-open. Closing the store (or its being garbage collected, or the interpreter exiting) deletes
-both. Databases of a process that died are deleted by the next process that adopts the same
-partition under the same state directory: a lock that can be taken has no owner. Several
-workers may share a state directory; two stores never share a database.
+Layout: ``<STREAMS_STATE_DIR>/<app id>/<pipeline>/<topic>-<partition>/<pid>-<random>/`` is
+one database, next to its lock file ``<pid>-<random>.lock``, which the owning store holds
+(``flock``) while it is open. Closing the store (or its being garbage collected, or the
+interpreter exiting) deletes both. Databases of a process that died are deleted by the next
+process that adopts the same task under the same state directory: a lock that can be taken
+has no owner. Several workers may share a state directory; two stores never share a database.
 
 Memory is bounded per process: one block cache and one memtable budget shared by every store.
 """
@@ -126,8 +126,9 @@ def _dispose(db: Rdict, lock_fd: int, path: Path, lock_path: Path) -> None:
         os.close(lock_fd)
 
 
-def open_store(state_dir: str | os.PathLike[str], app_id: str, partition: int) -> RocksStore:
-    """A new, empty store for ``partition``, after deleting those whose process is gone."""
+def open_store(state_dir: str | os.PathLike[str], app_id: str, partition: int | str) -> RocksStore:
+    """A new, empty store for ``partition`` (a number, or a name such as
+    ``<segment>/<topic>-<partition>``), after deleting those whose process is gone."""
     root = Path(state_dir) / app_id / str(partition)
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from streams.core import CoreConfig
 from streams.core.jsonbytes import dumps
-from streams.core.processor import PartitionProcessor
 from streams.validation import EVENT_TYPES, decode_batch, decode_event
+from tests.unit.core.engine import PartitionProcessor
 
 EXAMPLES = int(os.environ.get("STREAMS_FUZZ_EXAMPLES", "500"))
 LIMIT = 64 * 1024  # a small size limit, so that the over-limit path is hit often

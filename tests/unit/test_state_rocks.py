@@ -17,7 +17,7 @@ def test_memory_is_the_default_store() -> None:
     settings = Settings.from_env({})
     assert settings.store == "memory"
     assert settings.state_dir == DEFAULT_STATE_DIR
-    assert settings.open_store(0) is None
+    assert settings.open_store("aggregates/events-0") is None
 
 
 def test_unknown_store_is_a_config_error() -> None:
@@ -37,13 +37,13 @@ def test_rocksdb_without_rocksdict_says_what_to_install(monkeypatch: pytest.Monk
     )
 
 
-def test_rocksdb_store_is_opened_per_partition_under_the_state_dir(tmp_path: Path) -> None:
+def test_rocksdb_store_is_opened_per_task_under_the_state_dir(tmp_path: Path) -> None:
     settings = Settings.from_env(
         {"STREAMS_STORE": "rocksdb", "STREAMS_STATE_DIR": str(tmp_path), "STREAMS_APP_ID": "app"}
     )
-    store = settings.open_store(3)
+    store = settings.open_store("aggregates/events-3")
     assert isinstance(store, RocksStore)
-    assert store.path.parent == tmp_path / "app" / "3"
+    assert store.path.parent == tmp_path / "app" / "aggregates" / "events-3"
     store.close()
 
 

@@ -9,8 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core import CoreConfig, PartitionProcessor, recompute_partition
+from streams.core import CoreConfig
 from streams.core.changelog import Record
+from tests.unit.core.engine import PartitionProcessor, recompute_partition
 
 FAR_FUTURE = 10**15
 

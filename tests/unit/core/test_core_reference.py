@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core import CoreConfig, recompute, recompute_partition
+from streams.core import CoreConfig
+from tests.unit.core.engine import recompute, recompute_partition
 from tests.unit.core.events import TUMBLING, event
 
 CONFIG = TUMBLING

@@ -240,7 +240,8 @@ class Engine:
         self.finals: list[Any] = []
         self.dead: dict[int, str] = {}
         self.late: list[int] = []
-        self.counts = {"duplicates": 0, "accepted": 0, "filtered": 0, "join_misses": 0}
+        self.counts = {"accepted": 0, "filtered": 0, "join_misses": 0}
+        self.duplicates: list[int] = []
         self.seen = 0
 
     def _new(self) -> SegmentTask:
@@ -270,6 +271,7 @@ class Engine:
         for index, (stage, _) in outcome.dead.items():
             self.dead[base + index] = stage
         self.late.extend(base + index for index in outcome.late)
+        self.duplicates.extend(base + index for index in outcome.duplicates)
         for name in self.counts:
             self.counts[name] += getattr(outcome, name)
 
@@ -303,7 +305,7 @@ def _check(segment: Segment, items: list[Batch | Tick], engine: Engine) -> None:
         assert same_value(want[1], got[1]), (got, want)
     assert engine.dead == {i: stage for i, (stage, _) in expected.dead.items()}
     assert engine.late == expected.late
-    assert engine.counts["duplicates"] == expected.duplicates
+    assert engine.duplicates == expected.duplicates
     assert engine.counts["accepted"] == expected.accepted
     assert engine.counts["filtered"] == expected.filtered
     assert engine.counts["join_misses"] == expected.join_misses
