@@ -2,7 +2,7 @@
 # What the compose stack needs from an image registry, made with podman on a machine that
 # reaches Debian's packages and PyPI but no registry:
 #
-#   localhost/streams-debian:bookworm        `debootstrap --variant=minbase bookworm`, imported
+#   localhost/streams-debian:bookworm-<id>   `debootstrap --variant=minbase bookworm`, imported
 #   localhost/streams-python:3.11-bookworm   + Debian's python3 (3.11): deploy/Dockerfile's BASE
 #   localhost/streams-kafka:<version>        + Debian's Java 17 and the local broker's Kafka jars
 #   localhost/streams-prometheus:bookworm    + Debian's prometheus package
@@ -30,7 +30,6 @@ suite=bookworm
 python_version=3.11
 glibc_minor=36
 
-debian_image=localhost/streams-debian:$suite
 python_image=localhost/streams-python:$python_version-$suite
 prometheus_image=localhost/streams-prometheus:$suite
 
@@ -51,7 +50,7 @@ debian_base() {
   if podman image exists "$debian_image"; then
     return
   fi
-  local tarball=$cache/podman/debian-$suite-minbase.tar
+  local tarball=$cache/podman/debian-$suite-minbase-$recipe.tar
   if [ ! -s "$tarball" ]; then
     [ "$(id -u)" -eq 0 ] || fail "debootstrap needs root: run as root, or sudo"
     command -v debootstrap >/dev/null ||
@@ -133,12 +132,19 @@ wheelhouse() {
   rm -rf "$staging"
 }
 
+image_id() {
+  podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true
+}
+
+# A rebuild that changes an image removes the one it replaces, so repeated runs (CI's) do not
+# pile up untagged images; one still used by a container stays.
 build() {
   local image=$1
   shift
   step "podman build $image"
-  local log
+  local log old
   log=$(mktemp)
+  old=$(image_id "$image")
   if ! podman build --network host --build-arg "BASE=$debian_image" --tag "$image" "$@" \
     >"$log" 2>&1; then
     tail -n 20 "$log" >&2
@@ -146,7 +152,14 @@ build() {
     fail "podman build of $image failed (its output above)"
   fi
   rm -f "$log"
+  if [ -n "$old" ] && [ "$(image_id "$image")" != "$old" ]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+  fi
 }
+
+# The base is named after the recipe above: a change to it makes a new one, never a stale hit.
+recipe=$(declare -f debian_base | sha256sum | cut -c1-12)
+debian_image=localhost/streams-debian:$suite-$recipe
 
 debian_base
 wheelhouse

@@ -136,6 +136,17 @@ class LocalImages:
     env: dict[str, str]
     podman_compose: str
 
+    def image_id(self, image: str) -> str | None:
+        """The id of ``image``, None when there is none."""
+        done = run(
+            ["podman", "image", "inspect", "--format", "{{.Id}}", image],
+            env=self.env,
+            timeout=60,
+            what=f"inspecting {image}",
+            check=False,
+        )
+        return done.stdout.strip() if done.returncode == 0 else None
+
     def size_mb(self, image: str) -> float:
         """``podman image inspect``'s size of ``image``, in MB."""
         done = run(

@@ -69,13 +69,15 @@ def _option(command: list[str], name: str) -> str:
 @pytest.fixture(scope="module")
 def streams_image(local_images: LocalImages, notes: list[str]) -> str:
     """deploy/Dockerfile built as the README says, on the local Python base, from the wheelhouse,
-    with no network at all; the image name compose runs."""
+    with no network at all; the image name compose runs. No layer cache: each build stage would
+    leave an untagged image behind, a pile of them over repeated runs."""
     image = str(load_compose()["services"]["worker"]["image"])
     env = local_images.env
+    replaced = local_images.image_id(image)
     with timed(notes, f"podman build of {image} from deploy/Dockerfile (no network)"):
         run(
             [
-                "podman", "build", "--format", "docker", "--network", "none",
+                "podman", "build", "--format", "docker", "--network", "none", "--layers=false",
                 "--file", str(DOCKERFILE),
                 "--build-arg", f"BASE={env['PYTHON_BASE_IMAGE']}",
                 "--build-context", f"wheelhouse={env['WHEELHOUSE']}",
@@ -85,6 +87,9 @@ def streams_image(local_images: LocalImages, notes: list[str]) -> str:
             timeout=900,
             what="building deploy/Dockerfile",
         )  # fmt: skip
+    if replaced and local_images.image_id(image) != replaced:
+        # As build-images.sh does: repeated runs leave no pile of untagged images.
+        run(["podman", "rmi", replaced], env=env, timeout=120, what="removing", check=False)
     notes.append(f"image {image}: {local_images.size_mb(image):.0f} MB")
     return image
 
@@ -311,11 +316,12 @@ def test_the_compose_stack_runs_end_to_end(stack: Stack, notes: list[str], tmp_p
     if took >= deadline or killed:
         stack.remove()  # ends the log followers, so the logs below are complete
         kafka = ended.get(stack.container("kafka"), (None, float("nan")))
+        named = ", ".join(short[n] for n in killed) or "none"
         pytest.fail(
             f"podman-compose down took {took:.0f} s, the workers' stop_grace_period being "
-            f"{deadline:.0f} s: {', '.join(short[n] for n in killed) or 'nothing'} did not end "
-            f"on SIGTERM and was killed; kafka, stopped at the same time (podman-compose stops "
-            f"every service at once), ended {kafka[1]:.1f} s after down began.\n"
+            f"{deadline:.0f} s; SIGKILLed at its end: {named}"
+            f". Kafka, stopped at the same time (podman-compose stops every service at once), "
+            f"had ended {kafka[1]:.1f} s after down began.\n"
             + "\n".join(
                 f"--- {short[w]}'s log since down began:\n{log_since(logs[w], down_at)}"
                 for w in killed
