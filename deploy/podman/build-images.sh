@@ -109,6 +109,7 @@ wheelhouse() {
     return
   fi
   step "wheelhouse for CPython $python_version, glibc 2.$glibc_minor, $arch into $dir"
+  mkdir -p "$cache"
   local staging project
   staging=$(mktemp -d "$cache/wheelhouse.XXXXXX")
   # pip targets a foreign platform only with wheels, so the project goes in as a wheel too.

@@ -81,10 +81,15 @@ def run(
         )
     except subprocess.TimeoutExpired as exc:
         output = quiet((exc.stderr or b"").decode(errors="replace"))[-2000:]
-        pytest.fail(f"{what}: no answer within {timeout:.0f} s ({cmd[0]} {cmd[1]})\n{output}")
+        pytest.fail(
+            f"{what}: no answer within {timeout:.0f} s ({cmd[0]} {cmd[1]})\n{output}",
+            pytrace=False,
+        )
     if check and done.returncode != 0:
         output = quiet(done.stdout + done.stderr)[-3000:]
-        pytest.fail(f"{what}: `{' '.join(cmd[:4])} ...` exited {done.returncode}\n{output}")
+        pytest.fail(
+            f"{what}: `{' '.join(cmd[:4])} ...` exited {done.returncode}\n{output}", pytrace=False
+        )
     return done
 
 
