@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from streams.broker.local import KAFKA_VERSION, LocalKafka
 from tests.unit.test_deploy_tools import (
     COMPOSE_FILE,
     DOCKERFILE,
     REPO,
+    compose_variables,
     dockerfile_healthcheck,
     load_compose,
 )
@@ -89,6 +91,44 @@ def test_images_are_pinned(name: str) -> None:
 
 def test_kafka_runs_the_version_the_tests_use() -> None:
     assert _services()["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+
+
+# The public images a user's `docker compose up` pulls, each replaceable by a variable (where
+# no registry answers: deploy/podman/build-images.sh makes stand-ins for the first two).
+PUBLIC_IMAGES = {
+    "kafka": ("KAFKA_IMAGE", f"apache/kafka:{KAFKA_VERSION}"),
+    "prometheus": ("PROMETHEUS_IMAGE", "prom/prometheus:v3.5.0"),
+    "grafana": ("GRAFANA_IMAGE", "grafana/grafana:12.1.1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_IMAGES))
+def test_public_images_come_from_variables(name: str) -> None:
+    variable, default = PUBLIC_IMAGES[name]
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"][name]["image"]
+    assert raw == f"${{{variable}:-{default}}}"
+    assert load_compose({variable: "localhost/stand-in:1"})["services"][name]["image"] == (
+        "localhost/stand-in:1"
+    )
+
+
+def test_every_variable_has_a_default() -> None:
+    # Unset, each variable gives what the file said before it had variables: a user's
+    # `docker compose up` needs none of them.
+    variables = compose_variables(COMPOSE_FILE.read_text())
+    assert variables, "the file substitutes no variables"
+    assert all(default for default in variables.values()), variables
+
+
+@pytest.mark.parametrize("env", [{}, {"KAFKA_HOST_PORT": "39092"}], ids=["default", "set"])
+def test_kafka_advertises_the_host_port_it_publishes(env: dict[str, str]) -> None:
+    kafka = load_compose(env)["services"]["kafka"]
+    (published,) = kafka["ports"]
+    address, _, container_port = published.rpartition(":")
+    advertised = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert f"HOST://{address}" in advertised
+    assert container_port == "29092"
+    assert address.rpartition(":")[2] == env.get("KAFKA_HOST_PORT", "29092")
 
 
 def _broker_properties(env: dict[str, Any]) -> dict[str, str]:

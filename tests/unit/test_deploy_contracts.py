@@ -30,8 +30,9 @@ from tests.unit.test_deploy_tools import (
 )
 
 ENV_NAME = re.compile(r"(?:STREAMS|KAFKA)_[A-Z0-9_]+")
-# Read by the interpreter or pip, not by the app: allowed in the Dockerfile only.
-INTERPRETER_ENV = re.compile(r"PYTHON[A-Z]+|PIP_[A-Z_]+")
+# Read by the interpreter, pip or the process launcher (PATH: the image's virtualenv first),
+# not by the app: allowed in the Dockerfile only.
+INTERPRETER_ENV = re.compile(r"PYTHON[A-Z]+|PIP_[A-Z_]+|PATH")
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 

@@ -11,6 +11,7 @@ import re
 import subprocess
 import tomllib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,33 @@ def _image(instruction: Instruction) -> tuple[str, str | None]:
     return words[0], alias
 
 
+def build_args(instructions: list[Instruction]) -> dict[str, str]:
+    """Defaults of the global ARGs (those before the first FROM), which FROM lines may use."""
+    defaults: dict[str, str] = {}
+    for instruction in instructions:
+        if instruction.keyword == "FROM":
+            break
+        if instruction.keyword == "ARG":
+            name, _, default = instruction.args.partition("=")
+            defaults[name.strip()] = default.strip()
+    return defaults
+
+
+def _base_images(instructions: list[Instruction]) -> list[tuple[Instruction, str]]:
+    """Each FROM that names an image (not an earlier stage, not scratch), ARGs resolved."""
+    args = build_args(instructions)
+    aliases: set[str] = set()
+    found = []
+    for instruction in (i for i in instructions if i.keyword == "FROM"):
+        image, alias = _image(instruction)
+        resolved = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m[1] or m[2], ""), image)
+        if image not in aliases and resolved != "scratch":
+            found.append((instruction, resolved))
+        if alias:
+            aliases.add(alias)
+    return found
+
+
 def multi_stage(instructions: list[Instruction]) -> list[str]:
     """Wheels are built in one stage and installed in another."""
     count = sum(1 for i in instructions if i.keyword == "FROM")
@@ -45,15 +73,10 @@ def multi_stage(instructions: list[Instruction]) -> list[str]:
 
 
 def pinned_bases(instructions: list[Instruction]) -> list[str]:
-    """Every external base image has a versioned tag (or a digest), never ``latest``."""
+    """Every external base image (a build argument's default included) has a versioned tag
+    (or a digest), never ``latest``."""
     problems = []
-    aliases: set[str] = set()
-    for instruction in (i for i in instructions if i.keyword == "FROM"):
-        image, alias = _image(instruction)
-        if image in aliases:
-            continue
-        if alias:
-            aliases.add(alias)
+    for instruction, image in _base_images(instructions):
         if "@sha256:" in image:
             continue
         tag = image.rpartition(":")[2] if ":" in image.split("/")[-1] else ""
@@ -70,8 +93,7 @@ def python_matches_project(instructions: list[Instruction]) -> list[str]:
     minor = re.search(r"3\.\d+", requires)
     assert minor, requires
     problems = []
-    for instruction in (i for i in instructions if i.keyword == "FROM"):
-        image, _ = _image(instruction)
+    for instruction, image in _base_images(instructions):
         if image.startswith("python:") and not image.startswith(f"python:{minor.group()}"):
             problems.append(f"line {instruction.line}: {image} is not Python {minor.group()}")
     return problems
@@ -191,8 +213,44 @@ def wheels_only_runtime(instructions: list[Instruction]) -> list[str]:
     return problems
 
 
+def base_is_a_build_arg(instructions: list[Instruction]) -> list[str]:
+    """Every stage on an image starts FROM the one build argument BASE, so a build where no
+    registry answers (tests/container) can give all of them a local image."""
+    if "BASE" not in build_args(instructions):
+        return ["no global `ARG BASE=<image>` before the first FROM"]
+    return [
+        f"line {instruction.line}: FROM {_image(instruction)[0]}; use FROM ${{BASE}}"
+        for instruction, _ in _base_images(instructions)
+        if _image(instruction)[0] not in ("${BASE}", "$BASE")
+    ]
+
+
+def offline_build(instructions: list[Instruction]) -> list[str]:
+    """The app is installed from a stage named ``wheelhouse`` alone (--no-index): a build given
+    ``--build-context wheelhouse=DIR`` needs no network. That stage is FROM scratch, so it
+    holds nothing but wheels, as such a directory does."""
+    named = {_image(s[0])[1]: s for s in stages(instructions)}
+    wheelhouse = named.get("wheelhouse")
+    if wheelhouse is None or _image(wheelhouse[0])[0] != "scratch":
+        return ["no stage `FROM scratch AS wheelhouse` (what --build-context wheelhouse= replaces)"]
+    problems = []
+    users = [
+        i
+        for i in instructions
+        if i.keyword in ("RUN", "COPY") and re.search(r"--(mount=\S*)?from=wheelhouse\b", i.args)
+    ]
+    if not any("pip install" in i.args for i in users):
+        problems.append("no stage installs the app with pip from the wheelhouse stage")
+    for instruction in users:
+        if "pip" in instruction.args and "--no-index" not in instruction.args:
+            problems.append(f"line {instruction.line}: pip with the wheelhouse but no --no-index")
+    return problems
+
+
 RULES: list[Rule] = [
     multi_stage,
+    base_is_a_build_arg,
+    offline_build,
     pinned_bases,
     python_matches_project,
     non_root_user,
@@ -212,7 +270,11 @@ def test_dockerfile_follows_the_rule(rule: Rule) -> None:
 def test_build_stage_copies_the_whole_build_context() -> None:
     # tests/integration/test_wheel_worker.py builds its wheel from the context as .dockerignore
     # leaves it; that is the Dockerfile's wheel only if the build stage copies all of it.
-    build = stages(parse_dockerfile(DOCKERFILE.read_text()))[0]
+    (build,) = (
+        s
+        for s in stages(parse_dockerfile(DOCKERFILE.read_text()))
+        if s[0].args.endswith(" AS build")
+    )
     sources = [
         source.rstrip("/")
         for i in build
@@ -226,10 +288,15 @@ def test_build_stage_copies_the_whole_build_context() -> None:
     assert not uncopied, f"in the build context but not copied: {uncopied}"
 
 
-def test_hadolint_finds_nothing() -> None:
+# The image, and the stand-ins for registry images that tests/container builds with podman.
+ALL_DOCKERFILES = [DOCKERFILE, *sorted((REPO / "deploy" / "podman").glob("*/Dockerfile"))]
+
+
+@pytest.mark.parametrize("path", ALL_DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_hadolint_finds_nothing(path: Path) -> None:
     hadolint = require_tool("hadolint")
     done = subprocess.run(
-        [hadolint, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
+        [hadolint, "--no-color", "--failure-threshold", "info", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -239,11 +306,17 @@ def test_hadolint_finds_nothing() -> None:
 
 
 GOOD = """\
-FROM python:3.11.14-slim-bookworm AS build
-RUN python -m pip wheel --wheel-dir /wheels --constraint constraints.txt .
-FROM python:3.11.14-slim-bookworm
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \\
-    python -m pip install --no-index --find-links=/wheels /wheels/streams-*.whl
+ARG BASE=python:3.11.14-slim-bookworm
+FROM ${BASE} AS pypi-wheels
+RUN python3 -m pip wheel --wheel-dir /wheelhouse --constraint constraints.txt .
+FROM scratch AS wheelhouse
+COPY --from=pypi-wheels /wheelhouse /
+FROM ${BASE} AS build
+RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \\
+    python3 -m venv /opt/streams \\
+    && /opt/streams/bin/pip install --no-index --find-links=/wheelhouse .
+FROM ${BASE}
+COPY --from=build /opt/streams /opt/streams
 USER 10001:10001
 EXPOSE 9108
 HEALTHCHECK CMD ["python", "-c", "import os; os.environ.get('STREAMS_METRICS_PORT') or '9108'; '/health/live'"]
@@ -251,15 +324,26 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["streams"]
 CMD ["worker"]
 """  # noqa: E501
+# Everything before the runtime stage: without it, one stage is left.
+BUILD_STAGES = GOOD[GOOD.index("FROM") : GOOD.index("FROM ${BASE}\nCOPY")]
 
 
 @pytest.mark.parametrize(
     ("rule", "old", "new"),
     [
-        (multi_stage, "FROM python:3.11.14-slim-bookworm AS build\n", ""),
-        (pinned_bases, "python:3.11.14-slim-bookworm AS", "python:latest AS"),
-        (pinned_bases, "python:3.11.14-slim-bookworm\nRUN --", "python\nRUN --"),
-        (python_matches_project, "python:3.11.14-slim-bookworm AS", "python:3.10-slim AS"),
+        (multi_stage, BUILD_STAGES, ""),
+        (base_is_a_build_arg, "ARG BASE=python:3.11.14-slim-bookworm\n", ""),
+        (
+            base_is_a_build_arg,
+            "FROM ${BASE} AS build",
+            "FROM python:3.11.14-slim-bookworm AS build",
+        ),
+        (offline_build, "FROM scratch AS wheelhouse", "FROM ${BASE} AS wheelhouse"),
+        (offline_build, "--no-index ", ""),
+        (offline_build, "from=wheelhouse,", "from=pypi-wheels,"),
+        (pinned_bases, "ARG BASE=python:3.11.14-slim-bookworm", "ARG BASE=python:latest"),
+        (pinned_bases, "ARG BASE=python:3.11.14-slim-bookworm", "ARG BASE=python"),
+        (python_matches_project, "ARG BASE=python:3.11.14-slim-bookworm", "ARG BASE=python:3.10"),
         (non_root_user, "USER 10001:10001", "USER root"),
         (non_root_user, "USER 10001:10001\n", ""),
         (non_root_user, "USER 10001:10001\n", 'ENTRYPOINT ["streams"]\nUSER 10001\n'),
@@ -276,7 +360,11 @@ CMD ["worker"]
         (runtime_contract, 'CMD ["worker"]', 'CMD ["lag-exporter"]'),
         (runtime_contract, "STOPSIGNAL SIGTERM", "STOPSIGNAL SIGKILL"),
         (runtime_contract, "EXPOSE 9108", "EXPOSE 8080"),
-        (wheels_only_runtime, "--no-index ", ""),
+        (
+            wheels_only_runtime,
+            "COPY --from=build /opt/streams /opt/streams",
+            "RUN pip install streams",
+        ),
         (wheels_only_runtime, "--constraint constraints.txt ", ""),
         (
             wheels_only_runtime,

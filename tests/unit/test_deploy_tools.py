@@ -74,11 +74,49 @@ def render(directory: Path) -> list[dict[str, Any]]:
     return list(_render(directory))
 
 
-def load_compose() -> dict[str, Any]:
-    """docker-compose.yml as data, YAML anchors and merge keys resolved."""
+# Compose's variable substitution: ${NAME}, ${NAME:-default}, ${NAME-default}, $NAME and $$.
+_VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?-)([^}]*))?\}|(\w+))")
+
+
+def compose_variables(text: str) -> dict[str, str | None]:
+    """Each variable a Compose file substitutes, with its default (None when it has none)."""
+    found: dict[str, str | None] = {}
+    for match in _VARIABLE.finditer(text):
+        name = match.group(1) or match.group(4)
+        if name:
+            found[name] = match.group(3) if match.group(2) else found.get(name)
+    return found
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """``value`` (parsed YAML) with every string substituted as Compose does with ``env``."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(4)
+        if name is None:
+            return "$"
+        current = env.get(name)
+        if match.group(2) == ":-" and not current:
+            return match.group(3)
+        if match.group(2) == "-" and current is None:
+            return match.group(3)
+        return current or ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml as data, YAML anchors and merge keys resolved, variables substituted
+    from ``env`` (default: none set, so every variable takes its default, as a user gets it)."""
     data = yaml.safe_load(COMPOSE_FILE.read_text())
     assert isinstance(data, dict), "docker-compose.yml is not a mapping"
-    return data
+    return dict(interpolate(data, env or {}))
 
 
 # --- Dockerfile -------------------------------------------------------------------------
@@ -286,3 +324,11 @@ def test_dockerignore_last_match_wins_and_parents_match() -> None:
     assert not ignore.excludes("docs/keep.md")
     assert ignore.excludes("a/b/c.log")
     assert not ignore.excludes("readme.md")
+
+
+def test_compose_interpolation_follows_compose() -> None:
+    text = "${A:-x} ${B-y} ${C} $D $$E"
+    assert compose_variables(text) == {"A": "x", "B": "y", "C": None, "D": None}
+    assert interpolate(text, {}) == "x y   $E"
+    assert interpolate(text, {"A": "", "B": "", "C": "c", "D": "d"}) == "x  c d $E"
+    assert interpolate({"k": ["${A:-1}", 2]}, {"A": "a"}) == {"k": ["a", 2]}
