@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.broker.admin import start_client, stop_within
-from streams.broker.batches import BatchSender, Poison, partition_for
+from streams.broker.batches import BatchSender, Refused, partition_for
 from streams.config import KafkaSettings
 from streams.errors import BrokerError
 
@@ -161,11 +161,12 @@ class Publisher:
                 # Paced: every chunk goes out now (latency); bulk: only full batches.
                 await (sender.send_all() if rate else sender.send_full())
                 if len(unacked) >= _ACK_EVERY or time.monotonic() - acked_at >= _ACK_INTERVAL_S:
-                    _refused(report, await sender.flush())
+                    await sender.flush()
                     unacked = []
                     acked_at = time.monotonic()
             except KafkaError as exc:
-                sender = await self._resend(topic, partitions, unacked, exc, report)
+                unacked = _refused(report, unacked, exc)
+                sender = await self._resend(topic, partitions, unacked, exc)
                 unacked = []
             report.sent += len(batch)
             report.bytes += sum(len(v) + len(k or b"") for k, v in batch)
@@ -176,19 +177,14 @@ class Publisher:
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         try:
-            _refused(report, await sender.flush())
+            await sender.flush()
         except KafkaError as exc:
-            await self._resend(topic, partitions, unacked, exc, report)
+            await self._resend(topic, partitions, _refused(report, unacked, exc), exc)
         report.seconds += time.perf_counter() - started
         return report
 
     async def _resend(
-        self,
-        topic: str,
-        partitions: int,
-        unacked: list[Message],
-        cause: Exception,
-        report: PublishReport,
+        self, topic: str, partitions: int, unacked: list[Message], cause: Exception
     ) -> BatchSender:
         """Replace a failed producer and resend ``unacked``; a BatchSender on the new one."""
         deadline = time.monotonic() + self._recover_for_s
@@ -204,7 +200,7 @@ class Publisher:
                 await start_client(self._producer, self._kafka)
                 sender = BatchSender(self._producer)
                 _append(sender, topic, partitions, unacked)
-                _refused(report, await sender.flush())
+                await sender.flush()
             except (KafkaError, BrokerError) as exc:
                 if time.monotonic() > deadline:
                     raise BrokerError(
@@ -217,10 +213,17 @@ class Publisher:
             return sender
 
 
-def _refused(report: PublishReport, poison: list[Poison]) -> None:
-    """Messages the broker refused for good (e.g. over the topic's size limit): rejected."""
-    for record in poison:
-        report.reject(0, f"refused by the broker: {record.reason}")
+def _refused(report: PublishReport, unacked: list[Message], exc: Exception) -> list[Message]:
+    """Messages the broker refused for good (e.g. over the topic's size limit) are rejected,
+    counted with the broker's reason; returns the messages left to resend."""
+    if not isinstance(exc, Refused):
+        return unacked
+    poison = {(p.key, p.value): p.reason for p in exc.poison()}
+    for key, value in unacked:
+        reason = poison.get((key, value))
+        if reason is not None:
+            report.reject(0, f"refused by the broker: {reason}")
+    return [m for m in unacked if (m[0], m[1]) not in poison]
 
 
 def _append(sender: BatchSender, topic: str, partitions: int, batch: list[Message]) -> None:

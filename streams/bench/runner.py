@@ -37,9 +37,13 @@ ALL_SCENARIOS = (
     "faust-naive",
     "pipeline-alo",
     "pipeline-eos",
+    "pipeline-user",
     "latency",
     "state",
 )
+
+
+PIPELINES = ("pipeline-alo", "pipeline-eos", "pipeline-user")
 
 
 @dataclass
@@ -164,6 +168,7 @@ async def run_bench(
         },
         "pipeline-alo": {"scenario": "pipeline", "guarantee": "at_least_once"},
         "pipeline-eos": {"scenario": "pipeline", "guarantee": "exactly_once"},
+        "pipeline-user": {"scenario": "pipeline-user", "guarantee": "at_least_once"},
     }
     for round_ in range(1, config.rounds + 1):
         for name, plan in plans.items():
@@ -179,7 +184,7 @@ async def run_bench(
                 out = _child({**args, "app_id": f"{args['app_id']}-retry"}, timeout_s=1800)
                 out["retried_after"] = args["app_id"]
             results.append(_row(name, out, round_))
-        if "limit" in config.scenarios and {"pipeline-alo", "pipeline-eos"} & set(config.scenarios):
+        if "limit" in config.scenarios and set(PIPELINES) & set(config.scenarios):
             # The ceiling drifts on a shared machine (the same loop measured 230k-440k events/s
             # in runs an hour apart): measure it again after the pipelines, compare to the mean.
             progress(f"running limit again (round {round_})")

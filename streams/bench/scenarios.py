@@ -118,7 +118,32 @@ async def pipeline(args: Args) -> dict[str, Any]:
             "STREAMS_EMIT": args.get("emit", "final"),
         }
     )
-    worker = Worker.create(settings)
+    return await _run_worker(Worker.create(settings), args)
+
+
+async def pipeline_user(args: Args) -> dict[str, Any]:
+    """Example (a)'s shape (dedupe, filter, map, window, five aggregations), declared with
+    the public API, in process, until it has consumed every event."""
+    from streams.bench.user_app import build
+    from streams.runtime.health import Health
+    from streams.runtime.metrics import WorkerMetrics
+    from streams.runtime.worker import Worker
+    from streams.topology.plan import plan
+
+    app_id = args["app_id"]
+    settings = Settings.from_env(
+        {
+            **_kafka_env(args),
+            "STREAMS_APP_ID": app_id,
+            "STREAMS_PARTITIONS": str(args["partitions"]),
+            "STREAMS_GUARANTEE": args["guarantee"],
+        }
+    )
+    app = build(app_id, args["topic"], f"{app_id}-revenue")
+    return await _run_worker(Worker(settings, plan(app, app_id), WorkerMetrics(), Health()), args)
+
+
+async def _run_worker(worker: Any, args: Args) -> dict[str, Any]:
     await worker.start()
     try:
         stats = await worker.run(stop_after=args["events"])
@@ -342,6 +367,7 @@ SCENARIOS: dict[str, Callable[[Args], Any]] = {
     "limit": limit,
     "decode": decode,
     "pipeline": pipeline,
+    "pipeline-user": pipeline_user,
     "faust-naive": faust_naive,
 }
 

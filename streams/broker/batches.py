@@ -5,11 +5,11 @@ to aiokafka ``BatchBuilder`` objects (C-accelerated) and each full batch is sent
 per-record cost is one ``append`` call. Partitions are picked like the Java client's default
 partitioner (murmur2 of the key), so keyed records land where any Kafka producer puts them.
 
-A record batch the broker refuses for good (too large for the topic, a denied ACL, an invalid
-record) is split and its records resent one by one, as the Java producer splits a batch that
-is too large; a record refused on its own is returned to the caller as *poison* instead of
-failing the whole flush. A topic's size limit (``max.message.bytes``), when known, also sizes
-its batches, and a record that cannot fit is refused at ``append`` without a round trip.
+A topic's size limit (``max.message.bytes``), when known, sizes its batches (so a batch is
+never refused for its size, as the Java producer splits one that is), and :meth:`fits` tells
+a caller before it appends a record that cannot fit at all. A batch the broker refuses for
+good anyway (the limit lowered meanwhile, a denied ACL, an invalid record) fails the flush
+with :class:`Refused`, which says which of its records are *poison* (refused on their own).
 """
 
 from __future__ import annotations
@@ -192,31 +192,34 @@ class BatchSender:
             if batch.record_count():
                 await self._submit(topic, partition, batch, kept)
 
-    async def flush(self) -> list[Poison]:
+    async def flush(self) -> None:
         """Send everything appended so far and wait until the broker acknowledged it all.
 
-        Returns the records refused for good one by one (every other record is written);
-        raises the first other error (the caller replays the batch).
+        Raises :class:`Refused` (with every refused batch's records) when the broker refused
+        a batch for good, and the first other error otherwise; either way the caller replays.
+        aiokafka's idempotent producer cannot go on after a refused batch (its sequence
+        numbers no longer match the broker's: every later batch fails), so a resend needs a
+        new producer.
         """
         await self.send_all()
         pending, self._pending = self._pending, []
         if not pending:
             if self._retained is not None:
                 self._retained = []
-            return []
+            return
         results = await asyncio.gather(*(f for f, _, _, _ in pending), return_exceptions=True)
-        refused: list[tuple[str, int, list[Record], BaseException]] = []
-        for (_, topic, partition, kept), result in zip(pending, results, strict=True):
-            if isinstance(result, PERMANENT):
-                refused.append((topic, partition, kept, result))
-            elif isinstance(result, BaseException):
+        refused = [
+            (topic, partition, kept, result)
+            for (_, topic, partition, kept), result in zip(pending, results, strict=True)
+            if isinstance(result, PERMANENT)
+        ]
+        if refused:
+            raise Refused(refused)
+        for result in results:
+            if isinstance(result, BaseException):
                 raise result
-        poison: list[Poison] = []
-        for topic, partition, kept, error in refused:
-            poison.extend(await self._one_by_one(topic, partition, kept, error))
         if self._retained is not None:
             self._retained = []
-        return poison
 
     def unacked(self) -> list[tuple[str, int, Record]]:
         """With ``retain``: the records appended since the last successful flush."""
@@ -228,38 +231,45 @@ class BatchSender:
         for topic, partition, (key, value, ts, headers) in records:
             self.append(topic, partition, key, value, timestamp_ms=ts, headers=headers)
 
-    async def _one_by_one(
-        self, topic: str, partition: int, kept: list[Record], error: BaseException
-    ) -> list[Poison]:
-        """Resend a refused batch's records each in a batch of its own."""
-        if len(kept) == 1:
-            key, value, _, headers = kept[0]
-            return [Poison(topic, partition, key, value, headers, _describe(error))]
-        futures = []
-        for key, value, ts, headers in kept:
-            batch = self._new_batch(topic)
-            batch.append(key=key, value=value, timestamp=ts, headers=headers)
-            futures.append(await self._producer.send_batch(batch, topic, partition=partition))
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        poison = []
-        for (key, value, _, headers), result in zip(kept, results, strict=True):
-            if isinstance(result, PERMANENT):
-                poison.append(Poison(topic, partition, key, value, headers, _describe(result)))
-            elif isinstance(result, BaseException):
-                raise result
-        return poison
-
     async def _submit(self, topic: str, partition: int, batch: Any, kept: list[Record]) -> None:
         while len(self._pending) >= self._max_pending:
             oldest = self._pending.pop(0)
             try:
                 await oldest[0]
             except PERMANENT:
-                # Keep it for flush, which splits it; only the wait was for room.
+                # Keep it for flush to report; the wait was only for room.
                 self._pending.insert(0, oldest)
                 break
         future = await self._producer.send_batch(batch, topic, partition=partition)
         self._pending.append((future, topic, partition, kept))
+
+
+class Refused(KafkaError):
+    """The broker refused record batches for good; ``batches`` holds each one's topic,
+    partition, records and error."""
+
+    def __init__(self, batches: list[tuple[str, int, list[Record], BaseException]]) -> None:
+        first = batches[0]
+        super().__init__(
+            f"{first[0]}[{first[1]}] refused a batch of {len(first[2])} records "
+            f"for good: {_describe(first[3])}"
+        )
+        self.batches = batches
+
+    def poison(self) -> list[Poison]:
+        """The records refused on their own, or for a reason no smaller batch cures (an
+        ACL, an invalid record): each is poison. A batch of several records refused only
+        for its size is not: batches sized to the topic's limit carry them."""
+        out = []
+        for topic, partition, kept, error in self.batches:
+            if len(kept) > 1 and isinstance(error, SIZE_ERRORS):
+                continue
+            for key, value, _, headers in kept:
+                out.append(Poison(topic, partition, key, value, headers, _describe(error)))
+        return out
+
+
+SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 
 
 def _describe(error: BaseException) -> str:

@@ -76,9 +76,9 @@ class Collector:
         self.dlq_of_output = {segment.output: segment.dlq for segment in plan.segments}
         self.pipeline_of_output = {segment.output: segment.name for segment in plan.segments}
         self.dlqs = {segment.dlq for segment in plan.segments}
-        # Outputs refused for good inside a transaction that was then aborted: diverted to
-        # the dead-letter topic when the replay produces them again.
-        self.known_poison: set[tuple[str, bytes | None, bytes | None]] = set()
+        # Outputs the broker refused for good (the batch was then replayed), with the
+        # broker's reason: diverted to the dead-letter topic when the replay produces them.
+        self.known_poison: dict[tuple[str, bytes | None, bytes | None], str] = {}
 
     def dead_letters(
         self,
@@ -180,19 +180,12 @@ class Collector:
         refused: list[Poison] = []
         for key, value, ts in outputs:
             target = partition % parts if key is None else partition_for(key, parts)
-            if not fits(topic, key, value, None) or (poison and (topic, key, value) in poison):
-                refused.append(
-                    Poison(
-                        topic,
-                        target,
-                        key,
-                        value,
-                        [],
-                        f"record of {len(value)} bytes exceeds the topic's max.message.bytes"
-                        if not fits(topic, key, value, None)
-                        else "refused by the broker before (a replay)",
-                    )
-                )
+            if not fits(topic, key, value, None):
+                reason = f"a record of {len(value)} bytes exceeds {topic}'s max.message.bytes"
+                refused.append(Poison(topic, target, key, value, [], reason))
+                continue
+            if poison and (topic, key, value) in poison:
+                refused.append(Poison(topic, target, key, value, [], poison[(topic, key, value)]))
                 continue
             append(topic, target, key, value, timestamp_ms=ts)
         self.metrics.produced.labels(topic).inc(len(outputs) - len(refused))

@@ -12,8 +12,9 @@ two leaves outputs that a replay repeats (duplicates, never a loss).
 offsets commit in one transaction per partition and batch; starting the producer when a
 partition is adopted fences the previous owner and aborts its open transaction.
 
-Both wait for a slow output with the input paused (backpressure), and hand outputs the
-broker refuses for good to the collector's dead-letter path.
+Both wait for a slow output with the input paused (backpressure). A batch the broker
+refuses for good fails the commit (``refused`` keeps it); the worker learns its poison and
+replays (decision 0010).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.broker.admin import start_client, stop_within
-from streams.broker.batches import BatchSender, Poison
+from streams.broker.batches import BatchSender, Refused
 from streams.config import Settings
 from streams.publish import make_producer
 from streams.runtime.metrics import WorkerMetrics
@@ -38,8 +39,6 @@ CLOSE_TIMEOUT_S = 10.0
 BACKPRESSURE_AFTER_S = 1.0
 RETRY_BACKOFF_S = 2.0
 
-OnPoison = Callable[[BatchSender, list[Poison]], None]
-
 
 class Backpressure:
     """Pauses the consumer's partitions while an output flush is slow."""
@@ -48,33 +47,22 @@ class Backpressure:
         self._consumer = consumer
         self._metrics = metrics
 
-    async def wait(self, flush: Awaitable[list[Poison]]) -> list[Poison]:
+    async def wait(self, flush: Awaitable[None]) -> None:
         """Await ``flush``; after ``BACKPRESSURE_AFTER_S`` pause fetching until it is done."""
         task = asyncio.ensure_future(flush)
         done, _ = await asyncio.wait({task}, timeout=BACKPRESSURE_AFTER_S)
         if done:
-            return task.result()
+            task.result()
+            return
         paused = list(self._consumer.assignment())
         self._consumer.pause(*paused)
         self._metrics.paused.set(len(paused))
         log.warning("output is slow: paused %d partitions until it catches up", len(paused))
         try:
-            return await task
+            await task
         finally:
             self._consumer.resume(*[tp for tp in paused if tp in self._consumer.assignment()])
             self._metrics.paused.set(0)
-
-
-async def flush_all(
-    sender: BatchSender,
-    on_poison: OnPoison,
-    wait: Callable[[Awaitable[list[Poison]]], Awaitable[list[Poison]]],
-) -> None:
-    """Flush ``sender``; route refused records to dead letters and flush those too."""
-    poison = await wait(sender.flush())
-    while poison:
-        on_poison(sender, poison)
-        poison = await wait(sender.flush())
 
 
 class AtLeastOnce:
@@ -97,6 +85,8 @@ class AtLeastOnce:
         self.outputs: BatchSender | None = None
         self.changelog: BatchSender | None = None
         self._backpressure = Backpressure(consumer, metrics)
+        # The last flush the broker refused for good (the worker learns poison from it).
+        self.refused: Refused | None = None
 
     async def start(self) -> None:
         """Start the producer."""
@@ -123,21 +113,24 @@ class AtLeastOnce:
         """Nothing to do per partition."""
 
     async def commit(
-        self, offsets: dict[TopicPartition, int], on_poison: OnPoison, stopping: Callable[[], bool]
+        self, offsets: dict[TopicPartition, int], stopping: Callable[[], bool]
     ) -> set[TopicPartition]:
         """Commit a batch; returns the partitions to replay (all of them if the outputs
         failed, none otherwise)."""
         assert self.outputs is not None
         assert self.changelog is not None
         try:
-            await flush_all(self.outputs, on_poison, self._backpressure.wait)
+            await self._backpressure.wait(self.outputs.flush())
         except KafkaError as exc:
+            if isinstance(exc, Refused):
+                self.refused = exc
             # aiokafka's idempotent producer gives up for good on some errors after a broker
             # crash (OutOfOrderSequenceNumber): nothing of this batch counts, not even its
             # state (none of it was written): a new producer, and a replay.
             log.error("output failed (%r); replaying the batch from the last written state", exc)
             await self.restart()
-            return set(offsets)
+            # The senders held every partition's outputs (a tick's too, with no offsets).
+            return set(self.consumer.assignment())
         await self._write_changelog(stopping)
         if offsets:
             try:
@@ -158,7 +151,12 @@ class AtLeastOnce:
         pending = self.changelog
         while True:
             try:
-                poison = await self._backpressure.wait(pending.flush())
+                await self._backpressure.wait(pending.flush())
+            except Refused as exc:
+                raise KafkaError(
+                    f"the changelog refused a record for good ({exc}); check its "
+                    "max.message.bytes and ACLs"
+                ) from None
             except KafkaError as exc:
                 if stopping():
                     log.error(
@@ -174,11 +172,6 @@ class AtLeastOnce:
                 pending = self.changelog
                 pending.resend(unsent)
                 continue
-            if poison:
-                raise KafkaError(
-                    f"the changelog refused a record for good ({poison[0].reason}); check "
-                    f"{poison[0].topic}'s max.message.bytes and ACLs"
-                )
             return
 
     async def restart(self) -> None:
@@ -222,6 +215,7 @@ class ExactlyOnce:
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self._senders: dict[TopicPartition, BatchSender] = {}
         self._backpressure = Backpressure(consumer, metrics)
+        self.refused: Refused | None = None
 
     async def start(self) -> None:
         """Producers start per partition, when it is adopted."""
@@ -263,24 +257,22 @@ class ExactlyOnce:
         return sender, sender
 
     async def commit(
-        self, offsets: dict[TopicPartition, int], on_poison: OnPoison, stopping: Callable[[], bool]
+        self, offsets: dict[TopicPartition, int], stopping: Callable[[], bool]
     ) -> set[TopicPartition]:
         """One transaction per partition with records or offsets; returns the partitions
         whose transaction failed (aborted: to rebuild and replay)."""
         parts = [tp for tp, sender in self._senders.items() if sender.records or tp in offsets]
-        results = await asyncio.gather(
-            *(self._commit(tp, offsets.get(tp), on_poison) for tp in parts)
-        )
+        results = await asyncio.gather(*(self._commit(tp, offsets.get(tp)) for tp in parts))
         return {tp for tp, ok in zip(parts, results, strict=True) if not ok}
 
-    async def _commit(self, tp: TopicPartition, offset: int | None, on_poison: OnPoison) -> bool:
+    async def _commit(self, tp: TopicPartition, offset: int | None) -> bool:
         producer = self.producers[tp]
         sender = self._senders.pop(tp)
         try:
-            await asyncio.wait_for(
-                self._transaction(tp, producer, sender, offset, on_poison), TXN_TIMEOUT_S
-            )
+            await asyncio.wait_for(self._transaction(tp, producer, sender, offset), TXN_TIMEOUT_S)
         except Exception as exc:
+            if isinstance(exc, Refused):
+                self.refused = exc
             self.metrics.transactions.labels("aborted").inc()
             if isinstance(exc, TimeoutError):
                 log.error(
@@ -310,10 +302,11 @@ class ExactlyOnce:
         producer: AIOKafkaProducer,
         sender: BatchSender,
         offset: int | None,
-        on_poison: OnPoison,
     ) -> None:
         await producer.begin_transaction()
-        await flush_all(sender, on_poison, self._backpressure.wait)
+        # A refused batch raises before the commit: the transaction is abandoned (the next
+        # producer of the transactional id aborts it), never committed with a hole in it.
+        await self._backpressure.wait(sender.flush())
         if offset is not None:
             await producer.send_offsets_to_transaction({tp: offset}, self.settings.app_id)
         await producer.commit_transaction()

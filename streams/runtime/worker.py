@@ -21,7 +21,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.broker.admin import start_client, stop_within
+from streams.broker.admin import start_client, stop_within, topic_limits
+from streams.broker.batches import Refused
 from streams.broker.records import use_raw_records
 from streams.config import Settings
 from streams.core.compile import Compiled, compile_segment
@@ -349,14 +350,32 @@ class Worker:
         assert committer is not None
         assert collector is not None
 
-        def on_poison(sender: Any, poison: list[Any]) -> None:
-            for record in poison:
-                collector.known_poison.add((record.topic, record.key, record.value))
-            collector.poison(sender, poison, now_ms())
-
-        failed = await committer.commit(offsets, on_poison, lambda: self.health.stopping)
+        failed = await committer.commit(offsets, lambda: self.health.stopping)
+        refused, committer.refused = committer.refused, None
+        if refused is not None:
+            await self._learn(refused)
         if failed:
             await self._replay(failed)
+
+    async def _learn(self, refused: Refused) -> None:
+        """The broker refused outputs for good: the replay sends the records refused on
+        their own to the dead-letter topic, and sizes batches to the topics' limits now."""
+        collector = self._collector
+        layout = self._layout
+        assert collector is not None
+        assert layout is not None
+        for record in refused.poison():
+            collector.known_poison[(record.topic, record.key, record.value)] = record.reason
+        log.error(
+            "the broker refused output for good (%s); replaying the batch with the records "
+            "refused on their own sent to the dead-letter topic",
+            refused,
+        )
+        written = [
+            t.name for t in self.plan.topics if t.role in ("output", "dlq", "late", "repartition")
+        ]
+        with contextlib.suppress(StreamsError, KafkaError):
+            layout.limits.update(await topic_limits(self.settings.kafka, written))
 
     async def _replay(self, tps: set[TopicPartition]) -> None:
         """Drop these partitions' state (it may hold work that was not delivered) and adopt

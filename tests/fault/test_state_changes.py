@@ -45,7 +45,7 @@ async def test_a_changed_window_size_never_reuses_the_old_state(
     refused.proc.communicate(timeout=120)
     assert refused.proc.returncode == 2, refused.log_tail()
     last = refused.log_tail().strip().splitlines()[-1]
-    assert last.startswith("error: pipeline aggregates (partition "), last
+    assert last.startswith(f"error: pipeline {run.output} (partition "), last
     assert "tumbling(60000)" in last
     assert "tumbling(10000)" in last
     assert "STREAMS_ON_STATE_CHANGE=fresh" in last
@@ -73,7 +73,7 @@ async def test_a_changed_window_size_never_reuses_the_old_state(
     later = [f for f in emitted if f["window_end"] - f["window_start"] == 10_000]
     assert len(later) == len(emitted) - sum(len(rs) for rs in first.values())
     assert sorted(later, key=_window) == sorted(expected, key=_window)
-    assert len(later) > 100
+    assert len(later) >= 100  # every one of the 100 users has a window
 
 
 def _window(final: dict[str, object]) -> tuple[str, int]:

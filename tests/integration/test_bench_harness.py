@@ -51,12 +51,20 @@ def test_bench_runs_every_scenario_on_every_event(project_env: dict[str, str]) -
     report = orjson.loads(done.stdout.strip().splitlines()[-1])
     rows = {row["scenario"]: row for row in report["results"]}
     assert set(rows) == {*ALL_SCENARIOS, "limit-again"}
-    for name in ("publish", "limit", "limit-again", "decode", "pipeline-alo", "pipeline-eos"):
+    for name in (
+        "publish",
+        "limit",
+        "limit-again",
+        "decode",
+        "pipeline-alo",
+        "pipeline-eos",
+        "pipeline-user",
+    ):
         assert rows[name]["events"] == EVENTS, name
     assert rows["faust-naive"]["events"] == FAUST_EVENTS
     assert rows["latency"]["measured"] == rows["latency"]["events"] > 0
     # Every scenario but the slow Faust one ran in both rounds, on every event each time.
-    for name in ("limit", "limit-again", "decode", "pipeline-alo", "pipeline-eos"):
+    for name in ("limit", "limit-again", "decode", "pipeline-alo", "pipeline-eos", "pipeline-user"):
         assert [r["round"] for r in rows[name]["rounds"]] == [1, 2], name
     assert "rounds" not in rows["faust-naive"]
     # The state scenario's worker held one aggregate and one id per event, before and after
