@@ -36,12 +36,15 @@ def _leaf() -> st.SearchStrategy[dict[str, Any]]:
         st.builds(lambda t: {"type": t}, types | st.lists(types, min_size=1, max_size=3)),
         st.builds(lambda e: {"enum": e}, st.lists(st.sampled_from(["x", "y", None]), min_size=1)),
         st.builds(lambda c: {"const": c}, st.sampled_from(["x", None])),
-        st.builds(lambda lo, hi: {"minLength": lo, "maxLength": hi}, st.integers(0, 3),
-                  st.integers(0, 4)),
+        st.builds(
+            lambda lo, hi: {"minLength": lo, "maxLength": hi}, st.integers(0, 3), st.integers(0, 4)
+        ),
         st.builds(lambda p: {"pattern": p}, st.sampled_from(["^a", "b$", "^[ab]+$", "\\$"])),
-        st.builds(lambda k, x: {k: x},
-                  st.sampled_from(["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]),
-                  st.integers(-3, 3) | st.floats(-3, 3, allow_nan=False)),
+        st.builds(
+            lambda k, x: {k: x},
+            st.sampled_from(["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]),
+            st.integers(-3, 3) | st.floats(-3, 3, allow_nan=False),
+        ),
         st.just({}),
         st.booleans(),
     )
@@ -51,8 +54,12 @@ schemas = st.recursive(
     _leaf(),
     lambda inner: st.one_of(
         st.builds(
-            lambda props, req, extra: {"type": "object", "properties": props, "required": req,
-                                       "additionalProperties": extra},
+            lambda props, req, extra: {
+                "type": "object",
+                "properties": props,
+                "required": req,
+                "additionalProperties": extra,
+            },
             st.dictionaries(names, inner, max_size=3),
             st.lists(names, max_size=2, unique=True),
             st.booleans() | inner,
@@ -60,11 +67,17 @@ schemas = st.recursive(
         st.builds(lambda i, lo: {"items": i, "minItems": lo}, inner, st.integers(0, 2)),
         st.builds(lambda a, b, c: {"if": a, "then": b, "else": c}, inner, inner, inner),
         st.builds(lambda a, b: {"if": a, "then": b}, inner, inner),
-        st.builds(lambda k, parts: {k: parts}, st.sampled_from(["allOf", "anyOf", "oneOf"]),
-                  st.lists(inner, min_size=1, max_size=3)),
+        st.builds(
+            lambda k, parts: {k: parts},
+            st.sampled_from(["allOf", "anyOf", "oneOf"]),
+            st.lists(inner, min_size=1, max_size=3),
+        ),
         st.builds(lambda x: {"not": x}, inner),
-        st.builds(lambda lo, hi: {"minProperties": lo, "maxProperties": hi}, st.integers(0, 2),
-                  st.integers(0, 3)),
+        st.builds(
+            lambda lo, hi: {"minProperties": lo, "maxProperties": hi},
+            st.integers(0, 2),
+            st.integers(0, 3),
+        ),
     ),
     max_leaves=8,
 )
