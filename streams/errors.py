@@ -21,3 +21,7 @@ class DeclarationError(StreamsError):
 
 class StateMismatchError(StreamsError):
     """A pipeline's stored state was built by a different declaration than the one running."""
+
+
+class RestoreError(StreamsError):
+    """A changelog record cannot be applied: state cannot be rebuilt until it is fixed."""

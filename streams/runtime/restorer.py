@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 from streams.broker.reading import bulk_reader
 from streams.config import KafkaSettings
 from streams.core.segment import SegmentTask
-from streams.errors import BrokerError
+from streams.errors import BrokerError, RestoreError
 from streams.runtime.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,15 @@ async def restore(
             batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=50_000)
             for tp, records in batches.items():
                 apply = by_tp[tp].apply_changelog
-                for record in records:
-                    apply(record.key, record.value)
+                try:
+                    for record in records:
+                        apply(record.key, record.value)
+                except Exception as exc:
+                    raise RestoreError(
+                        f"changelog {tp.topic}[{tp.partition}] offset {record.offset}: record "
+                        f"{record.key!r} cannot be applied ({type(exc).__name__}: {exc}); delete "
+                        "it (kafka-delete-records) or start the state over (streams reset)"
+                    ) from None
                 applied += len(records)
                 metrics.restored.inc(len(records))
             left = 0
