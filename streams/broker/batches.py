@@ -129,6 +129,12 @@ class BatchSender:
         limit = self._limits.get(topic)
         return limit is None or record_size(key, value, headers) <= limit
 
+    def room(self, topic: str) -> int:
+        """How many bytes of key and value (no headers) fit ``topic``'s size limit in a
+        batch of their own (unbounded when it is not known)."""
+        limit = self._limits.get(topic)
+        return 2**62 if limit is None else limit - BATCH_OVERHEAD - RECORD_OVERHEAD
+
     def _new_batch(self, topic: str) -> Any:
         limit = self._limits.get(topic)
         producer = self._producer

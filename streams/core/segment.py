@@ -416,13 +416,19 @@ class SegmentTask:
         size = self.compiled.size_ms
         tag = self.compiled.window_tag
         assert tag is not None
+        fast = orjson.dumps
         for start, users in self.windows.close_until(stream_time):
             prefix = tag + b"%d:" % start
             end = start + size
             emitted = 0
             for key in sorted(users):
                 kb = key.encode()
-                outputs.append((kb, dumps(record(key, start, end, users[key], True)), None))
+                final = record(key, start, end, users[key], True)
+                try:
+                    value = fast(final)
+                except TypeError:  # an integer beyond 64 bits (see streams.core.jsonbytes)
+                    value = dumps(final)
+                outputs.append((kb, value, None))
                 pending.append((prefix + kb, None))
                 emitted += 1
             if emitted:

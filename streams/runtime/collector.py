@@ -59,6 +59,9 @@ class Sink(Protocol):
     ) -> bool:
         """Whether the record fits the topic's size limit."""
 
+    def room(self, topic: str) -> int:
+        """How many bytes of key and value (no headers) fit the topic's size limit."""
+
 
 HEADER_OUTPUT_TOPIC = "output.topic"
 HEADER_OUTPUT_PARTITION = "output.partition"
@@ -175,12 +178,13 @@ class Collector:
     ) -> None:
         parts = self.partitions[topic]
         append = sender.append
-        fits = sender.fits
         poison = self.known_poison
+        # What a key and value may take of the topic's limit in a batch of their own.
+        room = sender.room(topic)
         refused: list[Poison] = []
         for key, value, ts in outputs:
             target = partition % parts if key is None else partition_for(key, parts)
-            if not fits(topic, key, value, None):
+            if len(value) + (0 if key is None else len(key)) > room:
                 reason = f"a record of {len(value)} bytes exceeds {topic}'s max.message.bytes"
                 refused.append(Poison(topic, target, key, value, [], reason))
                 continue

@@ -103,6 +103,10 @@ class _Topics:
         """No size limits in memory."""
         return True
 
+    def room(self, topic: str) -> int:
+        """No size limits in memory."""
+        return 2**62
+
 
 class TestDriver:
     """An app run in memory: ``partitions`` per topic it creates, wall clock at ``now_ms``.
