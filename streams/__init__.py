@@ -6,43 +6,7 @@ aggregations) and run it with ``streams worker module:app``.
 
 __version__ = "0.1.0"
 
-from streams.api import (
-    AggregatedStream,
-    App,
-    Count,
-    CountDistinct,
-    First,
-    Last,
-    Max,
-    Mean,
-    Min,
-    Stream,
-    Sum,
-    Table,
-    Topic,
-    WindowedStream,
-    hopping,
-    session,
-    tumbling,
-)
+from streams import api
+from streams.api import *  # noqa: F403
 
-__all__ = [
-    "AggregatedStream",
-    "App",
-    "Count",
-    "CountDistinct",
-    "First",
-    "Last",
-    "Max",
-    "Mean",
-    "Min",
-    "Stream",
-    "Sum",
-    "Table",
-    "Topic",
-    "WindowedStream",
-    "__version__",
-    "hopping",
-    "session",
-    "tumbling",
-]
+__all__ = [*api.__all__, "__version__"]

@@ -86,7 +86,7 @@ def compile_schema(schema: dict[str, Any], *, source: str = "schema") -> Validat
 
 
 # Keywords that never change which instances validate.
-_ANNOTATIONS = frozenset(
+ANNOTATIONS = frozenset(
     {
         "$schema",
         "$id",
@@ -178,7 +178,7 @@ def _compare(old: Any, new: Any, path: str) -> Iterator[str]:
                 yield _unanalysed(path, "items")
         else:
             yield from _compare(before, after, f"{path}[]")
-    for keyword in sorted((old.keys() | new.keys()) - _ANALYSED - _ANNOTATIONS):
+    for keyword in sorted((old.keys() | new.keys()) - _ANALYSED - ANNOTATIONS):
         if _json(old.get(keyword)) == _json(new.get(keyword)):
             continue
         if keyword not in new and keyword not in _REMOVAL_MAY_NARROW:

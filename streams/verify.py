@@ -151,19 +151,11 @@ async def verify_app(
 
 
 async def _table(reader: _Reader, name: str) -> dict[str, Any]:
+    from streams.runtime.tables import apply_records
+
     table: dict[str, Any] = {}
     for records in (await reader.read(name)).values():
-        for record in records:
-            if record.key is None:
-                continue
-            key = record.key.decode("utf-8", "replace")
-            if record.value is None:
-                table.pop(key, None)
-                continue
-            try:
-                table[key] = orjson.loads(record.value)
-            except orjson.JSONDecodeError:
-                continue
+        apply_records(table, records)
     return table
 
 

@@ -21,24 +21,10 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from streams.schemas import ANNOTATIONS
+
 Check = Callable[[Any], bool]
 
-# Keywords that never change which instances validate.
-ANNOTATIONS = frozenset(
-    {
-        "$schema",
-        "$id",
-        "$comment",
-        "title",
-        "description",
-        "examples",
-        "default",
-        "deprecated",
-        "readOnly",
-        "writeOnly",
-        "$anchor",
-    }
-)
 SUPPORTED = ANNOTATIONS | frozenset(
     {
         "type",
@@ -163,6 +149,13 @@ class _Compiler:
             allowed = f"({v} is None or {allowed})"
         self._fail_unless(depth, allowed)
 
+    def _sizes(self, schema: dict[str, Any], least: str, most: str, v: str, depth: int) -> None:
+        """``len(v)`` within ``schema[least]`` and ``schema[most]`` (where given)."""
+        if least in schema:
+            self._fail_unless(depth, f"len({v}) >= {_int(schema[least])}")
+        if most in schema:
+            self._fail_unless(depth, f"len({v}) <= {_int(schema[most])}")
+
     def _strings(self, schema: dict[str, Any], v: str, depth: int) -> None:
         keys = [k for k in ("minLength", "maxLength", "pattern") if k in schema]
         if not keys:
@@ -170,10 +163,7 @@ class _Compiler:
         self._add(depth, f"if {v}.__class__ is str:")
         self._add(depth + 1, "pass")
         inner = depth + 1
-        if "minLength" in schema:
-            self._fail_unless(inner, f"len({v}) >= {_int(schema['minLength'])}")
-        if "maxLength" in schema:
-            self._fail_unless(inner, f"len({v}) <= {_int(schema['maxLength'])}")
+        self._sizes(schema, "minLength", "maxLength", v, inner)
         if "pattern" in schema:
             name = f"re{next(self.names)}"
             try:
@@ -222,10 +212,7 @@ class _Compiler:
             raise Unsupported("required")
         for name in required:
             self._fail_unless(inner, f"{name!r} in {v}")
-        if "minProperties" in schema:
-            self._fail_unless(inner, f"len({v}) >= {_int(schema['minProperties'])}")
-        if "maxProperties" in schema:
-            self._fail_unless(inner, f"len({v}) <= {_int(schema['maxProperties'])}")
+        self._sizes(schema, "minProperties", "maxProperties", v, inner)
         properties = schema.get("properties", {})
         if not isinstance(properties, dict):
             raise Unsupported("properties")
@@ -256,10 +243,7 @@ class _Compiler:
         self._add(depth, f"if {v}.__class__ is list:")
         self._add(depth + 1, "pass")
         inner = depth + 1
-        if "minItems" in schema:
-            self._fail_unless(inner, f"len({v}) >= {_int(schema['minItems'])}")
-        if "maxItems" in schema:
-            self._fail_unless(inner, f"len({v}) <= {_int(schema['maxItems'])}")
+        self._sizes(schema, "minItems", "maxItems", v, inner)
         if "items" in schema:
             items = schema["items"]
             if isinstance(items, list):

@@ -65,10 +65,8 @@ class Backpressure:
             self._metrics.paused.set(0)
 
 
-class AtLeastOnce:
-    """Outputs, then changelog, then offsets; one producer for the worker."""
-
-    eos = False
+class _Committer:
+    """What both guarantees share: settings, consumer, metrics, the topics' size limits."""
 
     def __init__(
         self,
@@ -81,12 +79,27 @@ class AtLeastOnce:
         self.consumer = consumer
         self.metrics = metrics
         self.limits = limits
-        self.producer: AIOKafkaProducer | None = None
-        self.outputs: BatchSender | None = None
-        self.changelog: BatchSender | None = None
         self._backpressure = Backpressure(consumer, metrics)
         # The last flush the broker refused for good (the worker learns poison from it).
         self.refused: Refused | None = None
+
+
+class AtLeastOnce(_Committer):
+    """Outputs, then changelog, then offsets; one producer for the worker."""
+
+    eos = False
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: AIOKafkaConsumer,
+        metrics: WorkerMetrics,
+        limits: dict[str, int],
+    ) -> None:
+        super().__init__(settings, consumer, metrics, limits)
+        self.producer: AIOKafkaProducer | None = None
+        self.outputs: BatchSender | None = None
+        self.changelog: BatchSender | None = None
 
     async def start(self) -> None:
         """Start the producer."""
@@ -196,7 +209,7 @@ class AtLeastOnce:
             await stop_within(self.producer, CLOSE_TIMEOUT_S)
 
 
-class ExactlyOnce:
+class ExactlyOnce(_Committer):
     """One transactional producer per input partition; one transaction per batch."""
 
     eos = True
@@ -208,14 +221,9 @@ class ExactlyOnce:
         metrics: WorkerMetrics,
         limits: dict[str, int],
     ) -> None:
-        self.settings = settings
-        self.consumer = consumer
-        self.metrics = metrics
-        self.limits = limits
+        super().__init__(settings, consumer, metrics, limits)
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self._senders: dict[TopicPartition, BatchSender] = {}
-        self._backpressure = Backpressure(consumer, metrics)
-        self.refused: Refused | None = None
 
     async def start(self) -> None:
         """Producers start per partition, when it is adopted."""

@@ -87,23 +87,10 @@ class Tables:
     def _apply(self, batches: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batches.items():
             table = self.data[tp.topic]
-            for record in records:
-                if record.key is None:
-                    continue
-                key = record.key.decode("utf-8", "replace")
-                if record.value is None:
-                    table.pop(key, None)
-                    continue
-                try:
-                    table[key] = orjson.loads(record.value)
-                except orjson.JSONDecodeError:
-                    self._unreadable += 1
-                    if self._unreadable == 1:
-                        log.warning(
-                            "table %s: a value at offset %d is not JSON; skipped",
-                            tp.topic,
-                            record.offset,
-                        )
+            unreadable = apply_records(table, records)
+            if unreadable and not self._unreadable:
+                log.warning("table %s: %d values are not JSON; skipped", tp.topic, unreadable)
+            self._unreadable += unreadable
             self._metrics.table_records.labels(tp.topic).set(len(table))
 
     async def stop(self) -> None:
@@ -114,3 +101,21 @@ class Tables:
                 await self._follower
         if self._consumer is not None:
             await stop_within(self._consumer, 10.0)
+
+
+def apply_records(table: dict[str, Any], records: list[Any]) -> int:
+    """Apply a table topic's records in order (the latest value per key; a tombstone
+    deletes it; a keyless record is ignored); returns how many values were not JSON."""
+    unreadable = 0
+    for record in records:
+        if record.key is None:
+            continue
+        key = record.key.decode("utf-8", "replace")
+        if record.value is None:
+            table.pop(key, None)
+            continue
+        try:
+            table[key] = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            unreadable += 1
+    return unreadable

@@ -40,6 +40,7 @@ from streams.runtime.collector import Collector
 from streams.runtime.health import RunStats
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.processing import run_partition
+from streams.runtime.tables import apply_records
 from streams.runtime.tasks import PartitionTask
 from streams.runtime.topics import TopicLayout
 from streams.topology.plan import plan
@@ -303,16 +304,7 @@ class TestDriver:
         return f"{topic}.dlq"
 
     def _apply_table(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        if key is None:
-            return
-        name = key.decode("utf-8", "replace")
-        if value is None:
-            self.tables[topic].pop(name, None)
-            return
-        try:
-            self.tables[topic][name] = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return
+        apply_records(self.tables[topic], [_Stored(0, key, value, 0, [])])
 
     def _start_tasks(self) -> None:
         self._tasks = {}
