@@ -1,5 +1,9 @@
 """Committing a batch under each delivery guarantee.
 
+A :class:`Batch` is what one fetched batch (or one tick) produced: record batches per
+partition, not sent yet. The worker fills one while the previous one commits, and commits
+them in order (decision 0010).
+
 **at_least_once** (one idempotent producer): first the outputs, dead letters and late
 events are flushed and acknowledged, then the changelog records, then the input offsets are
 committed. State therefore never runs ahead of delivered outputs: if the outputs fail, the
@@ -14,7 +18,7 @@ partition is adopted fences the previous owner and aborts its open transaction.
 
 Both wait for a slow output with the input paused (backpressure). A batch the broker
 refuses for good fails the commit (``refused`` keeps it); the worker learns its poison and
-replays (decision 0010).
+replays.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from aiokafka.errors import KafkaError
 from streams.broker.admin import start_client, stop_within
 from streams.broker.batches import BatchSender, Refused
 from streams.config import Settings
+from streams.errors import StreamsError
 from streams.publish import make_producer
 from streams.runtime.metrics import WorkerMetrics
 
@@ -65,6 +70,27 @@ class Backpressure:
             self._metrics.paused.set(0)
 
 
+class Batch:
+    """One batch's records, per input partition: ``senders(tp)`` gives its outputs' and its
+    changelog records' senders (the same one under exactly_once: one transaction)."""
+
+    def __init__(self, make: Callable[[TopicPartition], tuple[BatchSender, BatchSender]]) -> None:
+        self._make = make
+        self.by_tp: dict[TopicPartition, tuple[BatchSender, BatchSender]] = {}
+
+    def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
+        """``tp``'s outputs and changelog senders in this batch."""
+        pair = self.by_tp.get(tp)
+        if pair is None:
+            pair = self.by_tp[tp] = self._make(tp)
+        return pair
+
+    def has_records(self, tp: TopicPartition) -> bool:
+        """True when ``tp`` appended anything to this batch."""
+        pair = self.by_tp.get(tp)
+        return pair is not None and bool(pair[0].records or pair[1].records)
+
+
 class _Committer:
     """What both guarantees share: settings, consumer, metrics, the topics' size limits."""
 
@@ -88,36 +114,21 @@ class AtLeastOnce(_Committer):
     """Outputs, then changelog, then offsets; one producer for the worker."""
 
     eos = False
-
-    def __init__(
-        self,
-        settings: Settings,
-        consumer: AIOKafkaConsumer,
-        metrics: WorkerMetrics,
-        limits: dict[str, int],
-    ) -> None:
-        super().__init__(settings, consumer, metrics, limits)
-        self.producer: AIOKafkaProducer | None = None
-        self.outputs: BatchSender | None = None
-        self.changelog: BatchSender | None = None
+    producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         """Start the producer."""
         kafka = self.settings.kafka
         self.producer = make_producer(kafka, client_id=self.settings.app_id)
         await start_client(self.producer, kafka)
-        self._new_senders()
 
-    def _new_senders(self) -> None:
-        assert self.producer is not None
-        self.outputs = BatchSender(self.producer, limits=self.limits)
-        self.changelog = BatchSender(self.producer, limits=self.limits, retain=True)
-
-    def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
-        """Where ``tp``'s outputs and changelog records go."""
-        assert self.outputs is not None
-        assert self.changelog is not None
-        return self.outputs, self.changelog
+    def batch(self) -> Batch:
+        """A new batch: one outputs sender and one changelog sender for every partition."""
+        producer = self.producer
+        assert producer is not None
+        outputs = BatchSender(producer, limits=self.limits)
+        changelog = BatchSender(producer, limits=self.limits, retain=True)
+        return Batch(lambda tp: (outputs, changelog))
 
     async def open(self, tps: set[TopicPartition]) -> None:
         """Nothing to do per partition."""
@@ -126,14 +137,15 @@ class AtLeastOnce(_Committer):
         """Nothing to do per partition."""
 
     async def commit(
-        self, offsets: dict[TopicPartition, int], stopping: Callable[[], bool]
+        self, batch: Batch, offsets: dict[TopicPartition, int], stopping: Callable[[], bool]
     ) -> set[TopicPartition]:
         """Commit a batch; returns the partitions to replay (all of them if the outputs
         failed, none otherwise)."""
-        assert self.outputs is not None
-        assert self.changelog is not None
+        if not batch.by_tp:
+            return set()
+        outputs, changelog = next(iter(batch.by_tp.values()))
         try:
-            await self._backpressure.wait(self.outputs.flush())
+            await self._backpressure.wait(outputs.flush())
         except KafkaError as exc:
             if isinstance(exc, Refused):
                 self.refused = exc
@@ -144,7 +156,7 @@ class AtLeastOnce(_Committer):
             await self.restart()
             # The senders held every partition's outputs (a tick's too, with no offsets).
             return set(self.consumer.assignment())
-        await self._write_changelog(stopping)
+        await self._write_changelog(changelog, stopping)
         if offsets:
             try:
                 await self.consumer.commit(offsets)
@@ -158,17 +170,15 @@ class AtLeastOnce(_Committer):
             self.metrics.commits.inc()
         return set()
 
-    async def _write_changelog(self, stopping: Callable[[], bool]) -> None:
+    async def _write_changelog(self, pending: BatchSender, stopping: Callable[[], bool]) -> None:
         """The state in memory is complete: write its changelog until it is acknowledged."""
-        assert self.changelog is not None
-        pending = self.changelog
         while True:
             try:
                 await self._backpressure.wait(pending.flush())
             except Refused as exc:
-                raise KafkaError(
-                    f"the changelog refused a record for good ({exc}); check its "
-                    "max.message.bytes and ACLs"
+                raise StreamsError(
+                    f"the changelog refused a record for good ({exc}); raise the changelog "
+                    "topic's max.message.bytes or fix its ACLs, then restart"
                 ) from None
             except KafkaError as exc:
                 if stopping():
@@ -181,8 +191,8 @@ class AtLeastOnce(_Committer):
                 log.error("changelog write failed (%r); retrying with a new producer", exc)
                 unsent = pending.unacked()
                 await self.restart()
-                assert self.changelog is not None
-                pending = self.changelog
+                assert self.producer is not None
+                pending = BatchSender(self.producer, limits=self.limits, retain=True)
                 pending.resend(unsent)
                 continue
             return
@@ -201,12 +211,10 @@ class AtLeastOnce(_Committer):
             except Exception as exc:
                 log.error("%s; retrying in %.0fs", exc, RETRY_BACKOFF_S)
                 await asyncio.sleep(RETRY_BACKOFF_S)
-        self._new_senders()
 
-    async def stop(self) -> None:
-        """Close the producer."""
-        if self.producer is not None:
-            await stop_within(self.producer, CLOSE_TIMEOUT_S)
+    def clients(self) -> list[AIOKafkaProducer]:
+        """The producers to close at stop."""
+        return [] if self.producer is None else [self.producer]
 
 
 class ExactlyOnce(_Committer):
@@ -223,7 +231,6 @@ class ExactlyOnce(_Committer):
     ) -> None:
         super().__init__(settings, consumer, metrics, limits)
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
-        self._senders: dict[TopicPartition, BatchSender] = {}
 
     async def start(self) -> None:
         """Producers start per partition, when it is adopted."""
@@ -238,7 +245,6 @@ class ExactlyOnce(_Committer):
         transactions (so the changelog's last stable offset moves and restores finish)."""
         for tp in tps:
             old = self.producers.pop(tp, None)
-            self._senders.pop(tp, None)
             if old is not None:
                 await stop_within(old, CLOSE_TIMEOUT_S)
             producer = make_producer(
@@ -253,29 +259,34 @@ class ExactlyOnce(_Committer):
         """Stop the partitions' producers."""
         for tp in tps:
             producer = self.producers.pop(tp, None)
-            self._senders.pop(tp, None)
             if producer is not None:
                 await stop_within(producer, CLOSE_TIMEOUT_S)
 
-    def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
-        """Outputs and changelog of ``tp`` share its transaction."""
-        sender = self._senders.get(tp)
-        if sender is None:
-            sender = self._senders[tp] = BatchSender(self.producers[tp], limits=self.limits)
-        return sender, sender
+    def batch(self) -> Batch:
+        """A new batch: outputs and changelog of each partition share its transaction."""
+
+        def make(tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
+            sender = BatchSender(self.producers[tp], limits=self.limits)
+            return sender, sender
+
+        return Batch(make)
 
     async def commit(
-        self, offsets: dict[TopicPartition, int], stopping: Callable[[], bool]
+        self, batch: Batch, offsets: dict[TopicPartition, int], stopping: Callable[[], bool]
     ) -> set[TopicPartition]:
         """One transaction per partition with records or offsets; returns the partitions
         whose transaction failed (aborted: to rebuild and replay)."""
-        parts = [tp for tp, sender in self._senders.items() if sender.records or tp in offsets]
-        results = await asyncio.gather(*(self._commit(tp, offsets.get(tp)) for tp in parts))
-        return {tp for tp, ok in zip(parts, results, strict=True) if not ok}
+        wanted = {tp for tp in batch.by_tp if batch.has_records(tp)} | set(offsets)
+        # A partition whose producer a rebalance closed meanwhile: its next owner replays it.
+        gone = {tp for tp in wanted if tp not in self.producers}
+        parts = [tp for tp in wanted if tp not in gone]
+        results = await asyncio.gather(
+            *(self._commit(tp, batch.senders(tp)[0], offsets.get(tp)) for tp in parts)
+        )
+        return gone | {tp for tp, ok in zip(parts, results, strict=True) if not ok}
 
-    async def _commit(self, tp: TopicPartition, offset: int | None) -> bool:
+    async def _commit(self, tp: TopicPartition, sender: BatchSender, offset: int | None) -> bool:
         producer = self.producers[tp]
-        sender = self._senders.pop(tp)
         try:
             await asyncio.wait_for(self._transaction(tp, producer, sender, offset), TXN_TIMEOUT_S)
         except Exception as exc:
@@ -297,7 +308,8 @@ class ExactlyOnce(_Committer):
                     exc,
                 )
             # Whatever it wrote is aborted by the next producer of the transactional id.
-            self.producers.pop(tp, None)
+            if self.producers.get(tp) is producer:
+                del self.producers[tp]
             await stop_within(producer, CLOSE_TIMEOUT_S)
             return False
         self.metrics.transactions.labels("committed").inc()
@@ -319,9 +331,9 @@ class ExactlyOnce(_Committer):
             await producer.send_offsets_to_transaction({tp: offset}, self.settings.app_id)
         await producer.commit_transaction()
 
-    async def stop(self) -> None:
-        """Close every producer."""
-        await self.close(list(self.producers))
+    def clients(self) -> list[AIOKafkaProducer]:
+        """The producers to close at stop."""
+        return list(self.producers.values())
 
 
 Committer = AtLeastOnce | ExactlyOnce

@@ -7,6 +7,7 @@ records for the same input.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,9 @@ async def run_partition(
                 continue
             outcome = await drive(segment.process(chunk, seg_idxs, seg_vals, wall))
             collector.outcome(outputs, segment, tp, chunk, outcome, wall)
+        # Let the event loop run between chunks: the previous batch's commit (its sends and
+        # acknowledgements) progresses while this one is processed.
+        await asyncio.sleep(0)
     end = records[-1].offset + 1
     for segment in task.segments:
         segment.note_position(end)

@@ -15,7 +15,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -31,12 +31,12 @@ from streams.errors import StreamsError
 from streams.lag.timelag import HeadHistory, estimate_time_lag
 from streams.runtime import topics
 from streams.runtime.collector import Collector, now_ms
-from streams.runtime.committer import AtLeastOnce, Committer, ExactlyOnce
+from streams.runtime.committer import AtLeastOnce, Batch, Committer, ExactlyOnce
 from streams.runtime.health import Health, RunStats
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.processing import run_partition
 from streams.runtime.tables import Tables
-from streams.runtime.tasks import PartitionTask, TaskManager
+from streams.runtime.tasks import TaskManager
 from streams.topology.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,9 @@ class Worker:
         self._last_progress = (time.monotonic(), 0)
         self._heads: dict[TopicPartition, HeadHistory] = {}
         self._stop_requested = False
+        # The commit of the last batch, running while the next one is processed.
+        self._inflight: asyncio.Future[set[TopicPartition]] | None = None
+        self._processed = 0  # records run through the tasks, committed or not
         self._dlq_of_input = {segment.input: segment.dlq for segment in plan.segments}
         self._decoders: dict[str, TopicDecoder] = {}
         self._compiled: dict[str, list[Compiled]] = {}
@@ -189,7 +192,8 @@ class Worker:
             await stop_within(self._consumer, CLOSE_TIMEOUT_S * 3)
         async with self._lock:
             if self._committer is not None:
-                await self._committer.stop()
+                for producer in self._committer.clients():
+                    await stop_within(producer, CLOSE_TIMEOUT_S)
         await self._tables.stop()
 
     async def run(
@@ -214,8 +218,14 @@ class Worker:
                         await self._process(batches)
                     finally:
                         gc.enable()
+                elif self._inflight is not None:
+                    await self._settle()  # nothing new: let the last batch's commit land
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     await self._tick()
+                if self._stop_requested or (
+                    stop_after is not None and self._processed >= stop_after
+                ):
+                    await self._settle(replay=not self._stop_requested)
             if self._stop_requested:
                 log.info("stop requested: leaving the group after the last batch")
                 return self.stats
@@ -231,6 +241,9 @@ class Worker:
         self.health.rebalancing = True
         async with self._lock:
             assert self._consumer is not None
+            # The batch in flight commits before its partitions go (if it fails, their state
+            # is dropped, not kept: whoever owns them next replays it).
+            await self._settle(replay=False)
             await self.tasks.suspend(revoked, self._consumer)
             if self._committer is not None:
                 await self._committer.close(revoked)
@@ -297,8 +310,12 @@ class Worker:
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
         started_mono = time.monotonic()
-        started = time.perf_counter()
         wall = now_ms()
+        committer = self._committer
+        collector = self._collector
+        assert committer is not None
+        assert collector is not None
+        batch = committer.batch()
         offsets: dict[TopicPartition, int] = {}
         newest_append = 0
         consumed: dict[str, int] = {}
@@ -308,54 +325,82 @@ class Worker:
             if task is None or not records:
                 continue  # not adopted yet: it is re-fetched from where its state stands
             self.metrics.buffered.inc(len(records))
-            await self._run_partition(task, records, wall)
+            outputs, changelog = batch.senders(tp)
+            dlq = self._dlq_of_input[tp.topic]
+            await run_partition(task, records, wall, collector, outputs, changelog, dlq)
             offsets[tp] = records[-1].offset + 1
             consumed[tp.topic] = consumed.get(tp.topic, 0) + len(records)
+            self._processed += len(records)
             last_ts = records[-1].timestamp
             if last_ts > newest_append:
                 newest_append = last_ts
         if not offsets:
             return
-        await self._commit(offsets)
-        self.metrics.buffered.set(0)
-        self.last_work = time.monotonic()
-        self._update_state_gauges()
-        total = sum(consumed.values())
-        st = self.stats
-        st.consumed += total
-        st.batches += 1
-        st.last_batch_at = time.monotonic()
-        if not st.first_batch_at:
-            st.first_batch_at = started_mono
-        m = self.metrics
-        for topic, count in consumed.items():
-            m.consumed.labels(topic).inc(count)
-        m.batch_size.observe(total)
-        m.batch_seconds.observe(time.perf_counter() - started)
-        if newest_append:
-            m.emit_latency.labels("append").observe(max(0.0, (now_ms() - newest_append) / 1000))
 
-    async def _run_partition(self, task: PartitionTask, records: list[Any], wall: int) -> None:
-        collector = self._collector
+        def committed() -> None:
+            self.metrics.buffered.dec(sum(consumed.values()))
+            self.last_work = time.monotonic()
+            self._update_state_gauges()
+            total = sum(consumed.values())
+            st = self.stats
+            st.consumed += total
+            st.batches += 1
+            st.last_batch_at = time.monotonic()
+            if not st.first_batch_at:
+                st.first_batch_at = started_mono
+            m = self.metrics
+            for topic, count in consumed.items():
+                m.consumed.labels(topic).inc(count)
+            m.batch_size.observe(total)
+            m.batch_seconds.observe(time.monotonic() - started_mono)
+            if newest_append:
+                latency = max(0.0, (now_ms() - newest_append) / 1000)
+                m.emit_latency.labels("append").observe(latency)
+
+        await self._submit(batch, offsets, committed)
+
+    async def _submit(
+        self, batch: Batch, offsets: dict[TopicPartition, int], committed: Callable[[], None]
+    ) -> None:
+        """Commit ``batch`` once the one before it is committed, without waiting for it: the
+        loop fetches and processes the next batch meanwhile (its I/O overlaps that work).
+        A batch processed on state that its predecessor's failed commit voided is dropped:
+        the replay re-reads its input."""
+        if not await self._settle():
+            return
         committer = self._committer
-        assert collector is not None
         assert committer is not None
-        outputs, changelog = committer.senders(task.tp)
-        dlq = self._dlq_of_input[task.tp.topic]
-        await run_partition(task, records, wall, collector, outputs, changelog, dlq)
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        async def commit() -> set[TopicPartition]:
+            failed = await committer.commit(batch, offsets, lambda: self.health.stopping)
+            if not failed:
+                committed()
+            return failed | (set(batch.by_tp) if failed else set())
+
+        self._inflight = asyncio.ensure_future(commit())
+
+    async def _settle(self, *, replay: bool = True) -> bool:
+        """Wait for the batch in flight; on its failure replay what it covered (with
+        ``replay``); False when it failed (everything processed since is void)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return True
+        failed = await inflight
         committer = self._committer
-        collector = self._collector
         assert committer is not None
-        assert collector is not None
-
-        failed = await committer.commit(offsets, lambda: self.health.stopping)
         refused, committer.refused = committer.refused, None
         if refused is not None:
             await self._learn(refused)
-        if failed:
+        if not failed:
+            return True
+        # The batches processed after it built on the state the replay drops: theirs too.
+        failed |= set(self.tasks.active)
+        if replay:
             await self._replay(failed)
+        else:
+            for tp in failed:
+                self.tasks.active.pop(tp, None)
+        return False
 
     async def _learn(self, refused: Refused) -> None:
         """The broker refused outputs for good: the replay sends the records refused on
@@ -412,6 +457,7 @@ class Worker:
         assert committer is not None
         wall = now_ms()
         produced = False
+        batch = committer.batch()
         for tp, task in list(self.tasks.active.items()):
             end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
             if end is None:
@@ -420,7 +466,7 @@ class Worker:
             if position is None:
                 continue
             self._record_lag(tp, position, end)
-            outputs, changelog = committer.senders(tp)
+            outputs, changelog = batch.senders(tp)
             for segment in task.segments:
                 outcome = segment.tick(wall, caught_up=position >= end)
                 if outcome.outputs:
@@ -429,8 +475,7 @@ class Worker:
                 collector.outcome(outputs, segment, tp, (), outcome, wall)
                 produced |= collector.changelog(changelog, segment, tp.partition) > 0
         if produced:
-            await self._commit({})
-            self._update_state_gauges()
+            await self._submit(batch, {}, self._update_state_gauges)
 
     async def _idle_for(self, seconds: float) -> bool:
         """True when assigned, caught up, every window emitted, and nothing was consumed or
@@ -446,6 +491,7 @@ class Worker:
             not self.assigned.is_set()
             or self.health.rebalancing
             or manager.pending
+            or self._inflight is not None
             or now - self.last_work < seconds
         ):
             return False
