@@ -42,6 +42,9 @@ from streams.topology.plan import Plan
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 0.5
+# A partition counts as caught up (for idle advance and --exit-when-idle) only while a fetch
+# response reported its log end within this long (see _fresh_end).
+FRESH_END_S = 1.0
 PROGRESS_EVERY_S = 10.0
 POSITION_WAIT_S = 0.2
 CLOSE_TIMEOUT_S = 10.0
@@ -85,6 +88,8 @@ class Worker:
         self._last_tick = 0.0
         self._last_progress = (time.monotonic(), 0)
         self._heads: dict[TopicPartition, HeadHistory] = {}
+        # Partitions whose log end was fresh at the last tick (see _tick).
+        self._confirmed: set[TopicPartition] = set()
         self._stop_requested = False
         # The commit of the last batch, running while the next one is processed.
         self._inflight: asyncio.Future[set[TopicPartition]] | None = None
@@ -249,6 +254,7 @@ class Worker:
                 await self._committer.close(revoked)
             for tp in revoked:
                 self._forget_lag(tp)
+                self._confirmed.discard(tp)
             self._update_state_gauges()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -459,12 +465,19 @@ class Worker:
         produced = False
         batch = committer.batch()
         for tp, task in list(self.tasks.active.items()):
-            end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
+            end = self._fresh_end(tp)
             if end is None:
+                self._confirmed.discard(tp)
                 continue
             position = await self._position(tp)
             if position is None:
                 continue
+            if tp not in self._confirmed:
+                # Its log end is known again (adopted, or after an outage): the time it was
+                # not is no idleness, so the idle timer restarts here.
+                self._confirmed.add(tp)
+                for segment in task.segments:
+                    segment.touch(wall)
             self._record_lag(tp, position, end)
             outputs, changelog = batch.senders(tp)
             for segment in task.segments:
@@ -503,11 +516,30 @@ class Worker:
         consumer = self._consumer
         assert consumer is not None
         for tp in manager.active:
-            end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
+            end = self._fresh_end(tp)
             position = await self._position(tp)
             if end is None or position is None or position < end:
                 return False
         return True
+
+    def _fresh_end(self, tp: TopicPartition) -> int | None:
+        """The partition's log end (its last stable offset under exactly_once), if a fetch
+        response reported it within FRESH_END_S; else None.
+
+        Without a broker no response comes, and the last end known stays put: every partition
+        looked caught up and idle, so the idle advance closed every open window early (later
+        events then late) and --exit-when-idle exited with the input unread (seen in CI, a
+        broker SIGKILLed under an at_least_once worker).
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            polled = consumer.last_poll_timestamp(tp)
+        except AssertionError:  # not assigned (a rebalance)
+            return None
+        if polled is None or now_ms() - polled > FRESH_END_S * 1000:
+            return None
+        return consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
 
     async def _position(self, tp: TopicPartition) -> int | None:
         """The consumer's position, or None if it is not known right now.
