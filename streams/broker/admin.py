@@ -139,13 +139,31 @@ async def start_client(client: Any, kafka: KafkaSettings, timeout_s: float = 20.
         raise (known or await diagnose(kafka)) from None
 
 
-async def stop_within(client: Any, timeout_s: float, *, level: int = logging.WARNING) -> None:
-    """Stop a producer or consumer; one stuck in a retry loop (or whose sender died) is
-    abandoned after ``timeout_s``, with a log line at ``level``."""
+async def stop_within(client: Any, timeout_s: float, *, level: int = logging.WARNING) -> bool:
+    """Stop a producer or consumer within ``timeout_s``; True when it stopped cleanly.
+
+    One stuck in a retry loop (or whose sender died) is abandoned at the deadline, with a log
+    line at ``level``: its stop is cancelled but not waited for, since a client busy retrying
+    against a broker that does not answer may not honour the cancellation promptly. A stop
+    that fails is logged the same way and never raises — not even the ``CancelledError``
+    aiokafka's ``consumer.stop()`` lets escape when a fetch was in flight (its fetcher cancels
+    and awaits its own tasks): raised, it skipped the rest of the worker's shutdown.
+    """
+    stopping = asyncio.ensure_future(client.stop())
     try:
-        await asyncio.wait_for(client.stop(), timeout_s)
-    except Exception as exc:
-        log.log(level, "a Kafka client did not stop within %.0fs (%r); abandoned", timeout_s, exc)
+        await asyncio.wait({stopping}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        stopping.cancel()
+        raise
+    if not stopping.done():
+        stopping.cancel()
+        log.log(level, "a Kafka client did not stop within %.0fs; abandoned", timeout_s)
+        return False
+    failure = "its stop was cancelled" if stopping.cancelled() else stopping.exception()
+    if failure is not None:
+        log.log(level, "a Kafka client did not stop cleanly (%s)", failure)
+        return False
+    return True
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from aiokafka import TopicPartition
 
-from streams.broker.admin import TopicSpec
+from streams.broker.admin import TopicSpec, stop_within
 from streams.broker.reading import bulk_reader
 from streams.config import KafkaSettings, Settings
 from streams.core.processor import PartitionProcessor
@@ -22,6 +22,9 @@ from streams.errors import BrokerError
 from streams.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+# A reader stuck closing against a broker that went away must not hold up the rebuild.
+CLOSE_TIMEOUT_S = 10.0
 
 
 def changelog_topic(settings: Settings) -> str:
@@ -83,7 +86,7 @@ async def restore(
                     left += ends[tp] - position
             metrics.restore_remaining.set(left)
     finally:
-        await consumer.stop()
+        await stop_within(consumer, CLOSE_TIMEOUT_S)
     for processor in processors.values():
         # Restoring is not a change: nothing replayed goes back to the changelog.
         processor.drain_changelog()
