@@ -250,7 +250,7 @@ class Worker:
             if current is not None and current >= value:
                 return current
             time.sleep(0.1)
-        self._fail(f"{name} did not reach {value} within {timeout_s}s")
+        self.fail(f"{name} did not reach {value} within {timeout_s}s")
 
     def kill(self) -> None:
         """SIGKILL: a crash."""
@@ -262,11 +262,11 @@ class Worker:
         try:
             out, _ = self.proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            self._fail(f"worker did not finish within {timeout_s}s")
+            self.fail(f"worker did not finish within {timeout_s}s")
         assert self.proc.returncode == 0, self.log_tail()
         return dict(orjson.loads(out.strip().splitlines()[-1]))
 
-    def _fail(self, what: str) -> NoReturn:
+    def fail(self, what: str) -> NoReturn:
         """Ask the stuck worker where it waits (streams.worker.diagnostics), stop it, fail."""
         self.proc.send_signal(signal.SIGUSR1)
         time.sleep(2)

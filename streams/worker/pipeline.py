@@ -35,6 +35,7 @@ from streams.broker.admin import (
 )
 from streams.broker.batches import BatchSender, partition_for
 from streams.broker.records import use_raw_records
+from streams.broker.uncommitted import Uncommitted
 from streams.config import Settings
 from streams.core.config import CoreConfig
 from streams.core.jsonbytes import dumps as json_dumps
@@ -120,6 +121,9 @@ class Pipeline:
         self.metrics = metrics
         self.health = health
         metrics.ready.set_function(lambda: float(health.ready()))
+        # Fetched and not yet committed: what a stop now leaves to the next owner.
+        self.uncommitted = Uncommitted()
+        metrics.buffered.set_function(self.uncommitted.total)
         self.stats = RunStats()
         self.eos = settings.guarantee == "exactly_once"
         self.core_config = CoreConfig(
@@ -207,15 +211,15 @@ class Pipeline:
     async def stop(self) -> None:
         """Leave the group (committed work stays committed) and close every client."""
         self.health.stopping = True
-        # Not under the lock: stopping the consumer waits for its coordinator, which may be in
-        # a rebalance calling on_revoked/on_assigned, which take the lock (a deadlock, seen).
-        if self._consumer is not None:
-            await stop_within(self._consumer, CLOSE_TIMEOUT_S * 3)
-        async with self._lock:
-            for producer in [self._producer, *self._txn_producers.values()]:
-                if producer is not None:
-                    await stop_within(producer, CLOSE_TIMEOUT_S)
-            self._txn_producers.clear()
+        # All clients at once, each within CLOSE_TIMEOUT_S: against a broker that does not
+        # answer, one deadline in all instead of one per client (six transactional producers
+        # took a minute), inside the stop deadline (streams.worker.shutdown). Not under the
+        # lock: stopping the consumer waits for its coordinator, which may be in a rebalance
+        # calling on_revoked/on_assigned, which take the lock (a deadlock, seen). The run loop
+        # has ended, so no batch uses the producers.
+        clients = [self._consumer, self._producer, *self._txn_producers.values()]
+        self._txn_producers.clear()
+        await asyncio.gather(*(stop_within(c, CLOSE_TIMEOUT_S) for c in clients if c is not None))
 
     async def run(
         self, *, exit_when_idle_s: float | None = None, stop_after: int | None = None
@@ -256,6 +260,7 @@ class Pipeline:
             for p in partitions:
                 self.processors.pop(p, None)
                 self._forget_lag(p)
+                self.uncommitted.forget([TopicPartition(self.settings.input_topic, p)])
                 producer = self._txn_producers.pop(p, None)
                 if producer is not None:
                     await stop_within(producer, CLOSE_TIMEOUT_S)
@@ -371,6 +376,7 @@ class Pipeline:
                 late_count += late_n
                 duplicates += dup_n
             offsets[p] = records[-1].offset + 1
+            self.uncommitted.fetched(tp, records[0].offset, offsets[p], len(records))
             processor.note_position(offsets[p])
             self._append_changelog(sender, p, processor)
             consumed += len(records)
@@ -499,8 +505,9 @@ class Pipeline:
             consumer = self._consumer
             assert consumer is not None
             topic = self.settings.input_topic
+            tps = {TopicPartition(topic, p): o for p, o in offsets.items()}
             try:
-                await consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
+                await consumer.commit(tps)
             except KafkaError as exc:
                 # A rebalance (CommitFailedError) or an unreachable coordinator: whoever owns
                 # the partitions next resumes from the last committed offsets and re-reads
@@ -509,6 +516,7 @@ class Pipeline:
                 self.metrics.commit_failures.inc()
                 log.warning("offset commit failed (%r); the batch may repeat", exc)
                 return
+            self.uncommitted.committed(tps)
             self.metrics.commits.inc()
 
     async def _restart_output(self) -> None:
@@ -597,6 +605,7 @@ class Pipeline:
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, committed)
+            self.uncommitted.forget([tp])
 
     async def _flush_with_backpressure(self, sender: BatchSender) -> None:
         """Wait for the batch's output; if that is slow, pause fetching until it is through."""
@@ -635,6 +644,8 @@ class Pipeline:
             return
         self.metrics.transactions.labels("committed").inc()
         self.metrics.commits.inc()
+        if offset is not None:
+            self.uncommitted.committed({TopicPartition(self.settings.input_topic, p): offset})
 
     async def _transaction(
         self, p: int, producer: AIOKafkaProducer, sender: BatchSender, offset: int | None

@@ -1,5 +1,6 @@
 """The broker itself fails: SIGKILLed and restarted on the same data dir, and stopped for longer
-than every client timeout — while a publisher and a worker run.
+than every client timeout — while a publisher and a worker run; and a worker is stopped while
+its broker is gone.
 
 These tests need a broker they may kill, so they start their own local one (never the shared
 session broker, nor a ``KAFKA_BOOTSTRAP_SERVERS`` cluster) and fail loudly when they cannot.
@@ -11,8 +12,10 @@ at_least_once.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -21,6 +24,7 @@ import pytest
 from streams.broker.local import LocalKafka
 from streams.broker.reading import read_topic
 from streams.generator import generate_messages
+from streams.worker.shutdown import STOP_DEADLINE_S
 from tests.conftest import PipelineRun, assert_exactly_once, pipeline_runs, start_broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -147,3 +151,60 @@ async def test_at_least_once_is_complete_after_broker_sigkill(
     assert report.wrong == 0, report.as_dict()
     assert report.extra == 0, report.as_dict()
     assert report.exact(allow_duplicates=True), report.as_dict()
+
+
+@pytest.mark.parametrize(
+    ("guarantee", "signum", "broker_goes"),
+    [
+        ("exactly_once", signal.SIGTERM, "killed"),
+        ("at_least_once", signal.SIGINT, "killed"),
+        ("exactly_once", signal.SIGTERM, "shutting down"),
+    ],
+)
+async def test_a_worker_stops_within_the_deadline_with_its_broker_gone_and_loses_nothing(
+    own_broker: LocalKafka,
+    faulty_run: Callable[..., PipelineRun],
+    guarantee: str,
+    signum: signal.Signals,
+    broker_goes: str,
+) -> None:
+    """The broker goes (SIGKILL, or a clean shutdown under way) while the worker is busy with
+    a backlog, then the worker is told to stop: it exits by the orderly path within the
+    documented deadline, saying in one line what it could not commit. With the broker back, a
+    new worker re-reads that and the output is complete (exact under exactly_once)."""
+    run = faulty_run(partitions=3)
+    await run.create_topics()
+    await run.publish(150_000, seed=33, dup_ratio=0.02, late_ratio=0.01, bad_ratio=0.01)
+    worker = run.start_worker(STREAMS_GUARANTEE=guarantee)
+    worker.wait_metric_at_least(CONSUMED, 20_000)
+
+    broker_gone: asyncio.Future[None] | None = None
+    try:
+        if broker_goes == "killed":
+            own_broker.kill()
+        else:
+            broker_gone = asyncio.ensure_future(asyncio.to_thread(own_broker.stop))
+        signalled = time.monotonic()
+        worker.proc.send_signal(signum)
+        try:
+            await asyncio.to_thread(worker.proc.wait, STOP_DEADLINE_S + 15)
+        except subprocess.TimeoutExpired:
+            worker.fail(f"the worker did not exit within {STOP_DEADLINE_S + 15:.0f}s of {signum!r}")
+        took = time.monotonic() - signalled
+        print(f"{guarantee}, broker {broker_goes}: exited {took:.1f}s after {signum.name}")
+        log = worker.log_tail(100_000)
+        assert worker.proc.returncode == 0, log[-3000:]  # the orderly path, not the watchdog
+        assert took < STOP_DEADLINE_S, log[-3000:]
+        assert f"after {signum.name}: " in log, log[-3000:]  # the line on what was not committed
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        if broker_gone is not None:
+            await broker_gone
+        await asyncio.to_thread(own_broker.start, timeout_s=120)
+
+    run.start_worker(exit_when_idle=5, STREAMS_GUARANTEE=guarantee).finish(timeout_s=240)
+    report = await run.verify()
+    if guarantee == "exactly_once":
+        assert_exactly_once(report)
+    else:
+        assert report.missing == report.wrong == report.extra == 0, report.as_dict()
