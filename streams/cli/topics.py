@@ -25,5 +25,8 @@ def create(partitions: int | None) -> None:
         specs = [type(s)(s.name, partitions, s.configs) for s in specs]
     created = asyncio.run(ensure_topics(settings.kafka, specs))
     for spec in specs:
-        state = "created" if spec.name in created else "exists "
-        click.echo(f"{state}  {spec.name}  partitions={spec.partitions}")
+        if spec.name in created:
+            replicas = created[spec.name]
+            click.echo(f"created  {spec.name}  partitions={spec.partitions} replicas={replicas}")
+        else:
+            click.echo(f"exists   {spec.name}")

@@ -33,11 +33,12 @@ def changelog_topic(settings: Settings) -> str:
 
 
 def changelog_spec(settings: Settings, partitions: int) -> TopicSpec:
-    """The changelog topic: compacted, as many partitions as the input topic."""
+    """The changelog topic: compacted, exactly as many partitions as the input topic."""
     return TopicSpec(
         changelog_topic(settings),
         partitions,
         {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        copartitioned_with=settings.input_topic,
     )
 
 
