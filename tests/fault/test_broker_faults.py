@@ -14,18 +14,21 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from streams.broker.local import LocalKafka
-from streams.broker.reading import read_topic
-from streams.generator import generate_messages
 from streams.worker.shutdown import STOP_DEADLINE_S
-from tests.conftest import PipelineRun, assert_exactly_once, pipeline_runs, start_broker
+from tests.conftest import (
+    Generator,
+    PipelineRun,
+    assert_exactly_once,
+    assert_nothing_lost,
+    pipeline_runs,
+    start_broker,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -51,36 +54,6 @@ def faulty_run(
     yield from pipeline_runs(own_broker.bootstrap, unique_name)
 
 
-class Generator:
-    """``streams generate --topic`` publishing at a steady rate in a subprocess."""
-
-    def __init__(self, run: PipelineRun, count: int, rate: int, seed: int) -> None:
-        self.count = count
-        self.rate = rate
-        self.args = {"seed": seed, "dup_ratio": 0.02, "late_ratio": 0.01, "bad_ratio": 0.01}
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "streams", "generate", "--count", str(count)),
-                *("--rate", str(rate), "--seed", str(seed), "--topic", run.input),
-                *("--dup-ratio", "0.02", "--late-ratio", "0.01", "--bad-ratio", "0.01"),
-            ],
-            env=run.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def finish(self, timeout_s: float = 240) -> str:
-        try:
-            _, err = self.proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-            pytest.fail(f"the publisher did not finish within {timeout_s}s: {err[-3000:]}")
-        assert self.proc.returncode == 0, err[-3000:]
-        return err
-
-
 async def restart(broker: LocalKafka, down_s: float, *, kill: bool) -> None:
     """SIGKILL (or stop) the broker, keep it down for ``down_s``, start it on the same data."""
     if kill:
@@ -89,26 +62,6 @@ async def restart(broker: LocalKafka, down_s: float, *, kill: bool) -> None:
         await asyncio.to_thread(broker.stop)
     await asyncio.sleep(down_s)
     await asyncio.to_thread(broker.start, timeout_s=120)
-
-
-async def assert_nothing_lost(run: PipelineRun, generator: Generator) -> int:
-    """Every generated message is in the input topic; returns how many landed twice.
-
-    A message lands twice only when the publisher had to replace a dead producer and resend
-    what was not acknowledged (see streams.publish.Publisher); the pipeline drops those
-    repeats by event_id, so verify stays exact.
-    """
-    records = await read_topic(run.kafka, run.input)
-    landed = Counter((r.key, r.value) for part in records.values() for r in part)
-    wanted = Counter(
-        (m.key, m.value)
-        for m in generate_messages(generator.count, rate=generator.rate, **generator.args)
-    )
-    lost = wanted - landed
-    assert not lost, f"{sum(lost.values())} published messages are missing"
-    twice = sum((landed - wanted).values())
-    print(f"published {generator.count}, resent and landed twice: {twice}")
-    return twice
 
 
 async def test_exactly_once_survives_broker_sigkill_and_a_long_outage(
