@@ -294,8 +294,11 @@ class Worker:
 
     def fail(self, what: str) -> NoReturn:
         """Ask the stuck worker where it waits (streams.worker.diagnostics), stop it, fail."""
-        self.proc.send_signal(signal.SIGUSR1)
-        time.sleep(2)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 10  # a worker too stuck to answer is killed anyway
+            while "WARNING] tasks:" not in self.log_tail(200_000) and time.monotonic() < deadline:
+                time.sleep(0.1)
         self.proc.kill()
         self.proc.communicate()
         pytest.fail(f"{what}: {self.log_tail(12_000)}")
