@@ -51,6 +51,9 @@ from streams.worker.state import changelog_spec, changelog_topic, restore
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 0.5
+# A partition counts as caught up (for idle advance and --exit-when-idle) only while a fetch
+# response reported its log end within this long (see _fresh_end).
+FRESH_END_S = 1.0
 PROGRESS_EVERY_S = 10.0
 POSITION_WAIT_S = 0.2
 # Deadlines for client calls that aiokafka may otherwise retry forever.
@@ -146,6 +149,8 @@ class Pipeline:
         self.assigned = asyncio.Event()
         self._last_progress = (time.monotonic(), 0)
         self._heads: dict[int, HeadHistory] = {}
+        # Partitions whose log end was fresh at the last tick (see _tick).
+        self._confirmed: set[int] = set()
         self._stop_requested = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -260,6 +265,7 @@ class Pipeline:
             for p in partitions:
                 self.processors.pop(p, None)
                 self._forget_lag(p)
+                self._confirmed.discard(p)
                 self.uncommitted.forget([TopicPartition(self.settings.input_topic, p)])
                 producer = self._txn_producers.pop(p, None)
                 if producer is not None:
@@ -701,12 +707,18 @@ class Pipeline:
         senders: dict[int, BatchSender] = {}
         for p, processor in self.processors.items():
             tp = TopicPartition(topic, p)
-            end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
+            end = self._fresh_end(tp)
             if end is None:
+                self._confirmed.discard(p)
                 continue
             position = await self._position(tp)
             if position is None:
                 continue
+            if p not in self._confirmed:
+                # Its log end is known again (adopted, or after an outage): the time it was
+                # not is no idleness, so the idle timer restarts here.
+                self._confirmed.add(p)
+                processor.touch(wall)
             self._record_lag(p, position, end)
             emitted = processor.tick(wall, caught_up=position >= end)
             sender = self._sender(p, senders)
@@ -737,11 +749,30 @@ class Pipeline:
         assert consumer is not None
         for p in self.processors:
             tp = TopicPartition(self.settings.input_topic, p)
-            end = consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
+            end = self._fresh_end(tp)
             position = await self._position(tp)
             if end is None or position is None or position < end:
                 return False
         return True
+
+    def _fresh_end(self, tp: TopicPartition) -> int | None:
+        """The partition's log end (its last stable offset under exactly_once), if a fetch
+        response reported it within FRESH_END_S; else None.
+
+        Without a broker no response comes, and the last end known stays put: every partition
+        looked caught up and idle, so the idle advance closed every open window early (later
+        events then late) and --exit-when-idle exited with the input unread (seen in CI, a
+        broker SIGKILLed under an at_least_once worker).
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            polled = consumer.last_poll_timestamp(tp)
+        except AssertionError:  # not assigned (a rebalance)
+            return None
+        if polled is None or now_ms() - polled > FRESH_END_S * 1000:
+            return None
+        return consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
 
     async def _position(self, tp: TopicPartition) -> int | None:
         """The consumer's position, or None if it is not known right now.

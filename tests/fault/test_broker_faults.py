@@ -161,3 +161,31 @@ async def test_a_worker_stops_within_the_deadline_with_its_broker_gone_and_loses
         assert_exactly_once(report)
     else:
         assert report.missing == report.wrong == report.extra == 0, report.as_dict()
+
+
+async def test_a_broker_outage_is_no_idleness(
+    own_broker: LocalKafka, faulty_run: Callable[..., PipelineRun]
+) -> None:
+    """While its broker is gone, a worker cannot see whether a partition gets new events: the
+    last log end it knows stays put, so every partition looked caught up and idle. Its idle
+    advance then closed every window early, and --exit-when-idle exited with input to come
+    (seen in CI). Down for longer than the idle timeout, the worker must do neither: events
+    appended once the broker is back fall in the windows still open, and the output is
+    complete."""
+    idle_timeout_s = 10
+    run = faulty_run(partitions=2)
+    await run.create_topics()
+    start = 1_735_689_600_000
+    await run.publish(2_000, seed=71, start_ts=start)  # event times start .. start + 2 s
+    worker = run.start_worker(exit_when_idle=3, STREAMS_IDLE_TIMEOUT_MS=str(idle_timeout_s * 1000))
+    worker.wait_metric_at_least(CONSUMED, 2_000)
+
+    own_broker.kill()
+    await asyncio.sleep(idle_timeout_s + 4)  # the fault: an outage longer than the idle timeout
+    assert worker.proc.poll() is None, f"the worker exited without a broker: {worker.log_tail()}"
+    await asyncio.to_thread(own_broker.start, timeout_s=120)
+    await run.publish(2_000, seed=72, start_ts=start + 2_000)  # the same minute's windows
+
+    worker.finish(timeout_s=240)
+    report = await run.verify()
+    assert report.missing == report.wrong == report.extra == 0, report.as_dict()

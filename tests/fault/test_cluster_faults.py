@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.broker.admin import admin_client, describe_partitions
 from streams.broker.local import LocalCluster
@@ -80,9 +81,32 @@ def progress(worker: Worker, publisher: Generator, events: int) -> int:
 
 
 async def assert_replicated(run: PipelineRun, replicas: int) -> None:
-    """Every partition of the run's topics has ``replicas`` replicas."""
-    partitions = await describe_partitions(run.kafka, await run_topics(run))
+    """Every partition of the run's topics has ``replicas`` replicas, and every topic a
+    min.insync.replicas of one less."""
+    topics = await run_topics(run)
+    partitions = await describe_partitions(run.kafka, topics)
     assert {len(r.replicas) for r in partitions.values()} == {replicas}, partitions
+    wanted = {"min.insync.replicas": None}
+    async with admin_client(run.kafka) as admin:
+        described = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, wanted) for topic in topics]
+        )
+    min_isr = {
+        topic: value
+        for response in described
+        for _, _, _, topic, entries in response.resources
+        for _name, value, *_ in entries
+    }
+    assert min_isr == dict.fromkeys(topics, str(replicas - 1))
+
+
+async def drain_and_audit(run: PipelineRun, publisher: Generator, worker: Worker) -> None:
+    """Publishing ends, the worker processes everything and exits once idle; then nothing
+    published is missing from the input and the output is exact."""
+    publisher.finish()
+    worker.finish(timeout_s=300)
+    await assert_nothing_lost(run, publisher)
+    assert_exactly_once(await run.verify())
 
 
 async def test_the_leader_of_the_runs_partitions_is_sigkilled_and_restarted(
@@ -100,10 +124,7 @@ async def test_the_leader_of_the_runs_partitions_is_sigkilled_and_restarted(
     worker.wait_metric_at_least(CONSUMED, progress(worker, publisher, 10_000), timeout_s=180)
     await asyncio.to_thread(cluster.node(victim).start, timeout_s=120)
 
-    publisher.finish()
-    worker.finish(timeout_s=300)
-    await assert_nothing_lost(run, publisher)
-    assert_exactly_once(await run.verify())
+    await drain_and_audit(run, publisher, worker)
 
 
 async def test_a_rolling_restart_of_every_broker_during_processing(
@@ -122,10 +143,7 @@ async def test_a_rolling_restart_of_every_broker_during_processing(
         # A rolling restart waits for the node to catch up before the next one goes.
         await asyncio.to_thread(cluster.wait_in_sync, timeout_s=120)
 
-    publisher.finish()
-    worker.finish(timeout_s=300)
-    await assert_nothing_lost(run, publisher)
-    assert_exactly_once(await run.verify())
+    await drain_and_audit(run, publisher, worker)
 
 
 async def test_a_broker_gone_for_good(
@@ -141,7 +159,4 @@ async def test_a_broker_gone_for_good(
 
     cluster.node(await busiest_leader(run)).kill()
 
-    publisher.finish()
-    worker.finish(timeout_s=300)
-    await assert_nothing_lost(run, publisher)
-    assert_exactly_once(await run.verify())
+    await drain_and_audit(run, publisher, worker)
