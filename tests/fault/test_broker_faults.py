@@ -113,6 +113,11 @@ async def test_at_least_once_is_complete_after_broker_sigkill(
         ("at_least_once", signal.SIGINT, "killed"),
         ("exactly_once", signal.SIGTERM, "shutting down"),
     ],
+    ids=[
+        "exactly_once-SIGTERM-killed",
+        "at_least_once-SIGINT-killed",
+        "exactly_once-SIGTERM-stopping",
+    ],
 )
 async def test_a_worker_stops_within_the_deadline_with_its_broker_gone_and_loses_nothing(
     own_broker: LocalKafka,
