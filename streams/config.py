@@ -55,7 +55,13 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 
 @dataclass(frozen=True)
 class KafkaSettings:
-    """How to reach and authenticate to the brokers. Secrets never appear in ``repr``."""
+    """How to reach and authenticate to the brokers, and how to replicate the topics the
+    project creates there. Secrets never appear in ``repr``.
+
+    ``replication_factor`` (``STREAMS_REPLICATION_FACTOR``) is None for the default, min(3,
+    brokers in the cluster), decided when a topic is created
+    (:func:`streams.broker.admin.ensure_topics`).
+    """
 
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: str = "PLAINTEXT"
@@ -65,10 +71,11 @@ class KafkaSettings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    replication_factor: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
-        """Read ``KAFKA_*`` variables."""
+        """Read ``KAFKA_*`` variables and ``STREAMS_REPLICATION_FACTOR``."""
         env = os.environ if env is None else env
         protocol = _choice(env, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", SECURITY_PROTOCOLS)
         mechanism = env.get("KAFKA_SASL_MECHANISM") or None
@@ -88,6 +95,9 @@ class KafkaSettings:
             ssl_cafile=env.get("KAFKA_SSL_CAFILE") or None,
             ssl_certfile=env.get("KAFKA_SSL_CERTFILE") or None,
             ssl_keyfile=env.get("KAFKA_SSL_KEYFILE") or None,
+            replication_factor=_int(env, "STREAMS_REPLICATION_FACTOR", 3, minimum=1)
+            if env.get("STREAMS_REPLICATION_FACTOR")
+            else None,
         )
 
     @property

@@ -10,7 +10,10 @@ reports, per scenario, the median round.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -111,20 +114,32 @@ def environment() -> dict[str, str]:
         "kafka": KAFKA_VERSION,
         "streams": __version__,
         "cpu": cpu,
-        "cores": str(len(__import__("os").sched_getaffinity(0))),
+        "cores": str(len(os.sched_getaffinity(0))),
     }
 
 
-def _child(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def run_scenario(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Run one scenario in a child process; returns the measurements it prints."""
     cmd = [sys.executable, "-m", "streams.bench.scenarios", orjson.dumps(args).decode()]
+    # Each scenario runs in a process group of its own, killed whole however the scenario
+    # ends. The state scenario starts `streams worker` processes; a scenario killed at its
+    # timeout, or a bench interrupted, used to leave them running (an exactly_once worker was
+    # found alive ten minutes after a bench).
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise StreamsError(f"bench scenario {args['scenario']} ran over {timeout_s:.0f}s") from None
-    if done.returncode != 0 or not done.stdout.strip():
-        tail = " | ".join(done.stderr.strip().splitlines()[-6:])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if proc.returncode != 0 or not stdout.strip():
+        tail = " | ".join(stderr.strip().splitlines()[-6:])
         raise StreamsError(f"bench scenario {args['scenario']} failed: {tail}")
-    return dict(orjson.loads(done.stdout.strip().splitlines()[-1]))
+    return dict(orjson.loads(stdout.strip().splitlines()[-1]))
 
 
 async def run_bench(
@@ -176,12 +191,12 @@ async def run_bench(
                 continue  # faust-naive is slow and far from every ratio: once is enough
             progress(f"running {name} (round {round_} of {config.rounds})")
             args = {**base, **plan, "app_id": f"bench-{run_id}-{name}-{round_}"}
-            out = _child(args, timeout_s=1800)
+            out = run_scenario(args, timeout_s=1800)
             if "stalled" in out and out["events"] < args["events"]:
                 # Faust's own start-up or stop stalled (see scenarios.FAUST_STALL_S): it is the
                 # baseline, not what is measured; try once more, and say so in the results.
                 progress(f"{name} stalled ({out['stalled']}); running it again")
-                out = _child({**args, "app_id": f"{args['app_id']}-retry"}, timeout_s=1800)
+                out = run_scenario({**args, "app_id": f"{args['app_id']}-retry"}, timeout_s=1800)
                 out["retried_after"] = args["app_id"]
             results.append(_row(name, out, round_))
         if "limit" in config.scenarios and set(PIPELINES) & set(config.scenarios):
@@ -189,7 +204,7 @@ async def run_bench(
             # in runs an hour apart): measure it again after the pipelines, compare to the mean.
             progress(f"running limit again (round {round_})")
             args = {**base, "scenario": "limit", "app_id": f"bench-{run_id}-limit-again-{round_}"}
-            results.append(_row("limit-again", _child(args, timeout_s=1800), round_))
+            results.append(_row("limit-again", run_scenario(args, timeout_s=1800), round_))
     if "latency" in config.scenarios:
         alo = [r.events_per_second for r in results if r.scenario == "pipeline-alo"]
         rate = config.latency_rate or (statistics.median(alo) / 2 if alo else 5_000.0)
@@ -202,11 +217,11 @@ async def run_bench(
             "seconds": config.latency_seconds,
             "guarantee": "at_least_once",
         }
-        results.append(_row("latency", _child(args, timeout_s=600), config.rounds))
+        results.append(_row("latency", run_scenario(args, timeout_s=600), config.rounds))
     if "state" in config.scenarios:
         progress(f"running state: a worker holding {config.events:,} distinct keys")
         args = {**base, "scenario": "state", "app_id": f"bench-{run_id}-state"}
-        results.append(_row("state", _child(args, timeout_s=1800), config.rounds))
+        results.append(_row("state", run_scenario(args, timeout_s=1800), config.rounds))
     return results
 
 

@@ -223,9 +223,10 @@ def run_soak(
             raise RuntimeError(f"the publisher failed; see {log_dir / 'publisher.log'}")
         worker.send_signal(signal.SIGTERM)
         worker.communicate(timeout=120)
-        final, _ = soak.start_worker(exit_when_idle=5)
-        final.communicate(timeout=600)
-        if final.returncode != 0:
+        # The last worker is `worker` too, so that the clean-up below kills it if it hangs.
+        worker, _ = soak.start_worker(exit_when_idle=5)
+        worker.communicate(timeout=600)
+        if worker.returncode != 0:
             raise RuntimeError(f"the last worker failed; see {log_dir}")
     finally:
         for proc in (publisher, worker):

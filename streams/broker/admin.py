@@ -21,7 +21,7 @@ from aiokafka.errors import (
 )
 
 from streams.config import KafkaSettings, Settings
-from streams.errors import BrokerError
+from streams.errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +139,31 @@ async def start_client(client: Any, kafka: KafkaSettings, timeout_s: float = 20.
         raise (known or await diagnose(kafka)) from None
 
 
-async def stop_within(client: Any, timeout_s: float, *, level: int = logging.WARNING) -> None:
-    """Stop a producer or consumer; one stuck in a retry loop (or whose sender died) is
-    abandoned after ``timeout_s``, with a log line at ``level``."""
+async def stop_within(client: Any, timeout_s: float, *, level: int = logging.WARNING) -> bool:
+    """Stop a producer or consumer within ``timeout_s``; True when it stopped cleanly.
+
+    One stuck in a retry loop (or whose sender died) is abandoned at the deadline, with a log
+    line at ``level``: its stop is cancelled but not waited for, since a client busy retrying
+    against a broker that does not answer may not honour the cancellation promptly. A stop
+    that fails is logged the same way and never raises — not even the ``CancelledError``
+    aiokafka's ``consumer.stop()`` lets escape when a fetch was in flight (its fetcher cancels
+    and awaits its own tasks): raised, it skipped the rest of the worker's shutdown.
+    """
+    stopping = asyncio.ensure_future(client.stop())
     try:
-        await asyncio.wait_for(client.stop(), timeout_s)
-    except Exception as exc:
-        log.log(level, "a Kafka client did not stop within %.0fs (%r); abandoned", timeout_s, exc)
+        await asyncio.wait({stopping}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        stopping.cancel()
+        raise
+    if not stopping.done():
+        stopping.cancel()
+        log.log(level, "a Kafka client did not stop within %.0fs; abandoned", timeout_s)
+        return False
+    failure = "its stop was cancelled" if stopping.cancelled() else stopping.exception()
+    if failure is not None:
+        log.log(level, "a Kafka client did not stop cleanly (%s)", failure)
+        return False
+    return True
 
 
 @contextlib.asynccontextmanager
@@ -163,11 +181,32 @@ async def admin_client(
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """A topic the project creates: name, partitions and topic-level configs."""
+    """A topic the project creates: name, partitions and topic-level configs.
+
+    ``copartitioned_with`` names the topic whose partition p this topic's partition p belongs
+    to (a changelog holds the state of its input's partition p; a repartition topic feeds it):
+    such a topic fits only with exactly ``partitions`` partitions, and an existing one that
+    has another count stops its creator with one line. Any other topic fits with any count.
+    """
 
     name: str
     partitions: int
     configs: dict[str, str] = field(default_factory=dict)
+    copartitioned_with: str | None = None
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """Where a partition lives: its leader, its replicas and those in sync."""
+
+    leader: int
+    replicas: tuple[int, ...]
+    in_sync: tuple[int, ...]
+
+
+# Kafka's own topics cannot be replicated more than the cluster has brokers; three copies
+# survive the loss of one with min.insync.replicas = 2 still met.
+DEFAULT_MAX_REPLICATION = 3
 
 
 def pipeline_topics(settings: Settings) -> list[TopicSpec]:
@@ -176,15 +215,30 @@ def pipeline_topics(settings: Settings) -> list[TopicSpec]:
     return [TopicSpec(name, settings.partitions) for name in names]
 
 
-async def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created."""
+async def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec]) -> dict[str, int]:
+    """Create the topics that do not exist yet; returns those created, with their replication.
+
+    Every topic the project creates is created here. Its replication factor is
+    ``STREAMS_REPLICATION_FACTOR`` (:attr:`KafkaSettings.replication_factor`), by default
+    min(3, the brokers the cluster reports), and with two or more replicas its
+    ``min.insync.replicas`` is one less: acks=all writes survive the loss of one broker. An
+    existing co-partitioned topic with the wrong partition count raises a BrokerError.
+    """
     specs = list(specs)
     async with admin_client(kafka) as admin:
         existing = set(await admin.list_topics())
+        _check_copartitioned(
+            await _partition_counts(admin, [s.name for s in specs if s.name in existing]), specs
+        )
         missing = [s for s in specs if s.name not in existing]
         if not missing:
-            return []
-        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in missing]
+            return {}
+        replicas = await _replication_factor(admin, kafka)
+        isr = {"min.insync.replicas": str(replicas - 1)} if replicas >= 2 else {}
+        new = [
+            NewTopic(s.name, s.partitions, replicas, topic_configs={**isr, **s.configs})
+            for s in missing
+        ]
         try:
             await admin.create_topics(new)
         except TopicAlreadyExistsError:
@@ -193,7 +247,69 @@ async def ensure_topics(kafka: KafkaSettings, specs: Iterable[TopicSpec]) -> lis
             raise BrokerError(
                 f"could not create topics {[s.name for s in missing]}: {exc}"
             ) from None
-        return [s.name for s in missing]
+        return {s.name: replicas for s in missing}
+
+
+async def _replication_factor(admin: AIOKafkaAdminClient, kafka: KafkaSettings) -> int:
+    brokers = len((await admin.describe_cluster())["brokers"])
+    wanted = kafka.replication_factor
+    if wanted is None:
+        return max(1, min(DEFAULT_MAX_REPLICATION, brokers))
+    if wanted > brokers:
+        raise ConfigError(
+            f"STREAMS_REPLICATION_FACTOR={wanted} needs {wanted} brokers, but the cluster at "
+            f"{kafka.bootstrap_servers} has {brokers}; lower it, or unset it for "
+            f"min({DEFAULT_MAX_REPLICATION}, brokers)"
+        )
+    return wanted
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    if not topics:
+        return {}
+    described = await admin.describe_topics(topics)
+    return {
+        t["topic"]: len(t["partitions"])
+        for t in described
+        if t.get("error_code", 0) == 0 and t.get("partitions")
+    }
+
+
+def _check_copartitioned(counts: dict[str, int], specs: list[TopicSpec]) -> None:
+    for spec in specs:
+        has = counts.get(spec.name)
+        source = spec.copartitioned_with
+        if source is None or has is None or has == spec.partitions:
+            continue
+        if has < spec.partitions:
+            fix = (
+                f"if partitions were added to {source} while no worker ran, add them to "
+                f"{spec.name} too (kafka-topics.sh --alter --partitions {spec.partitions}); "
+                f"if {source} was recreated, delete {spec.name}"
+            )
+        else:
+            fix = f"{source} was recreated with fewer partitions? delete {spec.name}"
+        raise BrokerError(
+            f"topic {spec.name} has {has} partitions but must have {spec.partitions}, as many "
+            f"as {source} (its partition p belongs to partition p of {source}): {fix} (what "
+            "it holds belongs to the old topic), or use a new STREAMS_APP_ID"
+        )
+
+
+async def describe_partitions(
+    kafka: KafkaSettings, topics: Iterable[str] | None = None
+) -> dict[tuple[str, int], Replicas]:
+    """Leader, replicas and in-sync replicas of each partition of ``topics`` (of every topic,
+    Kafka's own included, when None); a partition without a leader has leader -1."""
+    async with admin_client(kafka) as admin:
+        names = list(topics) if topics is not None else await admin.list_topics()
+        described = await admin.describe_topics(names) if names else []
+    return {
+        (t["topic"], p["partition"]): Replicas(p["leader"], tuple(p["replicas"]), tuple(p["isr"]))
+        for t in described
+        if t.get("error_code", 0) == 0
+        for p in t["partitions"]
+    }
 
 
 async def topic_partitions(kafka: KafkaSettings, topic: str) -> list[int]:
@@ -271,11 +387,5 @@ async def topic_limits(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str,
 
 async def partition_counts(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
     """Partition count of each existing topic among ``topics`` (missing ones are left out)."""
-    names = list(dict.fromkeys(topics))
     async with admin_client(kafka) as admin:
-        described = await admin.describe_topics(names)
-    return {
-        info["topic"]: len(info["partitions"])
-        for info in described
-        if info.get("error_code", 0) == 0 and info.get("partitions")
-    }
+        return await _partition_counts(admin, list(dict.fromkeys(topics)))

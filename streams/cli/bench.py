@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+from typing import Any
 
 import click
 import orjson
@@ -12,6 +14,10 @@ from rich.table import Table
 
 from streams.bench.runner import ALL_SCENARIOS, BenchConfig, environment, run_bench, summarise
 from streams.config import KafkaSettings
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 @click.command(name="bench")
@@ -66,6 +72,9 @@ def command(
         rounds=rounds,
     )
     err = Console(stderr=True)
+    # SIGTERM (from `timeout`, a CI runner) ends the bench through its clean-up, which kills
+    # the running scenario's process group (streams.bench.runner); by default it would not.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     results = asyncio.run(run_bench(config, progress=lambda msg: err.print(f"[dim]{msg}[/dim]")))
     rows = summarise(results)
     expected = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections import defaultdict
@@ -44,7 +45,7 @@ from aiokafka.protocol.api import Request
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 
-from streams.broker.admin import admin_client, start_client, unreachable
+from streams.broker.admin import admin_client, start_client, stop_within, unreachable
 from streams.config import KafkaSettings
 from streams.errors import BrokerError
 from streams.lag.snapshot import GroupOffsets, Member, PartitionId, Snapshot
@@ -113,8 +114,10 @@ class LagCollector:
         tb: TracebackType | None,
     ) -> None:
         if self._probe is not None:
-            with contextlib.suppress(Exception):
-                await self._probe.stop()
+            # Not a bare stop(): after a failed fetch, aiokafka's consumer.stop() can raise a
+            # CancelledError, which no `except Exception` stops: it would end the exporter
+            # on the way out of a failed poll (streams.broker.admin.stop_within).
+            await stop_within(self._probe, self.timeout_s, level=logging.DEBUG)
         await self._stack.aclose()
 
     @property

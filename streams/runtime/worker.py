@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from streams.broker.admin import start_client, stop_within, topic_limits
 from streams.broker.batches import Refused
 from streams.broker.records import use_raw_records
+from streams.broker.uncommitted import Uncommitted
 from streams.config import Settings
 from streams.core.compile import Compiled, compile_segment
 from streams.core.decode import TopicDecoder
@@ -74,6 +75,9 @@ class Worker:
         self.metrics = metrics
         self.health = health
         metrics.ready.set_function(lambda: float(health.ready()))
+        # Fetched and not yet committed: what a stop now leaves to the next owner.
+        self.uncommitted = Uncommitted()
+        metrics.buffered.set_function(self.uncommitted.total)
         self.stats = RunStats()
         self.eos = settings.guarantee == "exactly_once"
         self.assigned = asyncio.Event()
@@ -193,13 +197,19 @@ class Worker:
         self.health.stopping = True
         # Not under the lock: stopping the consumer waits for its coordinator, which may be in
         # a rebalance calling on_revoked/on_assigned, which take the lock (a deadlock, seen).
-        if self._consumer is not None:
-            await stop_within(self._consumer, CLOSE_TIMEOUT_S * 3)
-        async with self._lock:
-            if self._committer is not None:
-                for producer in self._committer.clients():
-                    await stop_within(producer, CLOSE_TIMEOUT_S)
-        await self._tables.stop()
+        # All clients at once, each within CLOSE_TIMEOUT_S: against a broker that does not
+        # answer, one deadline in all instead of one per client (six transactional producers
+        # took a minute), inside the stop deadline (streams.worker.shutdown). Not under the
+        # lock: stopping the consumer waits for its coordinator, which may be in a rebalance
+        # calling on_revoked/on_assigned, which take the lock (a deadlock, seen). The run loop
+        # has ended, so no batch uses the producers.
+        clients: list[Any] = [self._consumer]
+        if self._committer is not None:
+            clients += self._committer.clients()
+        await asyncio.gather(
+            *(stop_within(c, CLOSE_TIMEOUT_S) for c in clients if c is not None),
+            self._tables.stop(),
+        )
 
     async def run(
         self, *, exit_when_idle_s: float | None = None, stop_after: int | None = None
@@ -255,6 +265,7 @@ class Worker:
             for tp in revoked:
                 self._forget_lag(tp)
                 self._confirmed.discard(tp)
+            self.uncommitted.forget(revoked)
             self._update_state_gauges()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -295,8 +306,7 @@ class Worker:
         layout = self._layout
         assert layout is not None
         if any(tp.partition >= layout.partitions.get(tp.topic, 0) for tp in tps):
-            grown = await topics.prepare(self.settings.kafka, self.plan, self.settings.partitions)
-            layout.partitions.update(grown.partitions)
+            await topics.follow_growth(self.settings.kafka, self.plan, layout.partitions)
         assert self._committer is not None
         await self._committer.open(tps)
 
@@ -330,11 +340,11 @@ class Worker:
             task = active.get(tp)
             if task is None or not records:
                 continue  # not adopted yet: it is re-fetched from where its state stands
-            self.metrics.buffered.inc(len(records))
             outputs, changelog = batch.senders(tp)
             dlq = self._dlq_of_input[tp.topic]
             await run_partition(task, records, wall, collector, outputs, changelog, dlq)
             offsets[tp] = records[-1].offset + 1
+            self.uncommitted.fetched(tp, records[0].offset, offsets[tp], len(records))
             consumed[tp.topic] = consumed.get(tp.topic, 0) + len(records)
             self._processed += len(records)
             last_ts = records[-1].timestamp
@@ -344,7 +354,7 @@ class Worker:
             return
 
         def committed() -> None:
-            self.metrics.buffered.dec(sum(consumed.values()))
+            self.uncommitted.committed(offsets)
             self.last_work = time.monotonic()
             self._update_state_gauges()
             total = sum(consumed.values())
@@ -434,6 +444,8 @@ class Worker:
         manager = self.tasks
         for tp in tps:
             manager.active.pop(tp, None)
+        # Rewound to where their state stands: what was fetched is fetched again.
+        self.uncommitted.forget(tps)
         assert self._consumer is not None
         mine = {tp for tp in tps if tp in self._consumer.assignment()}
         gone = tps - mine

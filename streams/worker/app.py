@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
 import faust
@@ -21,11 +20,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.broker.local import port_in_use
 from streams.config import Settings
-from streams.errors import ConfigError, StreamsError
+from streams.errors import ConfigError
 from streams.faust_codec import register
 from streams.runtime.health import RunStats
 from streams.runtime.worker import Worker
 from streams.worker.diagnostics import install_task_dump
+from streams.worker.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -73,30 +73,32 @@ def build_app(settings: Settings, pipeline: Worker, *, exit_when_idle_s: float |
 
     @app.task
     async def run_pipeline() -> None:
-        loop = asyncio.get_running_loop()
-        install_task_dump(loop)
-        # SIGTERM/SIGINT end the run loop after its current batch; the worker then stops the
-        # way an idle exit does (commit, leave the group, close). Faust's own handler stops
-        # services first and cancels this task last, which under load took minutes (seen in
-        # CI); this path is the one every test exercises.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, pipeline.request_stop)
+        install_task_dump(asyncio.get_running_loop())
+        # SIGTERM/SIGINT: the batch in hand, then bounded closes, within a deadline whether or
+        # not a broker answers (streams.worker.shutdown); Faust's own handler stopped its
+        # services first and cancelled this task last, which under load took minutes.
+        shutdown = Shutdown(pipeline.request_stop, pipeline.uncommitted)
+        shutdown.install(asyncio.get_running_loop())
         try:
-            await pipeline.start()
-            # From here on a client error is news worth a log line; before, the failure is
-            # reported once, as a StreamsError.
-            logging.getLogger("aiokafka").setLevel(logging.ERROR)
-            outcome["stats"] = await pipeline.run(exit_when_idle_s=exit_when_idle_s)
-        except StreamsError as exc:
+            await shutdown.guard(_start_and_run(pipeline, exit_when_idle_s))
+        except Exception as exc:  # a StreamsError is one line; anything else is a bug
             outcome["error"] = exc
         finally:
-            with contextlib.suppress(Exception):
-                await pipeline.stop()
-            if "stats" in outcome or "error" in outcome:
-                stopping = asyncio.ensure_future(outcome["worker"].stop())
-                outcome["stopping"] = stopping
+            await shutdown.close(pipeline.stop)
+            # Always, whatever ended the run: a Faust worker left running serves /metrics with
+            # no pipeline behind it and ignores SIGTERM (seen when a CancelledError escaping
+            # aiokafka's consumer.stop() skipped this).
+            outcome["stopping"] = asyncio.ensure_future(outcome["worker"].stop())
 
     return app, outcome
+
+
+async def _start_and_run(worker: Worker, exit_when_idle_s: float | None) -> RunStats:
+    await worker.start()
+    # From here on a client error is news worth a log line; before, the failure is reported
+    # once, as a StreamsError.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    return await worker.run(exit_when_idle_s=exit_when_idle_s)
 
 
 def run(

@@ -1,5 +1,6 @@
 """The broker itself fails: SIGKILLed and restarted on the same data dir, and stopped for longer
-than every client timeout — while a publisher and a worker run.
+than every client timeout — while a publisher and a worker run; and a worker is stopped while
+its broker is gone.
 
 These tests need a broker they may kill, so they start their own local one (never the shared
 session broker, nor a ``KAFKA_BOOTSTRAP_SERVERS`` cluster) and fail loudly when they cannot.
@@ -11,17 +12,23 @@ at_least_once.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
-import sys
-from collections import Counter
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from streams.broker.local import LocalKafka
-from streams.broker.reading import read_topic
-from streams.generator import generate_messages
-from tests.conftest import PipelineRun, assert_exactly_once, pipeline_runs, start_broker
+from streams.worker.shutdown import STOP_DEADLINE_S
+from tests.conftest import (
+    Generator,
+    PipelineRun,
+    assert_exactly_once,
+    assert_nothing_lost,
+    pipeline_runs,
+    start_broker,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -47,36 +54,6 @@ def faulty_run(
     yield from pipeline_runs(own_broker.bootstrap, unique_name)
 
 
-class Generator:
-    """``streams generate --topic`` publishing at a steady rate in a subprocess."""
-
-    def __init__(self, run: PipelineRun, count: int, rate: int, seed: int) -> None:
-        self.count = count
-        self.rate = rate
-        self.args = {"seed": seed, "dup_ratio": 0.02, "late_ratio": 0.01, "bad_ratio": 0.01}
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "streams", "generate", "--count", str(count)),
-                *("--rate", str(rate), "--seed", str(seed), "--topic", run.input),
-                *("--dup-ratio", "0.02", "--late-ratio", "0.01", "--bad-ratio", "0.01"),
-            ],
-            env=run.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def finish(self, timeout_s: float = 240) -> str:
-        try:
-            _, err = self.proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-            pytest.fail(f"the publisher did not finish within {timeout_s}s: {err[-3000:]}")
-        assert self.proc.returncode == 0, err[-3000:]
-        return err
-
-
 async def restart(broker: LocalKafka, down_s: float, *, kill: bool) -> None:
     """SIGKILL (or stop) the broker, keep it down for ``down_s``, start it on the same data."""
     if kill:
@@ -85,26 +62,6 @@ async def restart(broker: LocalKafka, down_s: float, *, kill: bool) -> None:
         await asyncio.to_thread(broker.stop)
     await asyncio.sleep(down_s)
     await asyncio.to_thread(broker.start, timeout_s=120)
-
-
-async def assert_nothing_lost(run: PipelineRun, generator: Generator) -> int:
-    """Every generated message is in the input topic; returns how many landed twice.
-
-    A message lands twice only when the publisher had to replace a dead producer and resend
-    what was not acknowledged (see streams.publish.Publisher); the pipeline drops those
-    repeats by event_id, so verify stays exact.
-    """
-    records = await read_topic(run.kafka, run.input)
-    landed = Counter((r.key, r.value) for part in records.values() for r in part)
-    wanted = Counter(
-        (m.key, m.value)
-        for m in generate_messages(generator.count, rate=generator.rate, **generator.args)
-    )
-    lost = wanted - landed
-    assert not lost, f"{sum(lost.values())} published messages are missing"
-    twice = sum((landed - wanted).values())
-    print(f"published {generator.count}, resent and landed twice: {twice}")
-    return twice
 
 
 async def test_exactly_once_survives_broker_sigkill_and_a_long_outage(
@@ -147,3 +104,93 @@ async def test_at_least_once_is_complete_after_broker_sigkill(
     assert report.wrong == 0, report.as_dict()
     assert report.extra == 0, report.as_dict()
     assert report.exact(allow_duplicates=True), report.as_dict()
+
+
+@pytest.mark.parametrize(
+    ("guarantee", "signum", "broker_goes"),
+    [
+        ("exactly_once", signal.SIGTERM, "killed"),
+        ("at_least_once", signal.SIGINT, "killed"),
+        ("exactly_once", signal.SIGTERM, "shutting down"),
+    ],
+    ids=[
+        "exactly_once-SIGTERM-killed",
+        "at_least_once-SIGINT-killed",
+        "exactly_once-SIGTERM-stopping",
+    ],
+)
+async def test_a_worker_stops_within_the_deadline_with_its_broker_gone_and_loses_nothing(
+    own_broker: LocalKafka,
+    faulty_run: Callable[..., PipelineRun],
+    guarantee: str,
+    signum: signal.Signals,
+    broker_goes: str,
+) -> None:
+    """The broker goes (SIGKILL, or a clean shutdown under way) while the worker is busy with
+    a backlog, then the worker is told to stop: it exits by the orderly path within the
+    documented deadline, saying in one line what it could not commit. With the broker back, a
+    new worker re-reads that and the output is complete (exact under exactly_once)."""
+    run = faulty_run(partitions=3)
+    await run.create_topics()
+    await run.publish(150_000, seed=33, dup_ratio=0.02, late_ratio=0.01, bad_ratio=0.01)
+    worker = run.start_worker(STREAMS_GUARANTEE=guarantee)
+    worker.wait_metric_at_least(CONSUMED, 20_000)
+
+    broker_gone: asyncio.Future[None] | None = None
+    try:
+        if broker_goes == "killed":
+            own_broker.kill()
+        else:
+            broker_gone = asyncio.ensure_future(asyncio.to_thread(own_broker.stop))
+        signalled = time.monotonic()
+        worker.proc.send_signal(signum)
+        try:
+            await asyncio.to_thread(worker.proc.wait, STOP_DEADLINE_S + 15)
+        except subprocess.TimeoutExpired:
+            worker.fail(f"the worker did not exit within {STOP_DEADLINE_S + 15:.0f}s of {signum!r}")
+        took = time.monotonic() - signalled
+        print(f"{guarantee}, broker {broker_goes}: exited {took:.1f}s after {signum.name}")
+        log = worker.log_tail(100_000)
+        assert worker.proc.returncode == 0, log[-3000:]  # the orderly path, not the watchdog
+        assert took < STOP_DEADLINE_S, log[-3000:]
+        assert f"after {signum.name}: " in log, log[-3000:]  # the line on what was not committed
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        if broker_gone is not None:
+            await broker_gone
+        await asyncio.to_thread(own_broker.start, timeout_s=120)
+
+    run.start_worker(exit_when_idle=5, STREAMS_GUARANTEE=guarantee).finish(timeout_s=240)
+    report = await run.verify()
+    if guarantee == "exactly_once":
+        assert_exactly_once(report)
+    else:
+        assert report.missing == report.wrong == report.extra == 0, report.as_dict()
+
+
+async def test_a_broker_outage_is_no_idleness(
+    own_broker: LocalKafka, faulty_run: Callable[..., PipelineRun]
+) -> None:
+    """While its broker is gone, a worker cannot see whether a partition gets new events: the
+    last log end it knows stays put, so every partition looked caught up and idle. Its idle
+    advance then closed every window early, and --exit-when-idle exited with input to come
+    (seen in CI). Down for longer than the idle timeout, the worker must do neither: events
+    appended once the broker is back fall in the windows still open, and the output is
+    complete."""
+    idle_timeout_s = 10
+    run = faulty_run(partitions=2)
+    await run.create_topics()
+    start = 1_735_689_600_000
+    await run.publish(2_000, seed=71, start_ts=start)  # event times start .. start + 2 s
+    worker = run.start_worker(exit_when_idle=3, STREAMS_IDLE_TIMEOUT_MS=str(idle_timeout_s * 1000))
+    worker.wait_metric_at_least(CONSUMED, 2_000)
+
+    own_broker.kill()
+    await asyncio.sleep(idle_timeout_s + 4)  # the fault: an outage longer than the idle timeout
+    assert worker.proc.poll() is None, f"the worker exited without a broker: {worker.log_tail()}"
+    await asyncio.to_thread(own_broker.start, timeout_s=120)
+    await run.publish(2_000, seed=72, start_ts=start + 2_000)  # the same minute's windows
+
+    worker.finish(timeout_s=240)
+    report = await run.verify()
+    assert report.missing == report.wrong == report.extra == 0, report.as_dict()

@@ -6,8 +6,12 @@ only guards the harness against rot.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -81,3 +85,52 @@ def test_bench_runs_every_scenario_on_every_event(project_env: dict[str, str]) -
         assert row["events_per_second"] > 0
         assert row["seconds"] > 0
     assert {"date", "python", "kafka", "cpu"} <= set(report["environment"])
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Live processes whose environment holds ``marker`` (the bench's and its children's)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_a_stopped_bench_leaves_no_worker_behind(project_env: dict[str, str]) -> None:
+    """SIGTERM to the bench while its state scenario runs a `streams worker`: the bench exits
+    and takes the scenario's whole process group with it (a worker used to be left running)."""
+    marker = f"STREAMS_BENCH_TEST={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "streams", "bench", "--scenario", "state", "--events", "300000"],
+        env={**project_env, name: value},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(_is_worker(pid) for pid in _processes_with(marker)):
+            assert bench.poll() is None, bench.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the state scenario started no worker in 120s"
+            time.sleep(0.1)
+        bench.send_signal(signal.SIGTERM)
+        bench.communicate(timeout=60)
+        assert bench.returncode == 128 + signal.SIGTERM
+        assert _processes_with(marker) == []
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.communicate()
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

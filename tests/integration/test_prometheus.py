@@ -110,16 +110,25 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Pr
         prometheus.stop()
 
 
-def start_exporter(run: PipelineRun) -> tuple[subprocess.Popen[str], int]:
-    """``streams lag-exporter`` on a free port, watching only this run's group."""
+def start_exporter(run: PipelineRun, log_path: Path) -> tuple[subprocess.Popen[str], int]:
+    """``streams lag-exporter`` on a free port, watching only this run's group.
+
+    Its log goes to a file: a pipe nobody reads while it runs would block it once full (it
+    logs a line per failed poll, two a second here).
+    """
     port = free_port()
     cmd = [sys.executable, "-m", "streams", "lag-exporter", "--port", str(port)]
     cmd += ["--bind", "127.0.0.1", "--interval", "0.5", "--window", "5"]
     cmd += ["--group-pattern", re.escape(run.app_id)]
-    proc = subprocess.Popen(
-        cmd, env=run.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, env=run.env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     return proc, port
+
+
+def scrape(port: int) -> str:
+    """A process's ``/metrics`` text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -132,8 +141,11 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-async def wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> None:
-    """Poll ``check`` without blocking the loop until it holds; fail after ``timeout_s``."""
+async def wait_for(
+    what: str, check: Callable[[], bool], timeout_s: float, why: Callable[[], str] = str
+) -> None:
+    """Poll ``check`` without blocking the loop until it holds; fail after ``timeout_s``,
+    with what ``why`` tells about the process waited on."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -142,13 +154,14 @@ async def wait_for(what: str, check: Callable[[], bool], timeout_s: float) -> No
         except OSError:
             pass
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout_s}s")
+            pytest.fail(f"{what} within {timeout_s}s: {why()}")
         await asyncio.sleep(0.5)
 
 
 async def test_every_dashboard_and_alert_expression_returns_data(
     pipeline_run: Callable[..., PipelineRun],
     prometheus_factory: Callable[[dict[str, str]], Prometheus],
+    tmp_path: Path,
 ) -> None:
     require("prometheus")
     run = pipeline_run(partitions=3)
@@ -156,8 +169,22 @@ async def test_every_dashboard_and_alert_expression_returns_data(
     # Invalid and late events too, so dead-letter and late counters move.
     await run.publish(3000, seed=11, bad_ratio=0.05, late_ratio=0.02, dup_ratio=0.02)
     worker = run.start_worker()
-    exporter, exporter_port = start_exporter(run)
+    exporter_log = tmp_path / "lag-exporter.log"
+    exporter, exporter_port = start_exporter(run, exporter_log)
+
+    def exporter_says() -> str:
+        return (
+            f"exporter {'alive' if exporter.poll() is None else 'exited'}; its log: "
+            + (exporter_log.read_text(errors="replace")[-3000:])
+        )
+
     try:
+        # Each process gets a deadline of its own for its own part, in order: the worker has
+        # joined its group and processed the first events (its start has no bound here: a
+        # slow one used to eat into the exporter's 30 s), the exporter reports the group,
+        # then Prometheus has scraped it.
+        await asyncio.to_thread(worker.wait_metric_at_least, "streams_worker_ready", 1)
+        await asyncio.to_thread(worker.wait_metric_at_least, "streams_events_consumed_total", 3000)
         prometheus = prometheus_factory(
             {
                 "streams-worker": f"127.0.0.1:{worker.port}",
@@ -172,12 +199,18 @@ async def test_every_dashboard_and_alert_expression_returns_data(
         await wait_for("both scrape targets up", targets_up, 45)
         # Traffic while Prometheus watches: rates move and the group has lag to report.
         await run.publish(3000, seed=12, bad_ratio=0.05, late_ratio=0.02)
+        sum_lag = f'kafka_consumergroup_group_sum_lag{{group="{run.app_id}"}}'
         await wait_for(
-            "the worker's group in the exporter's metrics",
-            lambda: bool(
-                prometheus.query(f'kafka_consumergroup_group_sum_lag{{group="{run.app_id}"}}')
-            ),
+            "the worker's group in the exporter's /metrics",
+            lambda: sum_lag in scrape(exporter_port),
             30,
+            exporter_says,
+        )
+        await wait_for(
+            "the worker's group in Prometheus",
+            lambda: bool(prometheus.query(sum_lag)),
+            30,
+            lambda: f"targets: {prometheus.api('targets')['activeTargets']}",
         )
 
         rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
@@ -199,7 +232,7 @@ async def test_every_dashboard_and_alert_expression_returns_data(
         assert not missing, "expressions without data:\n" + "\n".join(
             f"{where}: {expr}" for where, expr in missing.items()
         )
-        assert exporter.poll() is None, exporter.stderr.read() if exporter.stderr else ""
+        assert exporter.poll() is None, exporter_says()
         stop(exporter)
         assert exporter.returncode == 0, "the exporter did not exit cleanly on SIGTERM"
     finally:

@@ -46,6 +46,8 @@ def test_missing_broker_is_one_line(args: tuple[str, ...]) -> None:
         ("STREAMS_METRICS_PORT", "0", "is below the minimum 1"),
         ("STREAMS_METRICS_PORT", "70000", "is above the maximum 65535"),
         ("STREAMS_METADATA_REFRESH_MS", "10", "is below the minimum 1000"),
+        ("STREAMS_REPLICATION_FACTOR", "three", "is not an integer"),
+        ("STREAMS_REPLICATION_FACTOR", "0", "is below the minimum 1"),
     ],
 )
 def test_bad_setting_is_one_line_naming_it(name: str, value: str, says: str) -> None:
