@@ -488,11 +488,20 @@ class SegmentTask:
         by_start = self.windows.by_start
         tag = self.compiled.window_tag
         assert tag is not None
-        encode = self._encoded
+        # orjson directly when accumulators are JSON as they are (built-ins but sets): one C
+        # call per record; anything it refuses goes the careful way.
+        fast = orjson.dumps if self._encode is None else None
+        careful = self._encoded
         for start, changed in self._unsaved.items():
             if start in by_start:
                 prefix = tag + b"%d:" % start
-                records.extend([(prefix + k.encode(), encode(a)) for k, a in changed.items()])
+                if fast is not None:
+                    try:
+                        records.extend([(prefix + k.encode(), fast(a)) for k, a in changed.items()])
+                        continue
+                    except TypeError:
+                        pass
+                records.extend([(prefix + k.encode(), careful(a)) for k, a in changed.items()])
         self._unsaved = {}
 
     def _drain_sessions(self, records: list[Record]) -> None:
