@@ -11,14 +11,37 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from streams.core.compile import Compiled, compile_segment
+from streams.core.decode import TopicDecoder
 from streams.runtime.calls import drive
 from streams.runtime.collector import Collector, Sink
 from streams.runtime.tasks import PartitionTask
+from streams.topology.plan import Plan
 
 # A fetched batch (up to 20k records) is decoded and processed in chunks of this many: the
 # decoded events of a chunk stay in the CPU cache and in memory the allocator reuses, where a
 # whole batch's ~8 MB of fresh dicts cost page faults and cache misses (measured, BENCHMARKS).
 DECODE_CHUNK = 2_000
+
+
+def compile_plan(
+    plan: Plan, max_message_bytes: int, *, spilled: bool = False
+) -> tuple[dict[str, TopicDecoder], dict[str, list[Compiled]]]:
+    """Every input topic's decoder and the compiled segments reading it, in plan order;
+    ``spilled`` compiles stateful segments for a key-value store (STREAMS_STORE=rocksdb)."""
+    decoders: dict[str, TopicDecoder] = {}
+    compiled: dict[str, list[Compiled]] = {}
+    for segment in plan.segments:
+        decoder = decoders.get(segment.input)
+        if decoder is None:
+            schema = segment.source.schema if segment.source is not None else None
+            decoder = decoders[segment.input] = TopicDecoder(
+                segment.input, schema, max_message_bytes
+            )
+        compiled.setdefault(segment.input, []).append(
+            compile_segment(segment, decoder.guarantees, spilled=spilled and bool(segment.stores))
+        )
+    return decoders, compiled
 
 
 async def run_partition(

@@ -26,8 +26,6 @@ from streams.broker.batches import Refused
 from streams.broker.records import use_raw_records
 from streams.broker.uncommitted import Uncommitted
 from streams.config import Settings
-from streams.core.compile import Compiled, compile_segment
-from streams.core.decode import TopicDecoder
 from streams.errors import StreamsError
 from streams.lag.timelag import HeadHistory, estimate_time_lag
 from streams.runtime import topics
@@ -35,7 +33,7 @@ from streams.runtime.collector import Collector, now_ms
 from streams.runtime.committer import AtLeastOnce, Batch, Committer, ExactlyOnce
 from streams.runtime.health import Health, RunStats
 from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.processing import run_partition
+from streams.runtime.processing import compile_plan, run_partition
 from streams.runtime.tables import Tables
 from streams.runtime.tasks import TaskManager
 from streams.topology.plan import Plan
@@ -99,19 +97,9 @@ class Worker:
         self._inflight: asyncio.Future[set[TopicPartition]] | None = None
         self._processed = 0  # records run through the tasks, committed or not
         self._dlq_of_input = {segment.input: segment.dlq for segment in plan.segments}
-        self._decoders: dict[str, TopicDecoder] = {}
-        self._compiled: dict[str, list[Compiled]] = {}
-        for segment in plan.segments:
-            decoder = self._decoders.get(segment.input)
-            if decoder is None:
-                schema = segment.source.schema if segment.source is not None else None
-                decoder = self._decoders[segment.input] = TopicDecoder(
-                    segment.input, schema, settings.max_message_bytes
-                )
-            spilled = settings.store == "rocksdb" and bool(segment.stores)
-            self._compiled.setdefault(segment.input, []).append(
-                compile_segment(segment, decoder.guarantees, spilled=spilled)
-            )
+        self._decoders, self._compiled = compile_plan(
+            plan, settings.max_message_bytes, spilled=settings.store == "rocksdb"
+        )
         metrics.declare(
             [s.name for s in plan.segments], plan.inputs, {s.dlq for s in plan.segments}
         )

@@ -31,15 +31,13 @@ from aiokafka import TopicPartition
 from streams.api.app import App
 from streams.broker.batches import Headers, partition_for
 from streams.config import Settings
-from streams.core.compile import compile_segment
-from streams.core.decode import TopicDecoder
 from streams.core.segment import SegmentTask
 from streams.dlq import header_map
 from streams.errors import StreamsError
 from streams.runtime.collector import Collector
 from streams.runtime.health import RunStats
 from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.processing import run_partition
+from streams.runtime.processing import compile_plan, run_partition
 from streams.runtime.tables import apply_records
 from streams.runtime.tasks import PartitionTask
 from streams.runtime.topics import TopicLayout
@@ -138,18 +136,7 @@ class TestDriver:
         self.stats = RunStats()
         self._collector = Collector(self.plan, TopicLayout(counts, {}), self.metrics, self.stats)
         self.tables: dict[str, dict[str, Any]] = {name: {} for name in self.plan.tables}
-        self._decoders: dict[str, TopicDecoder] = {}
-        self._compiled: dict[str, list[Any]] = {}
-        for segment in self.plan.segments:
-            decoder = self._decoders.get(segment.input)
-            if decoder is None:
-                schema = segment.source.schema if segment.source is not None else None
-                decoder = self._decoders[segment.input] = TopicDecoder(
-                    segment.input, schema, self.settings.max_message_bytes
-                )
-            self._compiled.setdefault(segment.input, []).append(
-                compile_segment(segment, decoder.guarantees)
-            )
+        self._decoders, self._compiled = compile_plan(self.plan, self.settings.max_message_bytes)
         self._dlq_of_input = {segment.input: segment.dlq for segment in self.plan.segments}
         # How far each input partition has been processed.
         self._consumed: dict[tuple[str, int], int] = {}
