@@ -144,6 +144,8 @@ class _Interpreter:
         # windows: start -> key -> [accepted events in arrival order, custom accumulators]
         self.windows: dict[int, dict[str, list[Any]]] = {}
         self._late_seen: set[int] = set()
+        self._dead_rank: dict[int, int] = {}  # record index -> rank of its dead letter
+        self._terminal_rank = 2 * (len(self.stages) - 1)
         # The earliest time a session can close (None: no session): scans only from there.
         self._session_close: int | None = None
         # sessions: key -> list of [start, last, events]
@@ -223,8 +225,14 @@ class _Interpreter:
             raise _Dead("timestamp", "timestamp field missing or not an integer >= 0")
         return key, ts
 
-    def _dead(self, event: _Event, stage: str, why: str) -> None:
-        self.result.dead.setdefault(event.index, (stage, why))
+    def _dead(self, event: _Event, stage: str, why: str, rank: int) -> None:
+        """Dead-letter ``event``'s record once: with the failure of the lowest ``rank`` (the
+        engine runs a chunk's events through a stage's operators, then its barrier, then the
+        next stage: ``2 * stage``, ``2 * stage + 1``, ...), the first child's within one."""
+        held = self._dead_rank.get(event.index)
+        if held is None or rank < held:
+            self._dead_rank[event.index] = rank
+            self.result.dead[event.index] = (stage, why)
 
     def _stage(self, stage: int, pos: int, event: _Event, marks: list[tuple[int, Any]]) -> bool:
         """Run ``event`` from operator ``pos`` of ``stage`` on; True if it was accepted."""
@@ -237,7 +245,7 @@ class _Interpreter:
             try:
                 keep = bool(op.fn(value))
             except Exception as exc:
-                self._dead(event, "filter", reason(exc))
+                self._dead(event, "filter", reason(exc), 2 * stage)
                 return False
             if not keep:
                 self.result.filtered += 1
@@ -247,22 +255,22 @@ class _Interpreter:
             try:
                 new = op.fn(value)
             except Exception as exc:
-                self._dead(event, "map", reason(exc))
+                self._dead(event, "map", reason(exc), 2 * stage)
                 return False
             if not isinstance(new, dict):
-                self._dead(event, "map", "not a dict")
+                self._dead(event, "map", "not a dict", 2 * stage)
                 return False
             return self._stage(stage, pos + 1, _with(event, new), marks)
         if isinstance(op, nodes.FlatMap):
             try:
                 children = list(op.fn(value))
             except Exception as exc:
-                self._dead(event, "flat_map", reason(exc))
+                self._dead(event, "flat_map", reason(exc), 2 * stage)
                 return False
             accepted = False
             for child in children:
                 if not isinstance(child, dict):
-                    self._dead(event, "flat_map", "not a dict")
+                    self._dead(event, "flat_map", "not a dict", 2 * stage)
                     continue
                 accepted |= self._stage(stage, pos + 1, _with(event, child), list(marks))
             return accepted
@@ -313,7 +321,7 @@ class _Interpreter:
             try:
                 value = self._barrier(barrier, event.value)
             except _Dead as dead:
-                self._dead(event, dead.stage, dead.why)
+                self._dead(event, dead.stage, dead.why, 2 * stage + 1)
                 return True
             if value is _NONE:
                 self.result.filtered += 1
@@ -380,7 +388,7 @@ class _Interpreter:
         try:
             self._check_inputs(event)
         except _Dead as dead:
-            self._dead(event, dead.stage, dead.why)
+            self._dead(event, dead.stage, dead.why, self._terminal_rank)
             return False
         assert event.key is not None
         try:
@@ -399,7 +407,7 @@ class _Interpreter:
                         window[0].append(event)
                         window[1] = accs
         except _Dead as dead:
-            self._dead(event, dead.stage, dead.why)
+            self._dead(event, dead.stage, dead.why, self._terminal_rank)
             return False
         self._accept(event, marks)
         self._close(self.stream_time)
@@ -445,17 +453,22 @@ class _Interpreter:
                     else event.value.get(group_by.by)
                 )
             except Exception as exc:
-                self._dead(event, "group_by", reason(exc))
+                self._dead(event, "group_by", reason(exc), self._terminal_rank)
                 return False
             if new is None:
-                self._dead(event, "group_by", "missing key")
+                self._dead(event, "group_by", "missing key", self._terminal_rank)
                 return False
             key = (new if isinstance(new, str) else canonical_key(new)).encode()
             ts = event.ts
         try:
             dumps(event.value)
         except TypeError as exc:
-            self._dead(event, "group_by" if group_by is not None else "to", reason(exc))
+            self._dead(
+                event,
+                "group_by" if group_by is not None else "to",
+                reason(exc),
+                self._terminal_rank,
+            )
             return False
         self.result.outputs.append((key, event.value, ts))
         self._accept(event, marks)

@@ -129,6 +129,9 @@ class Shutdown:
             log.warning("the Kafka clients did not close within %.0fs; abandoned", CLOSE_DEADLINE_S)
         elif not closing.cancelled() and closing.exception() is not None:
             log.warning("closing the Kafka clients failed (%r)", closing.exception())
+        # A client abandoned above may go on retrying a broker that is gone until the process
+        # exits, logging each attempt: the line below must stay the stop's last word.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         self.phase = "stopping Faust's worker (web server, services)"
         # Said when asked to stop, or when something is left over (an error): an idle exit or
         # a failed start (one error line on the terminal) has nothing to add.

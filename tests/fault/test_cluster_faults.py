@@ -20,11 +20,13 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from streams.broker.admin import admin_client, describe_partitions
 from streams.broker.local import LocalCluster
 from tests.conftest import (
+    THROUGH_FAULTS,
     Generator,
     PipelineRun,
     Worker,
     assert_exactly_once,
     assert_nothing_lost,
+    finish_after_faults,
     pipeline_runs,
 )
 
@@ -101,10 +103,9 @@ async def assert_replicated(run: PipelineRun, replicas: int) -> None:
 
 
 async def drain_and_audit(run: PipelineRun, publisher: Generator, worker: Worker) -> None:
-    """Publishing ends, the worker processes everything and exits once idle; then nothing
+    """Publishing ends, the rest is processed (see finish_after_faults); then nothing
     published is missing from the input and the output is exact."""
-    publisher.finish()
-    worker.finish(timeout_s=300)
+    finish_after_faults(run, publisher, worker, **EOS)
     await assert_nothing_lost(run, publisher)
     assert_exactly_once(await run.verify())
 
@@ -115,7 +116,7 @@ async def test_the_leader_of_the_runs_partitions_is_sigkilled_and_restarted(
     run = cluster_run(partitions=3)
     await run.create_topics()
     publisher = Generator(run, count=60_000, rate=2_000, seed=51)
-    worker = run.start_worker(exit_when_idle=5, **EOS)
+    worker = run.start_worker(**EOS, **THROUGH_FAULTS)
     worker.wait_metric_at_least(CONSUMED, 10_000, timeout_s=120)
     await assert_replicated(run, 3)
 
@@ -133,7 +134,7 @@ async def test_a_rolling_restart_of_every_broker_during_processing(
     run = cluster_run(partitions=3)
     await run.create_topics()
     publisher = Generator(run, count=90_000, rate=1_000, seed=52)
-    worker = run.start_worker(exit_when_idle=5, **EOS)
+    worker = run.start_worker(**EOS, **THROUGH_FAULTS)
     worker.wait_metric_at_least(CONSUMED, 5_000, timeout_s=120)
 
     for node in cluster.nodes:
@@ -154,7 +155,7 @@ async def test_a_broker_gone_for_good(
     run = cluster_run(partitions=3)
     await run.create_topics()
     publisher = Generator(run, count=60_000, rate=2_500, seed=53)
-    worker = run.start_worker(exit_when_idle=5, **EOS)
+    worker = run.start_worker(**EOS, **THROUGH_FAULTS)
     worker.wait_metric_at_least(CONSUMED, 10_000, timeout_s=120)
 
     cluster.node(await busiest_leader(run)).kill()

@@ -337,3 +337,29 @@ def test_a_restored_task_carries_on_as_the_original(
         engine.feed(item)
     flush_finals(engine)
     _check(segment, items, engine)
+
+
+def test_a_record_whose_children_fail_in_two_stages_is_dead_with_the_earlier_stage() -> None:
+    """Found by the property above: ``flat_map`` gives a record two children; the second
+    fails in ``map`` (before the ``enrich`` barrier), the first later, in ``aggregate`` (an
+    ``x`` Max cannot take). The engine runs the chunk stage by stage, so ``map`` fails first;
+    the interpreter, depth first, reached ``aggregate`` first and once said so."""
+    app = App("prop")
+    (
+        app.stream(app.topic("in"), key="k", timestamp="ts")
+        .flat_map(_split)
+        .map(_double)
+        .enrich(_lookup, key="sku", into="extra", attempts=2)
+        .window(tumbling(1))
+        .aggregate(collect=Collect(), max=Max("x"))
+        .to("out")
+    )
+    segment = plan(app).segments[0]
+    value = {"k": "a", "id": "e0", "n": 6, "sku": "s0", "x": "oops", "ts": 0}
+    items: list[Batch | Tick] = [Batch(1_000, [Record(0, b"a", orjson.dumps(value), 0, [])])]
+    engine = Engine(segment)
+    for item in items:
+        engine.feed(item)
+    flush_finals(engine)
+    assert engine.dead == {0: "map"}
+    _check(segment, items, engine)
