@@ -60,10 +60,12 @@ async def test_slow_output_pauses_fetching_with_bounded_memory(
     worker = run.start_worker(exit_when_idle=3)
     rss: list[float] = []
     paused_seen = 0.0
+    buffered_seen = 0.0
     throttled_until = time.monotonic() + 25
     while time.monotonic() < throttled_until:
         rss.append(_rss_mb(worker.proc.pid))
         paused_seen = max(paused_seen, worker.metric("streams_paused_partitions") or 0.0)
+        buffered_seen = max(buffered_seen, worker.metric("streams_buffered_events") or 0.0)
         await asyncio.sleep(0.5)
     consumed_while_throttled = worker.metric("streams_events_consumed_total") or 0.0
     _quota(bootstrap, run.app_id, None)
@@ -71,10 +73,13 @@ async def test_slow_output_pauses_fetching_with_bounded_memory(
     stats = worker.finish(timeout_s=240)
     print(
         f"backpressure: peak RSS {max(rss):.0f} MB, {consumed_while_throttled:.0f} of {EVENTS} "
-        f"consumed in 25 s of throttle, up to {paused_seen:.0f} partitions paused"
+        f"consumed in 25 s of throttle, up to {paused_seen:.0f} partitions paused and "
+        f"{buffered_seen:.0f} events fetched but not committed"
     )
     assert paused_seen > 0, "the worker never paused fetching while its output was throttled"
     assert consumed_while_throttled < EVENTS / 2, "the throttle did not hold consumption back"
+    # Held while the output is slow: fetched, their outputs not yet acknowledged.
+    assert buffered_seen > 0, "streams_buffered_events stayed 0 with outputs held back"
     assert max(rss) < RSS_BOUND_MB, f"RSS peaked at {max(rss):.0f} MB"
     assert stats["consumed"] == EVENTS
     report = await run.verify()

@@ -56,6 +56,7 @@ async def test_metrics_and_health_after_a_known_run(
     assert value("streams_worker_ready") == 1
     assert value("streams_batch_processing_seconds_count") >= 1
     assert value("streams_commits_total") >= 1
+    assert value("streams_buffered_events") == 0  # everything fetched is committed
 
     status, body = _get(worker.port, "/health/ready")
     assert (status, orjson.loads(body)["ready"]) == (200, True)
