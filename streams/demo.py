@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -26,6 +26,8 @@ class DemoResult:
 
     consumed: int = 0
     table: dict[str, int] = field(default_factory=dict)
+    #: the input offsets consumed, per partition: what a short run is missing is visible
+    offsets: dict[int, list[int]] = field(default_factory=dict)
 
 
 def build_app(settings: Settings, app_id: str, topic_name: str) -> tuple[faust.App, Any]:
@@ -63,9 +65,19 @@ def run(
     worker.spinner = None
     stopping: list[asyncio.Future[None]] = []
 
+    @app.task
+    async def announce_ready() -> None:
+        # Recovery (the table's changelog read back, the input seeked to the committed offsets)
+        # is complete: events published from now on cannot meet the first rebalance.
+        await cast(Any, app.tables).recovery.completed.wait()
+        print("agent: ready", flush=True)
+
     @app.agent(topic)
     async def count_types(stream: Any) -> None:
-        async for value in stream:
+        async for event in stream.events():
+            value = event.value
+            message = event.message
+            result.offsets.setdefault(message.partition, []).append(message.offset)
             kind = orjson.loads(value).get("type", "?") if value else "?"
             table[kind] += 1
             result.consumed += 1

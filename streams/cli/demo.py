@@ -27,7 +27,10 @@ def command(app_id: str, topic: str | None, count: int, timeout: float, as_json:
         every=max(1, count // 5),
     )
     if as_json:
-        click.echo(orjson.dumps({"consumed": result.consumed, "table": result.table}).decode())
+        summary: dict[str, object] = {"consumed": result.consumed, "table": result.table}
+        if result.consumed < count:
+            summary["offsets"] = {str(p): sorted(o) for p, o in sorted(result.offsets.items())}
+        click.echo(orjson.dumps(summary).decode())
     else:
         click.echo(f"agent consumed {result.consumed} events; table event_types = {result.table}")
     if result.consumed < count:
