@@ -417,6 +417,7 @@ class SegmentTask:
         tag = self.compiled.window_tag
         assert tag is not None
         fast = orjson.dumps
+        join, e = b"".join, b""  # a copy of its own size (see jsonbytes.dumps)
         for start, users in self.windows.close_until(stream_time):
             prefix = tag + b"%d:" % start
             end = start + size
@@ -425,7 +426,7 @@ class SegmentTask:
                 kb = key.encode()
                 final = record(key, start, end, users[key], True)
                 try:
-                    value = fast(final)
+                    value = join((fast(final), e))
                 except TypeError:  # an integer beyond 64 bits (see streams.core.jsonbytes)
                     value = dumps(final)
                 outputs.append((kb, value, None))
@@ -491,13 +492,16 @@ class SegmentTask:
         # orjson directly when accumulators are JSON as they are (built-ins but sets): one C
         # call per record; anything it refuses goes the careful way.
         fast = orjson.dumps if self._encode is None else None
+        join, e = b"".join, b""  # a copy of its own size (see jsonbytes.dumps)
         careful = self._encoded
         for start, changed in self._unsaved.items():
             if start in by_start:
                 prefix = tag + b"%d:" % start
                 if fast is not None:
                     try:
-                        records.extend([(prefix + k.encode(), fast(a)) for k, a in changed.items()])
+                        records.extend(
+                            [(prefix + k.encode(), join((fast(a), e))) for k, a in changed.items()]
+                        )
                         continue
                     except TypeError:
                         pass
