@@ -78,9 +78,12 @@ async def test_exactly_once_survives_broker_sigkill_and_a_long_outage(
     await restart(own_broker, down_s=2.0, kill=True)  # fault 1: SIGKILL mid-run, quick restart
     worker.wait_metric_at_least(CONSUMED, 25_000, timeout_s=180)
     await restart(own_broker, down_s=LONG_OUTAGE_S, kill=False)  # fault 2: down past all timeouts
+    # The worker that went through both faults goes on processing after the long outage.
+    worker.wait_metric_at_least(CONSUMED, 30_000, timeout_s=180)
 
-    totals = finish_after_faults(run, publisher, worker, **EOS)
-    assert totals["consumed"] > 0
+    # (The worker that finishes may find nothing left to consume: the first one can drain the
+    # backlog before it is stopped. It closes the last windows either way.)
+    finish_after_faults(run, publisher, worker, **EOS)
 
     await assert_nothing_lost(run, publisher)
     assert_exactly_once(await run.verify())
