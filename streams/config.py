@@ -196,6 +196,7 @@ class Settings:
     max_message_bytes: int = 1_048_576
     session_timeout_ms: int = 10_000
     metadata_refresh_ms: int = 30_000
+    commit_interval_ms: int = 1_000
     store: str = "memory"
     state_dir: str = DEFAULT_STATE_DIR
     on_state_change: str = "stop"
@@ -234,6 +235,7 @@ class Settings:
             max_message_bytes=_int(env, "STREAMS_MAX_MESSAGE_BYTES", 1_048_576, minimum=1),
             session_timeout_ms=_int(env, "STREAMS_SESSION_TIMEOUT_MS", 10_000, minimum=6_000),
             metadata_refresh_ms=_int(env, "STREAMS_METADATA_REFRESH_MS", 30_000, minimum=1_000),
+            commit_interval_ms=_int(env, "STREAMS_COMMIT_INTERVAL_MS", 1_000),
             store=store,
             state_dir=env.get("STREAMS_STATE_DIR") or DEFAULT_STATE_DIR,
             on_state_change=_choice(env, "STREAMS_ON_STATE_CHANGE", "stop", ON_STATE_CHANGE),

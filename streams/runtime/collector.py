@@ -54,6 +54,17 @@ class Sink(Protocol):
     ) -> None:
         """Add one record."""
 
+    def extend(
+        self,
+        topic: str,
+        partition: int,
+        records: Sequence[tuple[Any, ...]],
+        *,
+        timestamps: bool = False,
+    ) -> None:
+        """Add ``(key, value)`` records (``(key, value, timestamp_ms)`` with
+        ``timestamps``), no headers, to one partition."""
+
     def fits(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None
     ) -> bool:
@@ -177,13 +188,16 @@ class Collector:
         wall: int,
     ) -> None:
         parts = self.partitions[topic]
-        append = sender.append
         poison = self.known_poison
         # What a key and value may take of the topic's limit in a batch of their own.
         room = sender.room(topic)
         refused: list[Poison] = []
-        for key, value, ts in outputs:
-            target = partition % parts if key is None else partition_for(key, parts)
+        # Grouped by partition (in order within each), then appended in bulk.
+        by_partition: dict[int, list[tuple[bytes | None, bytes, int | None]]] = {}
+        keyless = partition % parts
+        for output in outputs:
+            key, value, _ = output
+            target = keyless if key is None else partition_for(key, parts)
             if len(value) + (0 if key is None else len(key)) > room:
                 reason = f"a record of {len(value)} bytes exceeds {topic}'s max.message.bytes"
                 refused.append(Poison(topic, target, key, value, [], reason))
@@ -191,7 +205,13 @@ class Collector:
             if poison and (topic, key, value) in poison:
                 refused.append(Poison(topic, target, key, value, [], poison[(topic, key, value)]))
                 continue
-            append(topic, target, key, value, timestamp_ms=ts)
+            group = by_partition.get(target)
+            if group is None:
+                by_partition[target] = [output]
+            else:
+                group.append(output)
+        for target, group in by_partition.items():
+            sender.extend(topic, target, group, timestamps=True)
         self.metrics.produced.labels(topic).inc(len(outputs) - len(refused))
         if refused:
             self.poison(sender, refused, wall)
@@ -234,9 +254,7 @@ class Collector:
         records = task.drain_changelog()
         topic = task.segment.changelog
         if records and topic is not None:
-            append = sender.append
-            for key, value in records:
-                append(topic, partition, key, value)
+            sender.extend(topic, partition, records)
             self.metrics.produced.labels(topic).inc(len(records))
         return len(records)
 

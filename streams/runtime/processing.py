@@ -52,8 +52,11 @@ async def run_partition(
     outputs: Sink,
     changelog: Sink,
     dlq: str,
+    *,
+    drain: bool = True,
 ) -> None:
-    """Run ``records`` (one partition's, in offset order) through ``task`` at ``wall``."""
+    """Run ``records`` (one partition's, in offset order) through ``task`` at ``wall``;
+    with ``drain``, then :func:`drain_partition` (the worker drains once per commit)."""
     tp = task.tp
     decoder = task.decoder
     metrics = collector.metrics
@@ -78,10 +81,16 @@ async def run_partition(
         # Let the event loop run between chunks: the previous batch's commit (its sends and
         # acknowledgements) progresses while this one is processed.
         await asyncio.sleep(0)
-    end = records[-1].offset + 1
+    if drain:
+        drain_partition(task, records[-1].offset + 1, collector, changelog)
+
+
+def drain_partition(task: PartitionTask, end: int, collector: Collector, changelog: Sink) -> None:
+    """The state of ``task`` stands at input offset ``end``: its segments' changelog records
+    since the last drain (ending with that position) to ``changelog``."""
     for segment in task.segments:
         segment.note_position(end)
-        collector.changelog(changelog, segment, tp.partition)
+        collector.changelog(changelog, segment, task.tp.partition)
 
 
 def _from_position(

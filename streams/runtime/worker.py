@@ -33,7 +33,7 @@ from streams.runtime.collector import Collector, now_ms
 from streams.runtime.committer import AtLeastOnce, Batch, Committer, ExactlyOnce
 from streams.runtime.health import Health, RunStats
 from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.processing import compile_plan, run_partition
+from streams.runtime.processing import compile_plan, drain_partition, run_partition
 from streams.runtime.tables import Tables
 from streams.runtime.tasks import TaskManager
 from streams.topology.plan import Plan
@@ -49,6 +49,22 @@ POSITION_WAIT_S = 0.2
 CLOSE_TIMEOUT_S = 10.0
 FETCH_TIMEOUT_MS = 200
 MAX_RECORDS = 20_000
+# An open batch is submitted once it holds this many records, whatever its age.
+MAX_OPEN_RECORDS = 100_000
+
+
+class _OpenBatch:
+    """Fetches processed into one batch that is not committed yet (see ``Worker._process``):
+    what its commit covers and reports."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.opened = time.monotonic()
+        self.offsets: dict[TopicPartition, int] = {}
+        self.consumed: dict[str, int] = {}
+        self.records = 0
+        self.fetches = 0
+        self.newest_append = 0
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -95,6 +111,9 @@ class Worker:
         self._stop_requested = False
         # The commit of the last batch, running while the next one is processed.
         self._inflight: asyncio.Future[set[TopicPartition]] | None = None
+        # Fetches processed and not submitted yet (while the input is behind, see _process).
+        self._open: _OpenBatch | None = None
+        self._commit_interval_s = settings.commit_interval_ms / 1000
         self._processed = 0  # records run through the tasks, committed or not
         self._dlq_of_input = {segment.input: segment.dlq for segment in plan.segments}
         self._decoders, self._compiled = compile_plan(
@@ -208,6 +227,8 @@ class Worker:
         while True:
             self.health.last_loop = time.monotonic()
             if self.tasks.pending:
+                async with self._lock:
+                    await self._submit_open()
                 await self._adopt()
             batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=MAX_RECORDS)
             async with self._lock:
@@ -221,13 +242,16 @@ class Worker:
                         await self._process(batches)
                     finally:
                         gc.enable()
-                elif self._inflight is not None:
-                    await self._settle()  # nothing new: let the last batch's commit land
+                else:
+                    await self._submit_open()
+                    if self._inflight is not None:
+                        await self._settle()  # nothing new: let the last batch's commit land
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     await self._tick()
                 if self._stop_requested or (
                     stop_after is not None and self._processed >= stop_after
                 ):
+                    await self._submit_open()
                     await self._settle(replay=not self._stop_requested)
             if self._stop_requested:
                 log.info("stop requested: leaving the group after the last batch")
@@ -246,6 +270,7 @@ class Worker:
             assert self._consumer is not None
             # The batch in flight commits before its partitions go (if it fails, their state
             # is dropped, not kept: whoever owns them next replays it).
+            await self._submit_open()
             await self._settle(replay=False)
             await self.tasks.suspend(revoked, self._consumer)
             if self._committer is not None:
@@ -313,16 +338,26 @@ class Worker:
     # -- the hot path ----------------------------------------------------------------------
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        started_mono = time.monotonic()
+        """Run a fetch through the partitions' tasks into the open batch, and submit it for
+        commit unless the input is behind: then the batch stays open for the next fetch,
+        up to ``STREAMS_COMMIT_INTERVAL_MS`` (like Kafka Streams' ``commit.interval.ms``).
+
+        While more is waiting past a fetch (the input is behind), its batch waits for the
+        next fetch, so a key changed in both writes one changelog record, not two, and the
+        commit (offsets; under exactly_once, one transaction per partition) is paid once.
+        A fetch that reaches the log end (caught up: latency matters) commits at once.
+        """
         wall = now_ms()
         committer = self._committer
         collector = self._collector
         assert committer is not None
         assert collector is not None
-        batch = committer.batch()
-        offsets: dict[TopicPartition, int] = {}
-        newest_append = 0
-        consumed: dict[str, int] = {}
+        open_ = self._open
+        if open_ is None:
+            open_ = self._open = _OpenBatch(committer.batch())
+        batch = open_.batch
+        offsets = open_.offsets
+        consumed = open_.consumed
         active = self.tasks.active
         for tp, records in batches.items():
             task = active.get(tp)
@@ -330,16 +365,62 @@ class Worker:
                 continue  # not adopted yet: it is re-fetched from where its state stands
             outputs, changelog = batch.senders(tp)
             dlq = self._dlq_of_input[tp.topic]
-            await run_partition(task, records, wall, collector, outputs, changelog, dlq)
+            await run_partition(
+                task, records, wall, collector, outputs, changelog, dlq, drain=False
+            )
             offsets[tp] = records[-1].offset + 1
             self.uncommitted.fetched(tp, records[0].offset, offsets[tp], len(records))
             consumed[tp.topic] = consumed.get(tp.topic, 0) + len(records)
             self._processed += len(records)
+            open_.records += len(records)
             last_ts = records[-1].timestamp
-            if last_ts > newest_append:
-                newest_append = last_ts
-        if not offsets:
+            if last_ts > open_.newest_append:
+                open_.newest_append = last_ts
+        open_.fetches += 1
+        behind = self._behind(batches)
+        if (
+            not behind
+            or time.monotonic() - open_.opened >= self._commit_interval_s
+            or open_.records >= MAX_OPEN_RECORDS
+            or self._stop_requested
+        ):
+            await self._submit_open()
+
+    def _behind(self, batches: dict[TopicPartition, list[Any]]) -> bool:
+        """True when a fetched partition has more records waiting past this fetch (its log
+        end, as the fetch response reported it, lies beyond the last record fetched)."""
+        consumer = self._consumer
+        assert consumer is not None
+        end_of = consumer.last_stable_offset if self.eos else consumer.highwater
+        for tp, records in batches.items():
+            if records:
+                try:
+                    end = end_of(tp)
+                except (AssertionError, KeyError):  # not assigned any more (a rebalance)
+                    continue
+                if end is not None and records[-1].offset + 1 < end:
+                    return True
+        return False
+
+    async def _submit_open(self) -> None:
+        """Drain the open batch's changelogs (its state stands at its offsets) and submit it
+        for commit."""
+        open_, self._open = self._open, None
+        if open_ is None or not (open_.offsets or open_.batch.by_tp):
             return
+        collector = self._collector
+        assert collector is not None
+        batch = open_.batch
+        offsets = open_.offsets
+        active = self.tasks.active
+        for tp, end in offsets.items():
+            task = active.get(tp)
+            if task is not None:
+                drain_partition(task, end, collector, batch.senders(tp)[1])
+        started_mono = open_.opened
+        consumed = open_.consumed
+        newest_append = open_.newest_append
+        fetches = open_.fetches
 
         def committed() -> None:
             self.uncommitted.committed(offsets)
@@ -348,7 +429,7 @@ class Worker:
             total = sum(consumed.values())
             st = self.stats
             st.consumed += total
-            st.batches += 1
+            st.batches += fetches
             st.last_batch_at = time.monotonic()
             if not st.first_batch_at:
                 st.first_batch_at = started_mono
@@ -463,7 +544,9 @@ class Worker:
         assert committer is not None
         wall = now_ms()
         produced = False
-        batch = committer.batch()
+        # Into the open batch if there is one (it commits these records with its own).
+        open_ = self._open
+        batch = committer.batch() if open_ is None else open_.batch
         for tp, task in list(self.tasks.active.items()):
             end = self._fresh_end(tp)
             if end is None:
@@ -487,7 +570,7 @@ class Worker:
                     self.last_work = time.monotonic()
                 collector.outcome(outputs, segment, tp, (), outcome, wall)
                 produced |= collector.changelog(changelog, segment, tp.partition) > 0
-        if produced:
+        if produced and open_ is None:
             await self._submit(batch, {}, self._update_state_gauges)
 
     async def _idle_for(self, seconds: float) -> bool:
@@ -505,6 +588,7 @@ class Worker:
             or self.health.rebalancing
             or manager.pending
             or self._inflight is not None
+            or self._open is not None
             or now - self.last_work < seconds
         ):
             return False

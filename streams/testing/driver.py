@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -95,6 +95,23 @@ class _Topics:
         log = self.logs[topic][partition]
         ts = self.clock if timestamp_ms is None else timestamp_ms
         log.append(_Stored(len(log), key, value, ts, list(headers or [])))
+
+    def extend(
+        self,
+        topic: str,
+        partition: int,
+        records: Sequence[tuple[Any, ...]],
+        *,
+        timestamps: bool = False,
+    ) -> None:
+        for record in records:
+            self.append(
+                topic,
+                partition,
+                record[0],
+                record[1],
+                timestamp_ms=record[2] if timestamps else None,
+            )
 
     def fits(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None
