@@ -13,7 +13,11 @@ from tests.conftest import PipelineRun, Worker, assert_exactly_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
-EOS = {"STREAMS_GUARANTEE": "exactly_once"}
+# Commits every 100 ms while behind (the default is 1 s or 100k records: a worker here gets
+# through 200k events in about a second): each worker commits several times before the
+# input runs out, so the kills land mid-input, inside open batches of one or more fetches.
+FREQUENT = {"STREAMS_COMMIT_INTERVAL_MS": "100"}
+EOS = {"STREAMS_GUARANTEE": "exactly_once", **FREQUENT}
 CONSUMED = "streams_events_consumed_total"
 
 
@@ -22,14 +26,14 @@ async def test_exactly_once_survives_repeated_sigkills(
 ) -> None:
     run = pipeline_run(partitions=3)
     await run.create_topics()
-    await run.publish(200_000, seed=21, dup_ratio=0.02, late_ratio=0.01, bad_ratio=0.01)
+    await run.publish(300_000, seed=21, dup_ratio=0.02, late_ratio=0.01, bad_ratio=0.01)
     rng = random.Random(7)
     for _ in range(3):
         worker = run.start_worker(**EOS)
         # Kill at a random point after the worker has committed at least one batch, and well
-        # before the input runs out (a fetch brings at most 20k records).
+        # before the input runs out (a commit covers 100 ms of input, ~25k events).
         worker.wait_metric_at_least(CONSUMED, rng.randint(1, 30_000))
-        await asyncio.sleep(rng.uniform(0.0, 0.3))
+        await asyncio.sleep(rng.uniform(0.0, 0.1))
         worker.kill()
     final = run.start_worker(exit_when_idle=3, **EOS).finish()
     assert final["consumed"] > 0, "the kills came after all input was processed"
@@ -43,7 +47,7 @@ async def test_at_least_once_loses_nothing_after_sigkill(
     run = pipeline_run(partitions=3)
     await run.create_topics()
     await run.publish(100_000, seed=22, dup_ratio=0.02, late_ratio=0.01, bad_ratio=0.01)
-    worker = run.start_worker()
+    worker = run.start_worker(**FREQUENT)
     worker.wait_metric_at_least(CONSUMED, 20_000)
     worker.kill()
     final = run.start_worker(exit_when_idle=3).finish()
