@@ -342,10 +342,10 @@ class Worker:
         commit unless the input is behind: then the batch stays open for the next fetch,
         up to ``STREAMS_COMMIT_INTERVAL_MS`` (like Kafka Streams' ``commit.interval.ms``).
 
-        While more is waiting past a fetch (the input is behind), its batch waits for the
-        next fetch, so a key changed in both writes one changelog record, not two, and the
-        commit (offsets; under exactly_once, one transaction per partition) is paid once.
-        A fetch that reaches the log end (caught up: latency matters) commits at once.
+        While a full fetch more is waiting past a fetch (the input is behind), its batch
+        waits for the next fetch, so a key changed in both writes one changelog record, not
+        two, and the commit (offsets; under exactly_once, one transaction per partition) is
+        paid once. Otherwise (caught up, or nearly: latency matters) it commits at once.
         """
         wall = now_ms()
         committer = self._committer
@@ -387,20 +387,23 @@ class Worker:
             await self._submit_open()
 
     def _behind(self, batches: dict[TopicPartition, list[Any]]) -> bool:
-        """True when a fetched partition has more records waiting past this fetch (its log
-        end, as the fetch response reported it, lies beyond the last record fetched)."""
+        """True when at least a full fetch more is waiting past this one in its partitions
+        (their log ends, as the fetch responses reported them, against the last records
+        fetched). A live input at a rate the worker keeps up with always has a little more
+        waiting; that is not behind: its batches commit at once."""
         consumer = self._consumer
         assert consumer is not None
         end_of = consumer.last_stable_offset if self.eos else consumer.highwater
+        waiting = 0
         for tp, records in batches.items():
             if records:
                 try:
                     end = end_of(tp)
                 except (AssertionError, KeyError):  # not assigned any more (a rebalance)
                     continue
-                if end is not None and records[-1].offset + 1 < end:
-                    return True
-        return False
+                if end is not None:
+                    waiting += max(0, end - records[-1].offset - 1)
+        return waiting >= MAX_RECORDS
 
     async def _submit_open(self) -> None:
         """Drain the open batch's changelogs (its state stands at its offsets) and submit it
@@ -569,7 +572,10 @@ class Worker:
                     produced = True
                     self.last_work = time.monotonic()
                 collector.outcome(outputs, segment, tp, (), outcome, wall)
-                produced |= collector.changelog(changelog, segment, tp.partition) > 0
+                if open_ is not None and tp in open_.offsets:
+                    produced |= bool(outcome.outputs)  # its changelog drains with the batch
+                else:
+                    produced |= collector.changelog(changelog, segment, tp.partition) > 0
         if produced and open_ is None:
             await self._submit(batch, {}, self._update_state_gauges)
 
