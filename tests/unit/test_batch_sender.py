@@ -1,0 +1,96 @@
+"""The batched producer's own parts, no broker: the partitioner against aiokafka's (the Java
+client's) murmur2, and ``BatchSender.extend`` against record-by-record ``append``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2 as reference_murmur2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.broker.batches import BatchSender, fields, murmur2, partition_for
+
+
+@given(st.binary(max_size=80))
+@settings(max_examples=2_000)
+def test_murmur2_is_the_java_clients(data: bytes) -> None:
+    assert murmur2(data) == reference_murmur2(data)
+
+
+def test_known_partitions() -> None:
+    # The Java client's DefaultPartitioner puts these keys here (murmur2 & 0x7fffffff % n).
+    for key in (b"", b"a", b"user-1", b"user-12345", "ü-ключ".encode()):
+        expected = (reference_murmur2(key) & 0x7FFFFFFF) % 6
+        assert partition_for(key, 6) == expected
+
+
+@pytest.fixture
+def producer() -> AIOKafkaProducer:
+    # Never started: batches are only built, not sent.
+    async def make() -> AIOKafkaProducer:
+        return AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", max_batch_size=4096)
+
+    return asyncio.new_event_loop().run_until_complete(make())
+
+
+def _built(sender: BatchSender) -> list[tuple[str, int, bytes, int]]:
+    full = [(t, p, bytes(b._build()), len(kept)) for t, p, b, kept in sender._full]
+    opened = [
+        (t, p, bytes(b._build()), len(kept)) for (t, p), (b, kept) in sorted(sender._open.items())
+    ]
+    return full + opened
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2),
+            st.one_of(st.none(), st.binary(max_size=30)),
+            st.one_of(st.none(), st.binary(max_size=600)),
+        ),
+        max_size=120,
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_extend_builds_the_batches_append_builds(records: list) -> None:
+    async def make() -> AIOKafkaProducer:
+        return AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", max_batch_size=2048)
+
+    producer = asyncio.new_event_loop().run_until_complete(make())
+    one = BatchSender(producer, retain=True)
+    bulk = BatchSender(producer, retain=True)
+    for partition, key, value in records:
+        one.append("t", partition, key, value, timestamp_ms=7)
+    for partition in range(3):
+        mine = [(key, value, 7) for p, key, value in records if p == partition]
+        half = len(mine) // 2  # two calls: the second goes on where the first stopped
+        bulk.extend("t", partition, mine[:half], timestamps=True)
+        bulk.extend("t", partition, mine[half:], timestamps=True)
+    for sender in (one, bulk):
+        counts = [b.record_count() for *_, b, _ in sender._full]
+        counts += [b.record_count() for b, _ in sender._open.values()]
+        assert sum(counts) == len(records)  # what send_all and the broker's offsets go by
+    # Batches fill and split alike; per partition the same bytes in the same order.
+    by_partition = {p: [b for t, q, b, _ in _built(one) if q == p] for p in range(3)}
+    assert by_partition == {p: [b for t, q, b, _ in _built(bulk) if q == p] for p in range(3)}
+    assert one.records == bulk.records == len(records)
+    # What a resend after a failure replays: every record, in order per partition.
+    for partition in range(3):
+        expected = [(k, v, 7, []) for p, k, v in records if p == partition]
+        assert [fields(r) for t, p, r in one.unacked() if p == partition] == expected
+        assert [fields(r) for t, p, r in bulk.unacked() if p == partition] == expected
+
+
+def test_extend_without_timestamps_keeps_pairs(producer: AIOKafkaProducer) -> None:
+    sender = BatchSender(producer)
+    pairs = [(b"k%d" % i, b"v" * 100) for i in range(200)]
+    sender.extend("changelog", 4, pairs)
+    assert sender.records == 200
+    assert len(sender._full) >= 1  # 200 records of ~110 bytes overflow 4 KB batches
+    kept = [record for *_, batch_kept in sender._full for record in batch_kept]
+    kept += sender._open[("changelog", 4)][1]
+    assert [fields(r)[:2] for r in kept] == pairs
+    assert all(fields(r)[2] is None for r in kept)
