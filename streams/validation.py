@@ -39,27 +39,28 @@ def check_event(event: Any) -> str | None:
     integral number such as ``5.0`` (an integer in JSON Schema) becomes the ``int`` 5.
     Non-finite numbers, which JSON cannot express, are rejected.
     """
-    # Exact type checks: they are the fastest, and they keep bool (an int subclass) out of
+    # Exact type checks (``x.__class__``: an attribute load, cheaper than a call of
+    # ``type``): they are the fastest, and they keep bool (an int subclass) out of
     # integer and number fields as JSON Schema requires. Required fields are read by
     # subscript, the cheapest lookup; a missing one lands in the KeyError handler.
-    if type(event) is not dict:
+    if event.__class__ is not dict:
         return f"not a JSON object (got {_describe(event)})"
     try:
         value = event["event_id"]
-        if type(value) is not str or not 0 < len(value) <= 64:
+        if value.__class__ is not str or not 0 < len(value) <= 64:
             return _reason(event, "event_id", "must be a string of 1 to 64 characters")
         kind = event["type"]
-        if type(kind) is not str or kind not in _TYPES:
+        if kind.__class__ is not str or kind not in _TYPES:
             return _reason(event, "type", f"must be one of {', '.join(EVENT_TYPES)}")
         value = event["user_id"]
-        if type(value) is not str or not 0 < len(value) <= 128:
+        if value.__class__ is not str or not 0 < len(value) <= 128:
             return _reason(event, "user_id", "must be a string of 1 to 128 characters")
         value = event["ts"]
     except KeyError:
         missing = next(field for field in REQUIRED if field not in event)
         return f"{missing}: required field is missing"
-    if type(value) is not int:
-        if type(value) is float and value.is_integer() and value >= 0:
+    if value.__class__ is not int:
+        if value.__class__ is float and value.is_integer() and value >= 0:
             event["ts"] = int(value)
         else:
             return _reason(event, "ts", "must be an integer >= 0")
@@ -67,24 +68,24 @@ def check_event(event: Any) -> str | None:
         return _reason(event, "ts", "must be an integer >= 0")
     if "amount" in event:
         value = event["amount"]
-        if type(value) is float:
+        if value.__class__ is float:
             if not 0.0 <= value < _INF:
                 return _reason(event, "amount", "must be a number >= 0")
-        elif type(value) is not int or value < 0:
+        elif value.__class__ is not int or value < 0:
             return _reason(event, "amount", "must be a number >= 0")
     elif kind in _MONEY:
         return f"amount: required when type is {kind}"
     if "currency" in event:
         value = event["currency"]
         if not (
-            type(value) is str
+            value.__class__ is str
             and len(value) == 3
             and value.isascii()
             and value.isalpha()
             and value.isupper()
         ):
             return _reason(event, "currency", "must be a 3-letter upper-case code like EUR")
-    if "props" in event and type(event["props"]) is not dict:
+    if "props" in event and event["props"].__class__ is not dict:
         return _reason(event, "props", "must be an object")
     return None
 
