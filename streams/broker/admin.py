@@ -363,26 +363,29 @@ async def grow_partitions(kafka: KafkaSettings, topic: str, count: int) -> bool:
 
 async def topic_limits(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
     """Each existing topic's ``max.message.bytes``: the largest record batch it accepts."""
+    found = await topic_config(kafka, topics, "max.message.bytes")
+    return {name: int(value) for name, value in found.items() if value}
+
+
+async def topic_config(kafka: KafkaSettings, topics: Iterable[str], key: str) -> dict[str, str]:
+    """Each existing topic's value of the topic-level config ``key``."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     names = list(dict.fromkeys(topics))
     if not names:
         return {}
-    resources = [
-        ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})
-        for name in names
-    ]
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {key: None}) for name in names]
     async with admin_client(kafka) as admin:
         responses = await admin.describe_configs(resources)
-    limits: dict[str, int] = {}
+    found: dict[str, str] = {}
     for response in responses:
         for error_code, _, _, name, entries in response.resources:
             if error_code:
                 continue
             for entry in entries:
-                if entry[0] == "max.message.bytes" and entry[1]:
-                    limits[name] = int(entry[1])
-    return limits
+                if entry[0] == key and entry[1] is not None:
+                    found[name] = entry[1]
+    return found
 
 
 async def partition_counts(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:

@@ -135,6 +135,11 @@ class Plan:
 
 
 CHANGELOG_CONFIGS = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+# A repartitioned record carries its event time as its timestamp (the next segment reads event
+# time from it). Under time retention the broker deleted those of a replay of past events
+# (older than retention.ms) before the next segment or the audit had read them: no time
+# retention, as Kafka Streams gives its repartition topics.
+REPARTITION_CONFIGS = {"retention.ms": "-1"}
 
 
 def plan(app: App, app_id: str | None = None) -> Plan:
@@ -386,7 +391,14 @@ def _topics(segments: list[Segment], app: App) -> tuple[PlannedTopic, ...]:
         if segment.late is not None:
             add(PlannedTopic(segment.late, "late"))
         if segment.repartition is not None:
-            add(PlannedTopic(segment.repartition, "repartition", partitions_like=segment.input))
+            add(
+                PlannedTopic(
+                    segment.repartition,
+                    "repartition",
+                    partitions_like=segment.input,
+                    configs=dict(REPARTITION_CONFIGS),
+                )
+            )
         if segment.sink is not None:
             add(PlannedTopic(segment.sink.topic, "output"))
         if segment.changelog is not None:
