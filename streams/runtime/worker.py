@@ -62,9 +62,13 @@ class _OpenBatch:
         self.opened = time.monotonic()
         self.offsets: dict[TopicPartition, int] = {}
         self.consumed: dict[str, int] = {}
-        self.records = 0
         self.fetches = 0
         self.newest_append = 0
+
+    @property
+    def records(self) -> int:
+        """Records processed into the batch."""
+        return sum(self.consumed.values())
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -372,7 +376,6 @@ class Worker:
             self.uncommitted.fetched(tp, records[0].offset, offsets[tp], len(records))
             consumed[tp.topic] = consumed.get(tp.topic, 0) + len(records)
             self._processed += len(records)
-            open_.records += len(records)
             last_ts = records[-1].timestamp
             if last_ts > open_.newest_append:
                 open_.newest_append = last_ts
@@ -572,9 +575,8 @@ class Worker:
                     produced = True
                     self.last_work = time.monotonic()
                 collector.outcome(outputs, segment, tp, (), outcome, wall)
-                if open_ is not None and tp in open_.offsets:
-                    produced |= bool(outcome.outputs)  # its changelog drains with the batch
-                else:
+                # A partition in the open batch has its changelog drained with the batch.
+                if open_ is None or tp not in open_.offsets:
                     produced |= collector.changelog(changelog, segment, tp.partition) > 0
         if produced and open_ is None:
             await self._submit(batch, {}, self._update_state_gauges)
