@@ -17,6 +17,7 @@ HEADER_TOPIC = "source.topic"
 HEADER_PARTITION = "source.partition"
 HEADER_OFFSET = "source.offset"
 HEADER_TS = "error.ts"
+HEADER_OPERATOR = "error.operator"
 HEADER_REPLAYS = "dlq.replays"
 
 
@@ -59,6 +60,8 @@ class ReplayReport:
     replayed: int = 0
     skipped_filter: int = 0
     skipped_looping: int = 0
+    # Dead letters of no input message (a window whose result failed): nothing to re-publish.
+    skipped_derived: int = 0
     by_destination: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
 
@@ -142,6 +145,9 @@ async def replay(
                 replays = int(headers.get(HEADER_REPLAYS, "0") or 0)
                 if replays >= selection.max_replays:
                     report.skipped_looping += 1
+                    continue
+                if HEADER_TOPIC in headers and HEADER_OFFSET not in headers:
+                    report.skipped_derived += 1
                     continue
                 destination = to_topic or headers.get(HEADER_TOPIC)
                 if not destination:

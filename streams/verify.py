@@ -169,7 +169,7 @@ async def _verify_segment(
     report = VerifyReport(pipeline=segment.name)
     inputs = await reader.read(segment.input)
     expected_outputs: list[tuple[bytes | None, Any, int | None]] = []
-    expected_dead: set[tuple[int, int, str]] = set()
+    expected_dead: set[tuple[Any, ...]] = set()
     expected_late: set[tuple[int, int]] = set()
     for partition, records in inputs.items():
         result = await asyncio.to_thread(
@@ -183,10 +183,12 @@ async def _verify_segment(
         report.input_messages += len(records)
         report.expected_duplicates += len(result.duplicates)
         expected_outputs.extend(result.outputs)
-        for index, (stage, _) in result.dead.items():
+        for index, (stage, _, _) in result.dead.items():
             if stage == "validate":
                 report.invalid += 1
             expected_dead.add((partition, records[index].offset, stage))
+        for key, value, stage, _ in result.derived:
+            expected_dead.add(_derived(partition, stage, key, value))
         for index in result.late:
             expected_late.add((partition, records[index].offset))
     report.expected_late = len(expected_late)
@@ -292,13 +294,23 @@ def _show(item: tuple[bytes | None, str]) -> dict[str, Any]:
     return {"key": None if key is None else key.decode("utf-8", "replace"), "value": value}
 
 
+def _derived(partition: int, stage: str, key: bytes | None, value: Any) -> tuple[Any, ...]:
+    """How a dead letter of no input record is known: its partition, stage, key, and its
+    value without the accumulators (a session's custom accumulator may have merged in
+    another order)."""
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k != "accumulators"}
+    return (partition, stage, key, _canonical(value))
+
+
 async def _compare_dead(
-    report: VerifyReport, reader: _Reader, segment: Segment, expected: set[tuple[int, int, str]]
+    report: VerifyReport, reader: _Reader, segment: Segment, expected: set[tuple[Any, ...]]
 ) -> None:
     """This segment's dead letters: validation ones of its input (once per topic, whoever
-    reads it) and its own operators' (named by ``error.pipeline``)."""
+    reads it) and its own operators' (named by ``error.pipeline``), those of no input record
+    (a window's failed result) by their key and value."""
     records = await _read_optional(reader, segment.dlq)
-    seen: Counter[tuple[int, int, str]] = Counter()
+    seen: Counter[tuple[Any, ...]] = Counter()
     total = 0
     for letter in (r for rs in records.values() for r in rs):
         headers = header_map(letter.headers)
@@ -311,6 +323,15 @@ async def _compare_dead(
             continue
         pipeline = headers.get("error.pipeline")
         if pipeline is not None and pipeline != segment.name:
+            continue
+        if "source.offset" not in headers and pipeline is not None:
+            try:
+                body = orjson.loads(letter.value or b"")
+                where = _derived(int(headers["source.partition"]), stage, letter.key, body)
+            except (orjson.JSONDecodeError, KeyError, ValueError):
+                continue
+            total += 1
+            seen[where] += 1
             continue
         try:
             where = (int(headers["source.partition"]), int(headers["source.offset"]), stage)

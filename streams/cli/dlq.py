@@ -98,5 +98,6 @@ def replay_command(
     targets = ", ".join(f"{n} to {t}" for t, n in report.by_destination.items()) or "nothing"
     click.echo(
         f"scanned {report.scanned} dead letters; {verb} {report.replayed} ({targets}); "
-        f"skipped {report.skipped_filter} by filter, {report.skipped_looping} already replayed"
+        f"skipped {report.skipped_filter} by filter, {report.skipped_looping} already replayed, "
+        f"{report.skipped_derived} of no input message (a window's failed result)"
     )

@@ -13,6 +13,7 @@ conversion, shared by aggregations that read the same field the same way).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +30,18 @@ DISTINCT = "distinct"  # hashable: scalars as is, objects and arrays as sorted J
 
 
 def canonical(value: Any) -> Any:
-    """A hashable stand-in for a JSON value: scalars as they are, others as JSON text."""
-    if value.__class__ in (dict, list):
+    """A hashable stand-in for a JSON value: scalars as they are, others as JSON text
+    (``TypeError`` for a value JSON cannot hold)."""
+    if value.__class__ in _SCALARS:
+        return value
+    try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    return value
+    except TypeError:
+        # An integer beyond 64 bits (json handles it), or not JSON at all (json raises too).
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 @dataclass
@@ -49,6 +58,9 @@ class Slots:
     holds_set: bool = False
     holds_float_sum: list[int] = field(default_factory=list)
     custom: Any = None
+    base: int = 0  # the first slot's index in the accumulator list
+    custom_index: int = -1  # names its functions in the generated code (``_cadd<index>``)
+    custom_slot: int = -1  # its place among the custom aggregations, in declaration order
 
 
 @dataclass
@@ -88,11 +100,16 @@ def layout(named: Sequence[tuple[str, Any]]) -> Layout:
 
     aggregations: list[Slots] = []
     base = 0
+    customs = 0
     for index, (name, aggregation) in enumerate(named):
         if is_builtin(aggregation):
             slots = _builtin(name, aggregation, base, source)
         else:
             slots = _custom(name, aggregation, base, index, namespace)
+            slots.custom_index = index
+            slots.custom_slot = customs
+            customs += 1
+        slots.base = base
         aggregations.append(slots)
         base += slots.size
     variables = [(var, field_name, kind) for (field_name, kind), var in inputs.items()]
@@ -219,11 +236,14 @@ def _custom(name: str, aggregator: Any, b: int, index: int, ns: dict[str, Any]) 
     )
 
 
-def input_code(var: str, field_name: str, kind: str, checked: bool) -> list[str]:
-    """Statements that read an input into ``var`` (or dead-letter the event and continue).
+def input_code(var: str, field_name: str, kind: str, checked: bool, site: str) -> list[str]:
+    """Statements that read an input into ``var`` (or dead-letter the event through the
+    aggregation's ``site`` and continue).
 
     ``checked`` means the topic's schema already guarantees a number (the reference schema):
-    only the float conversion is left.
+    only the float conversion is left. Values kept as they are (``First``, ``Last``,
+    ``CountDistinct``) must be JSON, since they live in the changelog: one that is not (a map
+    put it there) dead-letters the event.
     """
     get = f"{var} = v.get({field_name!r})"
     if kind == NUMBER:
@@ -235,16 +255,34 @@ def input_code(var: str, field_name: str, kind: str, checked: bool) -> list[str]
             f"    if {var}.__class__ is int and -_BIG < {var} < _BIG:",
             f"        {var} = float({var})",
             "    else:",
-            f"        dead.setdefault(i, ('aggregate', _not_number({field_name!r}, {var})))",
+            f"        {site}.bad(dead, i, _not_number({field_name!r}, {var}))",
             "        continue",
         ]
     if kind == DISTINCT:
         return [
             get,
-            f"if {var} is not None and {var}.__class__ in _CONTAINERS:",
-            f"    {var} = _canonical({var})",
+            f"if {var} is not None and {var}.__class__ not in _SCALARS:",
+            "    try:",
+            f"        {var} = _canonical({var})",
+            "    except _USER_ERRORS as exc:",
+            f"        {site}.bad(dead, i, _not_json_input({field_name!r}, exc))",
+            "        continue",
         ]
-    return [get]
+    return [
+        get,
+        f"if {var} is not None and {var}.__class__ not in _SCALARS:",
+        "    try:",
+        f"        _check_json({var})",
+        "    except _USER_ERRORS as exc:",
+        f"        {site}.bad(dead, i, _not_json_input({field_name!r}, exc))",
+        "        continue",
+    ]
+
+
+def _not_json_input(field_name: str, exc: BaseException) -> str:
+    from streams.core.failures import reason
+
+    return f"{field_name}: not a JSON value ({reason(exc)}); it cannot be aggregated"
 
 
 def _not_number(field_name: str, value: Any) -> str:
@@ -299,7 +337,8 @@ def _bases(lay: Layout) -> list[tuple[int, Slots]]:
 
 NAMESPACE = {
     "_BIG": BIG,
-    "_CONTAINERS": (dict, list),
+    "_SCALARS": _SCALARS,
     "_canonical": canonical,
     "_not_number": _not_number,
+    "_not_json_input": _not_json_input,
 }

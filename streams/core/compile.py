@@ -17,12 +17,18 @@ value), ``k`` (its key), ``t`` (its event time), ``st`` (the segment's stream ti
 from __future__ import annotations
 
 import itertools
+import json as _json
+import linecache
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson as _orjson
+
 from streams.core import aggregations
 from streams.core.aggregations import Layout
+from streams.core.failures import USER_ERRORS, Site, Sites, reason
 from streams.core.jsonbytes import dumps
 from streams.core.windows import NEVER
 from streams.errors import DeclarationError
@@ -30,22 +36,23 @@ from streams.topology import nodes
 from streams.topology.plan import Segment
 from streams.topology.windows import Hopping, Session
 
-_MAX_REASON = 1_000
+__all__ = ["Compiled", "Guarantees", "canonical_key", "compile_segment", "reason"]
+
 # The generated loops check the message key of one event in this many (see _key).
 KEY_CHECK_EVERY = 16
 _MISSING = object()
-
-
-def reason(exc: BaseException) -> str:
-    """One line for a user function's exception: its type and message."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+# Generated sources registered with linecache, numbered so that two compilations of one
+# segment (tests, a driver beside a worker) never share a file name.
+_SOURCES = itertools.count(1)
 
 
 def canonical_key(value: Any) -> str:
-    """A key for a value that is not a string: its JSON text (``5`` -> ``"5"``)."""
-    return aggregations.orjson.dumps(value, option=aggregations.orjson.OPT_SORT_KEYS).decode()
+    """A key for a value that is not a string: its JSON text (``5`` -> ``"5"``); raises
+    ``TypeError`` for a value JSON cannot hold."""
+    try:
+        return _orjson.dumps(value, option=_orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # an integer beyond 64 bits, or not JSON at all (then this raises too)
+        return _json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _not_dict(stage: str, value: Any) -> str:
@@ -70,6 +77,51 @@ def _bad_timestamp(field_name: str, value: Any) -> str:
     if value is None:
         return f"{field_name}: the timestamp field is missing or null"
     return f"{field_name}: the timestamp must be an integer >= 0, epoch ms (got {_describe(value)})"
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def check_accumulator(acc: Any, name: str) -> None:
+    """Raise ``TypeError`` naming the aggregation when ``acc`` is not JSON (it lives in the
+    changelog)."""
+    if acc.__class__ in _SCALARS:
+        return
+    try:
+        dumps(acc)
+    except Exception as exc:  # TypeError; ValueError for a circular one
+        raise TypeError(
+            f"the accumulator of {name!r} is not JSON-serialisable ({reason(exc)}); it lives "
+            "in the changelog: keep lists, dicts, numbers and strings in it"
+        ) from None
+
+
+def snapshot(acc: Any) -> bytes | None:
+    """What :func:`restore` needs to undo an in-place change to ``acc`` (None: it cannot
+    change in place). JSON, as the changelog would keep it."""
+    if acc.__class__ in _SCALARS:
+        return None
+    return dumps(acc)
+
+
+def restore(undo: list[tuple[Any, int, bytes | None]]) -> None:
+    """Put back the accumulators a failed event's ``add`` may have changed in place."""
+    for holder, slot, saved in undo:
+        if saved is not None:
+            holder[slot] = _orjson.loads(saved)
+
+
+def check_json(value: Any) -> None:
+    """Raise ``TypeError`` when ``value`` (an aggregation's input) cannot be JSON."""
+    if value.__class__ not in _SCALARS:
+        dumps(value)
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON-shaped accumulator (as the changelog would restore it)."""
+    if value.__class__ in _SCALARS:
+        return value
+    return _orjson.loads(dumps(value))
 
 
 @dataclass(frozen=True)
@@ -101,6 +153,7 @@ class Stage:
     op: nodes.MapBatch | nodes.Enrich | None = None
     dedupes: list[int] = field(default_factory=list)
     terminal: bool = False
+    site: Site | None = None
 
     @property
     def has_clock(self) -> bool:
@@ -120,7 +173,12 @@ class DedupeSpec:
 
 @dataclass
 class Compiled:
-    """A segment ready to run: its stages, the generated source, and what state it keeps."""
+    """A segment ready to run: its stages, the generated source, and what state it keeps.
+
+    ``sites`` are its operators' user-code sites (failures counted and logged per operator);
+    ``aggregate_site`` the aggregation's, which window closes report a failing ``result``
+    to, with ``customs`` (name, slot) naming what a window's dead letter carries.
+    """
 
     segment: Segment
     stages: list[Stage]
@@ -132,6 +190,7 @@ class Compiled:
     decode: Callable[[Any], list[Any]] | None
     window_tag: bytes | None
     window_fingerprint: str | None
+    sites: Sites
     size_ms: int = 0
     step_ms: int = 0
     gap_ms: int = 0
@@ -139,7 +198,10 @@ class Compiled:
     session_first: Callable[..., Any] | None = None
     session_update: Callable[..., Any] | None = None
     session_merge: Callable[..., Any] | None = None
+    session_copy: Callable[[list[Any]], list[Any]] | None = None
     spilled: bool = False
+    aggregate_site: Site | None = None
+    customs: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def sessions(self) -> bool:
@@ -173,11 +235,17 @@ def compile_segment(
     return _Compiler(segment, guarantees if segment.index == 0 else NONE, spilled).build()
 
 
+def _identifier(text: str) -> str:
+    """``app.py:12`` -> ``app_py_12``: a user function's name in the generated code."""
+    return re.sub(r"\W", "_", text).strip("_") or "fn"
+
+
 class _Compiler:
     def __init__(self, segment: Segment, guarantees: Guarantees, spilled: bool) -> None:
         self.segment = segment
         self.guarantees = guarantees
         self.spilled = spilled
+        self.sites = Sites(segment.name)
         self.ns: dict[str, Any] = {
             "_dumps": dumps,
             "_reason": reason,
@@ -186,10 +254,16 @@ class _Compiler:
             "_not_json": _not_json,
             "_bad_key": _bad_key,
             "_bad_timestamp": _bad_timestamp,
+            "_check_acc": check_accumulator,
+            "_check_json": check_json,
+            "_snap": snapshot,
+            "_restore": restore,
             "_NEVER": NEVER,
+            "_USER_ERRORS": USER_ERRORS,
             **aggregations.NAMESPACE,
         }
         self.names = itertools.count()
+        self.site_names: dict[int, str] = {}
         self.dedupes: list[DedupeSpec] = []
         self.layout: Layout | None = None
         window = segment.window
@@ -231,7 +305,8 @@ class _Compiler:
             stages.append(stage)
             if not terminal:
                 batch = batch_ops[number]
-                stages.append(Stage(index=len(stages), op=batch))
+                site = self.sites.get(batch.stage, batch.where)
+                stages.append(Stage(index=len(stages), op=batch, site=site))
                 guarantees = guarantees.without(
                     None if isinstance(batch, nodes.MapBatch) else frozenset({batch.into})
                 )
@@ -247,24 +322,38 @@ class _Compiler:
             decode=None,
             window_tag=None,
             window_fingerprint=None,
+            sites=self.sites,
         )
         if segment.window is not None:
             self._window_parts(compiled, fingerprints)
+            compiled.source = "\n\n".join(self.sources)
         return compiled
 
     def _exec(self, name: str, code: _Code) -> Callable[..., Any]:
-        source = "\n".join(code.lines)
-        self.sources.append(source)
+        """``exec`` one generated function, its source registered with ``linecache`` under
+        a readable name, so tracebacks and debuggers through it show its lines."""
+        source = "\n".join(code.lines) + "\n"
+        self.sources.append(source.rstrip("\n"))
+        filename = f"<streams pipeline {self.segment.name}: {name} #{next(_SOURCES)}>"
         try:
-            exec(
-                compile(source, f"<streams pipeline {self.segment.name}: {name}>", "exec"), self.ns
-            )
+            code_object = compile(source, filename, "exec")
         except SyntaxError as exc:  # a bug of ours, never the user's: say where
             raise DeclarationError(
                 f"generated code for {self.segment.name} is invalid: {exc}"
             ) from None
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        exec(code_object, self.ns)
         fn: Callable[..., Any] = self.ns[name]
         return fn
+
+    def _site(self, stage: str, where: str, *, logs: bool = True) -> str:
+        """The name the generated code calls the :class:`Site` of ``stage`` at ``where`` by."""
+        site = self.sites.get(stage, where, logs=logs)
+        name = self.site_names.get(id(site))
+        if name is None:
+            name = self.site_names[id(site)] = f"_site_{_identifier(stage)}_{len(self.site_names)}"
+            self.ns[name] = site
+        return name
 
     def _stage(
         self, stage: Stage, ops: list[nodes.Op], guarantees: Guarantees, *, first: bool
@@ -375,10 +464,11 @@ class _Compiler:
             if key in guarantees.strings:
                 code.add(f"k = v[{key!r}]")
             else:
+                site = self._site("key", segment.where, logs=False)
                 code.add(
                     f"k = v.get({key!r})",
                     "if k.__class__ is not str:",
-                    f"    dead.setdefault(i, ('key', _bad_key({key!r}, k)))",
+                    f"    {site}.bad(dead, i, _bad_key({key!r}, k))",
                     "    continue",
                 )
             # Producers should key messages by the key field; count those that do not. One
@@ -394,65 +484,85 @@ class _Compiler:
         elif timestamp in guarantees.ints:
             code.add(f"t = v[{timestamp!r}]")
         else:
+            site = self._site("timestamp", segment.where, logs=False)
             code.add(
                 f"t = v.get({timestamp!r})",
                 "if t.__class__ is not int or t < 0:",
                 "    if t.__class__ is float and t >= 0 and t.is_integer():",
                 "        t = int(t)",
                 "    else:",
-                f"        dead.setdefault(i, ('timestamp', _bad_timestamp({timestamp!r}, t)))",
+                f"        {site}.bad(dead, i, _bad_timestamp({timestamp!r}, t))",
                 "        continue",
             )
 
     # -- stateless operators -------------------------------------------------------------
 
-    def _fn(self, fn: Any) -> str:
-        name = f"_f{next(self.names)}"
+    def _fn(self, fn: Any, op: nodes.Op) -> str:
+        """Bind a user function in the generated code under its operator and line, e.g.
+        ``map_at_app_py_12``, which is what tracebacks and debuggers show."""
+        name = f"{_identifier(op.stage)}_at_{_identifier(op.where)}"
+        if name in self.ns:
+            name += f"_{next(self.names)}"
         self.ns[name] = fn
         return name
 
     def _filter(self, code: _Code, op: nodes.Filter) -> None:
-        fn = self._fn(op.fn)
+        fn = self._fn(op.fn, op)
+        site = self._site(op.stage, op.where)
         code.add(
             "try:",
             f"    if not {fn}(v):",
             "        nfilt += 1",
             "        continue",
-            "except Exception as exc:",
-            "    dead.setdefault(i, ('filter', _reason(exc)))",
+            "except _USER_ERRORS as exc:",
+            f"    {site}.fail(dead, i, exc)",
             "    continue",
         )
 
     def _map(self, code: _Code, op: nodes.Map) -> None:
-        fn = self._fn(op.fn)
+        fn = self._fn(op.fn, op)
+        site = self._site(op.stage, op.where)
         code.add(
             "try:",
             f"    v = {fn}(v)",
-            "except Exception as exc:",
-            "    dead.setdefault(i, ('map', _reason(exc)))",
+            "except _USER_ERRORS as exc:",
+            f"    {site}.fail(dead, i, exc)",
             "    continue",
             "if v.__class__ is not dict and not isinstance(v, dict):",
-            "    dead.setdefault(i, ('map', _not_dict('map', v)))",
+            f"    {site}.bad(dead, i, _not_dict('map', v))",
             "    continue",
         )
 
     def _flat_map(self, code: _Code, op: nodes.FlatMap) -> None:
-        fn = self._fn(op.fn)
+        fn = self._fn(op.fn, op)
+        site = self._site(op.stage, op.where)
         children = f"c{next(self.names)}"
         code.add(
             "try:",
             f"    {children} = list({fn}(v))",
-            "except Exception as exc:",
-            "    dead.setdefault(i, ('flat_map', _reason(exc)))",
+            "except _USER_ERRORS as exc:",
+            f"    {site}.fail(dead, i, exc)",
             "    continue",
             f"for v in {children}:",
         )
         code.depth += 1
         code.add(
             "if v.__class__ is not dict and not isinstance(v, dict):",
-            "    dead.setdefault(i, ('flat_map', _not_dict('flat_map', v)))",
+            f"    {site}.bad(dead, i, _not_dict('flat_map', v))",
             "    continue",
         )
+
+    def _keyed(self, var: str, site: str) -> list[str]:
+        """Turn ``var`` (not None) into its key text; a value JSON cannot hold (a map put it
+        there) dead-letters the event."""
+        return [
+            f"if {var}.__class__ is not str:",
+            "    try:",
+            f"        {var} = _canonical_key({var})",
+            "    except _USER_ERRORS as exc:",
+            f"        {site}.fail(dead, i, exc)",
+            "        continue",
+        ]
 
     def _dedupe(
         self, code: _Code, op: nodes.Dedupe, d: int, clock: str, guarantees: Guarantees
@@ -475,13 +585,13 @@ class _Compiler:
                 "    continue",
             )
             return
+        site = self._site(op.stage, op.where)
         code.add(
             f"dk{d} = v.get({op.field!r})",
             f"if dk{d} is None:",
             f"    p{d} = None",
             "else:",
-            f"    if dk{d}.__class__ is not str:",
-            f"        dk{d} = _canonical_key(dk{d})",
+            *("    " + line for line in self._keyed(f"dk{d}", site)),
             *("    " + line for line in lookup),
             f"    if p{d} is not None and p{d} + {horizon} > {clock}:",
             "        dups.append(i)",
@@ -489,10 +599,11 @@ class _Compiler:
         )
 
     def _join(self, code: _Code, op: nodes.Join, j: int) -> None:
+        site = self._site(op.stage, op.where)
         code.add(
             f"jk = v.get({op.on!r})",
-            "if jk is not None and jk.__class__ is not str:",
-            "    jk = _canonical_key(jk)",
+            "if jk is not None:",
+            *("    " + line for line in self._keyed("jk", site)),
             f"jv = None if jk is None else tbl{j}.get(jk)",
             "if jv is None:",
             "    nmiss += 1",
@@ -508,27 +619,27 @@ class _Compiler:
         ``group_by``, to the repartition topic with its new key and event time."""
         segment = self.segment
         group_by = segment.group_by
-        stage = "to" if group_by is None else "group_by"
+        end: nodes.Op = group_by if group_by is not None else segment.sink  # type: ignore[assignment]
+        site = self._site(end.stage, end.where)
         if group_by is not None:
             if isinstance(group_by.by, str):
                 code.add(f"nk = v.get({group_by.by!r})")
                 missing = f"{group_by.by}: the group_by field is missing or null"
             else:
-                fn = self._fn(group_by.by)
+                fn = self._fn(group_by.by, group_by)
                 code.add(
                     "try:",
                     f"    nk = {fn}(v)",
-                    "except Exception as exc:",
-                    "    dead.setdefault(i, ('group_by', _reason(exc)))",
+                    "except _USER_ERRORS as exc:",
+                    f"    {site}.fail(dead, i, exc)",
                     "    continue",
                 )
                 missing = "the group_by function returned None"
             code.add(
                 "if nk is None:",
-                f"    dead.setdefault(i, ('group_by', {missing!r}))",
+                f"    {site}.bad(dead, i, {missing!r})",
                 "    continue",
-                "if nk.__class__ is not str:",
-                "    nk = _canonical_key(nk)",
+                *self._keyed("nk", site),
             )
             key, timestamp = "nk.encode()", "t"
         elif segment.key is not None and not segment.key_from_message:
@@ -538,8 +649,8 @@ class _Compiler:
         code.add(
             "try:",
             "    vb = _dumps(v)",
-            "except Exception as exc:",
-            f"    dead.setdefault(i, ({stage!r}, _not_json(exc)))",
+            "except _USER_ERRORS as exc:",
+            f"    {site}.bad(dead, i, _not_json(exc))",
             "    continue",
             f"outs.append(({key}, vb, {timestamp}))",
             *accept,
@@ -556,6 +667,7 @@ class _Compiler:
                 "sfirst = task.session_first",
                 "supdate = task.session_update",
                 "smerge = task.session_merge",
+                "scopy = task.session_copy",
             )
             return
         code.add(
@@ -567,13 +679,74 @@ class _Compiler:
             "users = changed = None",
         )
 
+    def _aggregate_site(self) -> str:
+        aggregate = self.segment.aggregate
+        assert aggregate is not None
+        return self._site(aggregate.stage, aggregate.where)
+
     def _inputs(self, code: _Code, guarantees: Guarantees) -> None:
         assert self.layout is not None
+        site = self._aggregate_site()
         for var, field_name, kind in self.layout.inputs:
             checked = kind == aggregations.NUMBER and field_name in guarantees.numbers
-            code.add(*aggregations.input_code(var, field_name, kind, checked))
+            code.add(*aggregations.input_code(var, field_name, kind, checked, site))
         if self.layout.uses_offset:
             code.add("o = recs[i].offset")
+
+    def _custom_phase(self, code: _Code, step: int, tumbling: bool) -> None:
+        """Custom aggregators first, for every window of the event, before anything changes:
+        their new accumulators (checked to be JSON) go to ``cvals``; if ``initial``/``add``
+        raises in any window, the in-place changes already made are undone and the event is
+        a dead letter that changed no window (decision 0014)."""
+        assert self.layout is not None
+        customs = [slots for slots in self.layout.aggregations if slots.custom is not None]
+        site = self._aggregate_site()
+        names = [f"cx{j}" for j in range(len(customs))]
+        fresh: list[str] = []
+        held: list[str] = []
+        for j, slots in enumerate(customs):
+            index = slots.custom_index
+            b = slots.base
+            fresh += [
+                f"{names[j]} = _cadd{index}(_cinit{index}(), v)",
+                f"_check_acc({names[j]}, {slots.name!r})",
+            ]
+            held += [
+                f"x = a[{b}]",
+                f"undo.append((a, {b}, _snap(x)))",
+                f"{names[j]} = _cadd{index}(x, v)",
+                f"_check_acc({names[j]}, {slots.name!r})",
+            ]
+        lookup = [
+            "u = by_start.get(s)",
+            "a = None if u is None else u.get(k)",
+        ]
+        if self.spilled:
+            lookup += ["if a is None and u is not None:", "    a = store.fetch(s, k)"]
+        body = [
+            *lookup,
+            "if a is None:",
+            *("    " + line for line in fresh),
+            "else:",
+            *("    " + line for line in held),
+            f"cvals.append(({', '.join(names)},))",
+        ]
+        code.add("cvals = []", "undo = []", "try:")
+        if tumbling:
+            code.add("    s = start", *("    " + line for line in body))
+        else:
+            code.add(
+                "    s = start",
+                "    while s > floor:",
+                *("        " + line for line in body),
+                f"        s -= {step}",
+            )
+        code.add(
+            "except _USER_ERRORS as exc:",
+            "    _restore(undo)",
+            f"    {site}.fail(dead, i, exc)",
+            "    continue",
+        )
 
     def _hopping(self, code: _Code, accept: list[str], guarantees: Guarantees) -> None:
         window = self.segment.window
@@ -583,8 +756,22 @@ class _Compiler:
         size, step = window.spec.size_ms, window.spec.step_ms
         reach = size + window.grace_ms
         lay = self.layout
-        first = ", ".join(expr for slots in lay.aggregations for expr in slots.first)
-        update = _merge_guards([slots.update for slots in _custom_first(lay)])
+        custom = lay.has_custom
+        # With custom aggregators their accumulators were computed first (_custom_phase):
+        # the walk only stores them, so nothing in it can raise.
+        first = ", ".join(
+            f"cv[{slots.custom_slot}]" if custom and slots.custom is not None else expr
+            for slots in lay.aggregations
+            for expr in slots.first
+        )
+        update = _merge_guards(
+            [
+                [f"a[{slots.base}] = cv[{slots.custom_slot}]"]
+                if slots.custom is not None
+                else slots.update
+                for slots in _custom_first(lay)
+            ]
+        )
         # Hopping windows give a key many open windows made by different events: interning
         # lets them share one copy of the key string (tumbling gives one or two: not worth it).
         key = "_intern(k)" if step < size else "k"
@@ -603,6 +790,9 @@ class _Compiler:
                 f"if st - {reach} > floor:",
                 f"    floor = st - {reach}",
             )
+        if custom:
+            self._custom_phase(code, step, tumbling)
+            code.add("cvi = 0")
         walk = [
             "while start > floor:",
             "    if start != cached_start:",
@@ -617,6 +807,7 @@ class _Compiler:
             "            touched[start] = fresh",
             "            lanes[start] = lane = (users, fresh)",
             "        users, changed = lane",
+            *(["    cv = cvals[cvi]", "    cvi += 1"] if custom else []),
             "    a = users.get(k)",
             *(["    if a is None:", "        a = store.fetch(start, k)"] if self.spilled else []),
             "    if a is None:",
@@ -629,16 +820,7 @@ class _Compiler:
         if tumbling:
             # One window per event (the late check above keeps it open): the walk's body once.
             walk = [line[4:] for line in walk[1:-1]]
-        if lay.has_custom:
-            code.add(
-                "try:",
-                *("    " + line for line in walk),
-                "except Exception as exc:",
-                "    dead.setdefault(i, ('aggregate', _reason(exc)))",
-                "    continue",
-            )
-        else:
-            code.add(*walk)
+        code.add(*walk)
         code.add(
             *accept,
             "nacc += 1",
@@ -655,16 +837,24 @@ class _Compiler:
         assert self.layout is not None
         variables = [var for var, _, _ in self.layout.inputs]
         args = ", ".join(["v", "t", "o", *variables])
+        site = self._aggregate_site()
         code.add(f"if t + {window.grace_ms} < st:", "    late[i] = None", "    continue")
         self._inputs(code, guarantees)
         if not self.layout.uses_offset:
             code.add("o = 0")
+        add = f"store.add(k, t, lambda: sfirst({args}), lambda a: supdate(a, {args}), smerge"
+        add += ", scopy)" if self.layout.has_custom else ")"
+        if self.layout.has_custom:
+            code.add(
+                "try:",
+                f"    {add}",
+                "except _USER_ERRORS as exc:",
+                f"    {site}.fail(dead, i, exc)",
+                "    continue",
+            )
+        else:
+            code.add(add)
         code.add(
-            "try:",
-            f"    store.add(k, t, lambda: sfirst({args}), lambda a: supdate(a, {args}), smerge)",
-            "except Exception as exc:",
-            "    dead.setdefault(i, ('aggregate', _reason(exc)))",
-            "    continue",
             *accept,
             "nacc += 1",
             "if t > st:",
@@ -692,36 +882,83 @@ class _Compiler:
         compiled.encode = aggregations.encoder(lay)
         compiled.decode = aggregations.decoder(lay)
         compiled.grace_ms = window.grace_ms
+        compiled.aggregate_site = self.sites.get(
+            self.segment.aggregate.stage,  # type: ignore[union-attr]
+            self.segment.aggregate.where,  # type: ignore[union-attr]
+        )
+        compiled.customs = [
+            (slots.name, slots.base) for slots in lay.aggregations if slots.custom is not None
+        ]
         tag = b"s" if isinstance(window.spec, Session) else b"w"
         compiled.window_tag = tag
         compiled.window_fingerprint = fingerprints[tag]
         if isinstance(window.spec, Session):
-            compiled.gap_ms = window.spec.gap_ms
-            variables = ", ".join(["v", "t", "o", *(var for var, _, _ in lay.inputs)])
-            first = ", ".join(expr for slots in lay.aggregations for expr in slots.first)
-            code = _Code()
-            code.add(f"def _sfirst({variables}):", f"    return [{first}]")
-            compiled.session_first = self._exec("_sfirst", code)
-            code = _Code()
-            code.add(
-                f"def _supdate(a, {variables}):",
-                *(
-                    "    " + line
-                    for line in _merge_guards([slots.update for slots in _custom_first(lay)])
-                ),
-                "    return a",
-            )
-            compiled.session_update = self._exec("_supdate", code)
-            code = _Code()
-            code.add(
-                "def _smerge(a, c):",
-                *("    " + line for slots in lay.aggregations for line in slots.merge),
-                "    return a",
-            )
-            compiled.session_merge = self._exec("_smerge", code)
+            self._session_parts(compiled, window.spec.gap_ms, lay)
         else:
             compiled.size_ms = window.spec.size_ms
             compiled.step_ms = window.spec.step_ms
+
+    def _session_parts(self, compiled: Compiled, gap_ms: int, lay: Layout) -> None:
+        compiled.gap_ms = gap_ms
+        variables = ", ".join(["v", "t", "o", *(var for var, _, _ in lay.inputs)])
+
+        def checked(slots: aggregations.Slots, lines: list[str]) -> list[str]:
+            # A custom accumulator is checked to be JSON right after each call that made it.
+            if slots.custom is None:
+                return lines
+            return [*lines, f"_check_acc(a[{slots.base}], {slots.name!r})"]
+
+        customs = [slots for slots in lay.aggregations if slots.custom is not None]
+        first = ", ".join(
+            f"c{slots.custom_slot}" if slots.custom is not None else expr
+            for slots in lay.aggregations
+            for expr in slots.first
+        )
+        code = _Code()
+        code.add(f"def _sfirst({variables}):")
+        for slots in customs:
+            code.add(
+                f"    c{slots.custom_slot} = {slots.first[0]}",
+                f"    _check_acc(c{slots.custom_slot}, {slots.name!r})",
+            )
+        code.add(f"    return [{first}]")
+        compiled.session_first = self._exec("_sfirst", code)
+        code = _Code()
+        code.add(
+            f"def _supdate(a, {variables}):",
+            *(
+                "    " + line
+                for line in _merge_guards(
+                    [checked(slots, slots.update) for slots in _custom_first(lay)]
+                )
+            ),
+            "    return a",
+        )
+        compiled.session_update = self._exec("_supdate", code)
+        code = _Code()
+        code.add(
+            "def _smerge(a, c):",
+            *("    " + line for slots in lay.aggregations for line in checked(slots, slots.merge)),
+            "    return a",
+        )
+        compiled.session_merge = self._exec("_smerge", code)
+        if lay.has_custom:
+            # Sessions with custom aggregators change copies, kept only if every call
+            # succeeds (decision 0014); sets of CountDistinct are copied as sets.
+            copies = ", ".join(
+                (
+                    f"set(a[{slots.base}])"
+                    if slots.holds_set
+                    else f"_copy_json(a[{slots.base}])"
+                    if slots.custom is not None
+                    else ", ".join(f"a[{slots.base + n}]" for n in range(slots.size))
+                )
+                for slots in lay.aggregations
+            )
+            self.ns["_copy_json"] = copy_json
+            code = _Code()
+            code.add("def _scopy(a):", f"    return [{copies}]")
+            compiled.session_copy = self._exec("_scopy", code)
 
 
 def _merge_guards(blocks: list[list[str]]) -> list[str]:

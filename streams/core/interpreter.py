@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.core.aggregations import canonical
-from streams.core.compile import canonical_key, reason
+from streams.core.compile import canonical_key, check_accumulator, check_json, copy_json
 from streams.core.decode import TopicDecoder
+from streams.core.failures import USER_ERRORS, reason
 from streams.core.jsonbytes import dumps
 from streams.topology import nodes
 from streams.topology.aggregations import is_builtin
@@ -64,11 +65,14 @@ class Interpretation:
     ``outputs`` are ``(key, value, event time)`` in emission order: for a windowed segment
     the final records (dicts), for a stateless one each value written (with the event time
     when it goes to a repartition topic). ``dead`` and ``late`` index the records given, in
-    order over all batches.
+    order over all batches; ``dead`` holds ``(stage, reason, where)``. ``derived`` are the
+    dead letters of no input record (a window whose final could not be made), in emission
+    order: ``(key, value, stage, where)``.
     """
 
     outputs: list[tuple[bytes | None, Any, int | None]] = field(default_factory=list)
-    dead: dict[int, tuple[str, str]] = field(default_factory=dict)
+    dead: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    derived: list[tuple[bytes | None, Any, str, str]] = field(default_factory=list)
     late: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     accepted: int = 0
@@ -87,10 +91,11 @@ class _Event:
 
 
 class _Dead(Exception):
-    def __init__(self, stage: str, why: str) -> None:
+    def __init__(self, stage: str, why: str, where: str = "") -> None:
         super().__init__(why)
         self.stage = stage
         self.why = why
+        self.where = where
 
 
 def interpret(
@@ -166,7 +171,7 @@ class _Interpreter:
             valid = iter(vals)
             for position, record in enumerate(batch.records):
                 if position in why:
-                    self.result.dead[self.records_seen] = ("validate", why[position])
+                    self.result.dead[self.records_seen] = ("validate", why[position], "")
                 else:
                     self._record(record, next(valid))
                 self.records_seen += 1
@@ -201,7 +206,7 @@ class _Interpreter:
         try:
             key, ts = self._key_and_time(record, value)
         except _Dead as dead:
-            self.result.dead[index] = (dead.stage, dead.why)
+            self.result.dead[index] = (dead.stage, dead.why, dead.where)
             return
         event = _Event(index, record.offset, value, key, ts, _key_bytes(self.segment, key, record))
         self._stage(0, 0, event, [])
@@ -215,24 +220,31 @@ class _Interpreter:
         else:
             key = value.get(segment.key)
             if not isinstance(key, str):
-                raise _Dead("key", "key field missing or not a string")
+                raise _Dead("key", "key field missing or not a string", segment.where)
         if segment.key_from_message or segment.timestamp is None:
             return key, int(record.timestamp)
         ts = value.get(segment.timestamp)
         if isinstance(ts, float) and ts >= 0 and ts.is_integer():
             ts = int(ts)
         if type(ts) is not int or ts < 0:
-            raise _Dead("timestamp", "timestamp field missing or not an integer >= 0")
+            raise _Dead(
+                "timestamp", "timestamp field missing or not an integer >= 0", segment.where
+            )
         return key, ts
 
-    def _dead(self, event: _Event, stage: str, why: str, rank: int) -> None:
-        """Dead-letter ``event``'s record once: with the failure of the lowest ``rank`` (the
-        engine runs a chunk's events through a stage's operators, then its barrier, then the
-        next stage: ``2 * stage``, ``2 * stage + 1``, ...), the first child's within one."""
+    def _dead(self, event: _Event, op: nodes.Op | str, why: str, rank: int) -> None:
+        """Dead-letter ``event``'s record once, naming the failing operator ``op`` (or a
+        stage name for the stream's own checks): with the failure of the lowest ``rank``
+        (the engine runs a chunk's events through a stage's operators, then its barrier,
+        then the next stage: ``2 * stage``, ``2 * stage + 1``, ...), the first child's
+        within one."""
         held = self._dead_rank.get(event.index)
         if held is None or rank < held:
             self._dead_rank[event.index] = rank
-            self.result.dead[event.index] = (stage, why)
+            if isinstance(op, str):
+                self.result.dead[event.index] = (op, why, self.segment.where)
+            else:
+                self.result.dead[event.index] = (op.stage, why, op.where)
 
     def _stage(self, stage: int, pos: int, event: _Event, marks: list[tuple[int, Any]]) -> bool:
         """Run ``event`` from operator ``pos`` of ``stage`` on; True if it was accepted."""
@@ -244,8 +256,8 @@ class _Interpreter:
         if isinstance(op, nodes.Filter):
             try:
                 keep = bool(op.fn(value))
-            except Exception as exc:
-                self._dead(event, "filter", reason(exc), 2 * stage)
+            except USER_ERRORS as exc:
+                self._dead(event, op, reason(exc), 2 * stage)
                 return False
             if not keep:
                 self.result.filtered += 1
@@ -254,23 +266,23 @@ class _Interpreter:
         if isinstance(op, nodes.Map):
             try:
                 new = op.fn(value)
-            except Exception as exc:
-                self._dead(event, "map", reason(exc), 2 * stage)
+            except USER_ERRORS as exc:
+                self._dead(event, op, reason(exc), 2 * stage)
                 return False
             if not isinstance(new, dict):
-                self._dead(event, "map", "not a dict", 2 * stage)
+                self._dead(event, op, "not a dict", 2 * stage)
                 return False
             return self._stage(stage, pos + 1, _with(event, new), marks)
         if isinstance(op, nodes.FlatMap):
             try:
                 children = list(op.fn(value))
-            except Exception as exc:
-                self._dead(event, "flat_map", reason(exc), 2 * stage)
+            except USER_ERRORS as exc:
+                self._dead(event, op, reason(exc), 2 * stage)
                 return False
             accepted = False
             for child in children:
                 if not isinstance(child, dict):
-                    self._dead(event, "flat_map", "not a dict", 2 * stage)
+                    self._dead(event, op, "not a dict", 2 * stage)
                     continue
                 accepted |= self._stage(stage, pos + 1, _with(event, child), list(marks))
             return accepted
@@ -279,7 +291,11 @@ class _Interpreter:
             if found is None:
                 return self._stage(stage, pos + 1, event, marks)
             if not isinstance(found, str):
-                found = canonical_key(found)
+                try:
+                    found = canonical_key(found)
+                except USER_ERRORS as exc:
+                    self._dead(event, op, reason(exc), 2 * stage)
+                    return False
             seen = self.seen.setdefault(id(op), {})
             clock = self._clock(stage)
             earlier = seen.get(found)
@@ -290,7 +306,11 @@ class _Interpreter:
         if isinstance(op, nodes.Join):
             key = value.get(op.on)
             if key is not None and not isinstance(key, str):
-                key = canonical_key(key)
+                try:
+                    key = canonical_key(key)
+                except USER_ERRORS as exc:
+                    self._dead(event, op, reason(exc), 2 * stage)
+                    return False
             table = self.tables.get(op.table.name, {})
             found = None if key is None else table.get(key)
             if found is None:
@@ -321,7 +341,7 @@ class _Interpreter:
             try:
                 value = self._barrier(barrier, event.value)
             except _Dead as dead:
-                self._dead(event, dead.stage, dead.why, 2 * stage + 1)
+                self._dead(event, barrier, dead.why, 2 * stage + 1)
                 return True
             if value is _NONE:
                 self.result.filtered += 1
@@ -334,7 +354,7 @@ class _Interpreter:
         if isinstance(op, nodes.MapBatch):
             try:
                 out = _call(op.fn, [value])
-            except Exception as exc:
+            except USER_ERRORS as exc:
                 raise _Dead("map_batch", reason(exc)) from None
             if not isinstance(out, list | tuple) or len(out) != 1:
                 raise _Dead("map_batch", "wrong length")
@@ -346,11 +366,14 @@ class _Interpreter:
         assert isinstance(op, nodes.Enrich)
         key = value.get(op.key)
         if key is not None and not isinstance(key, str):
-            key = canonical_key(key)
+            try:
+                key = canonical_key(key)
+            except USER_ERRORS as exc:
+                raise _Dead("enrich", reason(exc)) from None
         if key is None:
             value[op.into] = None
             return value
-        error: Exception | None = None
+        error: BaseException | None = None
         for _ in range(op.attempts):
             try:
                 returned = _call(op.fn, [key])
@@ -358,7 +381,7 @@ class _Interpreter:
                     raise TypeError("enrich must return a dict")
                 value[op.into] = returned.get(key)
                 return value
-            except Exception as exc:
+            except USER_ERRORS as exc:
                 error = exc
         assert error is not None
         raise _Dead("enrich", reason(error))
@@ -369,6 +392,8 @@ class _Interpreter:
         segment = self.segment
         if segment.window is None:
             return self._write(event, marks)
+        aggregate = segment.aggregate
+        assert aggregate is not None
         st = self.stream_time
         spec = segment.window.spec
         grace = segment.window.grace_ms
@@ -385,29 +410,28 @@ class _Interpreter:
             if not open_starts:
                 self._late(event)
                 return False
-        try:
-            self._check_inputs(event)
-        except _Dead as dead:
-            self._dead(event, dead.stage, dead.why, self._terminal_rank)
-            return False
         assert event.key is not None
         try:
+            self._check_inputs(event)
             if isinstance(spec, Session):
                 self._join_session(event, spec.gap_ms)
             else:
-                # Newest window first, as the engine walks them: a custom aggregator that
-                # raises leaves the windows before it updated.
+                # Every window's custom accumulators first, on copies: an event that fails in
+                # any of them changes none (decision 0014).
+                updated = []
                 for start in open_starts:
+                    window = self.windows.get(start, {}).get(event.key)
+                    updated.append(self._custom_add(None if window is None else window[1], event))
+                for start, accs in zip(open_starts, updated, strict=True):
                     keys = self.windows.setdefault(start, {})
                     window = keys.get(event.key)
-                    accs = self._custom_add(None if window is None else window[1], event)
                     if window is None:
                         keys[event.key] = [[event], accs]
                     else:
                         window[0].append(event)
                         window[1] = accs
         except _Dead as dead:
-            self._dead(event, dead.stage, dead.why, self._terminal_rank)
+            self._dead(event, aggregate, dead.why, self._terminal_rank)
             return False
         self._accept(event, marks)
         self._close(self.stream_time)
@@ -419,15 +443,18 @@ class _Interpreter:
         return [(name, agg) for name, agg in aggregate.named if not is_builtin(agg)]
 
     def _custom_add(self, accs: dict[str, Any] | None, event: _Event) -> dict[str, Any]:
-        """Each custom aggregator's accumulator with ``event`` added (a new dict)."""
+        """Each custom aggregator's accumulator with ``event`` added, on a copy (a new
+        dict); raises :class:`_Dead` when one raises or its accumulator is not JSON."""
         out: dict[str, Any] = {}
         for name, agg in self._customs():
             try:
-                acc = agg.initial() if accs is None else accs[name]
+                acc = agg.initial() if accs is None else copy_json(accs[name])
                 new = agg.add(acc, event.value)
-            except Exception as exc:
+                new = acc if new is None else new
+                check_accumulator(new, name)
+            except USER_ERRORS as exc:
                 raise _Dead("aggregate", reason(exc)) from None
-            out[name] = acc if new is None else new
+            out[name] = new
         return out
 
     def _accept(self, event: _Event, marks: list[tuple[int, Any]]) -> None:
@@ -442,7 +469,9 @@ class _Interpreter:
             self.result.late.append(event.index)
 
     def _write(self, event: _Event, marks: list[tuple[int, Any]]) -> bool:
-        group_by = self.segment.group_by
+        segment = self.segment
+        group_by = segment.group_by
+        end: nodes.Op = group_by if group_by is not None else segment.sink  # type: ignore[assignment]
         ts: int | None = None
         key = event.key_bytes
         if group_by is not None:
@@ -452,40 +481,46 @@ class _Interpreter:
                     if callable(group_by.by)
                     else event.value.get(group_by.by)
                 )
-            except Exception as exc:
-                self._dead(event, "group_by", reason(exc), self._terminal_rank)
+                if new is None:
+                    raise _Dead("group_by", "missing key")
+                key = (new if isinstance(new, str) else canonical_key(new)).encode()
+            except _Dead as dead:
+                self._dead(event, end, dead.why, self._terminal_rank)
                 return False
-            if new is None:
-                self._dead(event, "group_by", "missing key", self._terminal_rank)
+            except USER_ERRORS as exc:
+                self._dead(event, end, reason(exc), self._terminal_rank)
                 return False
-            key = (new if isinstance(new, str) else canonical_key(new)).encode()
             ts = event.ts
         try:
             dumps(event.value)
-        except TypeError as exc:
-            self._dead(
-                event,
-                "group_by" if group_by is not None else "to",
-                reason(exc),
-                self._terminal_rank,
-            )
+        except USER_ERRORS as exc:
+            self._dead(event, end, reason(exc), self._terminal_rank)
             return False
         self.result.outputs.append((key, event.value, ts))
         self._accept(event, marks)
         return True
 
     def _check_inputs(self, event: _Event) -> None:
+        """What the engine checks of an event's inputs before aggregating it: numbers for
+        sums, means, minima and maxima, JSON for values kept as they are."""
         aggregate = self.segment.aggregate
         assert aggregate is not None
         for _, aggregation in aggregate.named:
-            if is_builtin(aggregation) and aggregation.kind in ("sum", "mean", "min", "max"):
-                found = event.value.get(aggregation.field)
-                if found is None:
-                    continue
+            if not is_builtin(aggregation) or aggregation.kind == "count":
+                continue
+            found = event.value.get(aggregation.field)
+            if found is None:
+                continue
+            if aggregation.kind in ("sum", "mean", "min", "max"):
                 if type(found) not in (int, float) or (
                     type(found) is int and abs(found) >= 2**1023
                 ):
                     raise _Dead("aggregate", "not a number")
+                continue
+            try:
+                check_json(found)
+            except USER_ERRORS as exc:
+                raise _Dead("aggregate", reason(exc)) from None
 
     def _join_session(self, event: _Event, gap: int) -> None:
         assert event.key is not None
@@ -496,8 +531,12 @@ class _Interpreter:
         accs = self._custom_add(hits[0][3] if hits else None, event)
         for s in hits[1:]:
             for name, agg in self._customs():
-                new = agg.merge(accs[name], s[3][name])
-                accs[name] = accs[name] if new is None else new
+                try:
+                    new = agg.merge(accs[name], copy_json(s[3][name]))
+                    accs[name] = accs[name] if new is None else new
+                    check_accumulator(accs[name], name)
+                except USER_ERRORS as exc:
+                    raise _Dead("aggregate", reason(exc)) from None
         merged = [
             min([event.ts, *(s[0] for s in hits)]),
             max([event.ts, *(s[1] for s in hits)]),
@@ -546,25 +585,34 @@ class _Interpreter:
                     closing.append((start + size, key, start, events, accs))
         closing.sort(key=lambda item: (item[0], item[1]))
         for end, key, start, events, accs in closing:
-            final = self._final(key, start, end, events, accs)
-            self.result.outputs.append((key.encode(), final, None))
+            self._emit_final(key, start, end, events, accs)
 
-    def _final(
+    def _emit_final(
         self, key: str, start: int, end: int, events: list[_Event], accs: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> None:
+        """A closed window's final record, or its dead letter when a custom aggregator's
+        ``result`` raised or the record is not JSON (decision 0014)."""
         aggregate = self.segment.aggregate
         assert aggregate is not None
         record: dict[str, Any] = {"key": key, "window_start": start, "window_end": end}
-        for name, aggregation in aggregate.named:
-            if is_builtin(aggregation):
-                record[name] = _aggregate(aggregation, events)
-            else:
-                try:
+        try:
+            for name, aggregation in aggregate.named:
+                if is_builtin(aggregation):
+                    record[name] = _aggregate(aggregation, events)
+                else:
                     record[name] = aggregation.result(accs[name])
-                except Exception:
-                    record[name] = None
-        record["final"] = True
-        return record
+            record["final"] = True
+            dumps(record)
+        except USER_ERRORS:
+            letter = {
+                "key": key,
+                "window_start": start,
+                "window_end": end,
+                "accumulators": accs,
+            }
+            self.result.derived.append((key.encode(), letter, aggregate.stage, aggregate.where))
+            return
+        self.result.outputs.append((key.encode(), record, None))
 
 
 def _aggregate(aggregation: Any, events: list[_Event]) -> Any:

@@ -7,20 +7,25 @@ from dataclasses import dataclass, field
 # (key, value, event time or None): a record for the segment's output topic. The event time
 # is set for repartition records, whose downstream reads it as the record timestamp.
 Output = tuple[bytes | None, bytes, int | None]
+# (key, value, stage, reason, where): a dead letter with no input record of its own, e.g. a
+# window whose custom aggregator's ``result`` raised when it closed (decision 0014).
+Derived = tuple[bytes | None, bytes, str, str, str]
 
 
 @dataclass(slots=True)
 class Outcome:
     """Results of a batch (or a tick) of one segment on one input partition.
 
-    ``dead`` maps the index of a record in the batch to the stage and reason of its first
-    failure; ``late`` holds late records' indices in arrival order (a dict as an ordered set);
+    ``dead`` maps the index of a record in the batch to the stage, reason and declaring line
+    (``where``) of its first failure; ``derived`` holds dead letters of no input record;
+    ``late`` holds late records' indices in arrival order (a dict as an ordered set);
     ``duplicates`` the index of each event dropped as a duplicate (a record's once per
     ``flat_map`` child dropped).
     """
 
     outputs: list[Output] = field(default_factory=list)
-    dead: dict[int, tuple[str, str]] = field(default_factory=dict)
+    dead: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    derived: list[Derived] = field(default_factory=list)
     late: dict[int, None] = field(default_factory=dict)
     accepted: int = 0
     duplicates: list[int] = field(default_factory=list)

@@ -38,9 +38,10 @@ import orjson
 
 from streams.core import changelog
 from streams.core.changelog import Record
-from streams.core.compile import Compiled, canonical_key, reason
+from streams.core.compile import Compiled, canonical_key
 from streams.core.dedupe import Deduplicator
 from streams.core.enrich import MISSING, TtlCache
+from streams.core.failures import USER_ERRORS, Site, reason
 from streams.core.jsonbytes import dumps
 from streams.core.outcome import Outcome
 from streams.core.sessions import SessionStore
@@ -138,6 +139,7 @@ class SegmentTask:
         self.session_first = compiled.session_first
         self.session_update = compiled.session_update
         self.session_merge = compiled.session_merge
+        self.session_copy = compiled.session_copy
         self._record = compiled.record
         self._encode = compiled.encode
         self._decode = compiled.decode
@@ -203,10 +205,14 @@ class SegmentTask:
                 else:
                     items = stage.fn(self, records, items, out, now_ms, seq)
             elif isinstance(stage.op, nodes.MapBatch):
-                items = yield from self._map_batch(stage.op, items, out)
+                assert stage.site is not None
+                items = yield from self._map_batch(stage.op, stage.site, items, out)
             else:
                 assert isinstance(stage.op, nodes.Enrich)
-                items = yield from self._enrich(stage.op, stage.index, items, out, now_ms)
+                assert stage.site is not None
+                items = yield from self._enrich(
+                    stage.op, stage.site, stage.index, items, out, now_ms
+                )
         if self.compiled.sessions:
             self._session_updates(out)
         self.clock.mark_activity(now_ms)
@@ -222,7 +228,7 @@ class SegmentTask:
             self.windows.ensure_index()
 
     def _map_batch(
-        self, op: nodes.MapBatch, items: list[tuple[Any, ...]], out: Outcome
+        self, op: nodes.MapBatch, site: Site, items: list[tuple[Any, ...]], out: Outcome
     ) -> Generator[Call, CallResult, list[tuple[Any, ...]]]:
         if not items:
             return []
@@ -232,9 +238,9 @@ class SegmentTask:
         else:
             result = _call(op.fn, values)
         if result.error is not None:
-            failure = ("map_batch", reason(result.error))
-            for item in items:
-                out.dead.setdefault(item[0], failure)
+            site.fail_many(
+                out.dead, [item[0] for item in items], result.error, reason(result.error)
+            )
             return []
         returned = result.value
         if not isinstance(returned, list | tuple) or len(returned) != len(items):
@@ -243,13 +249,11 @@ class SegmentTask:
                 if isinstance(returned, list | tuple)
                 else type(returned).__name__
             )
-            failure = (
-                "map_batch",
+            why = (
                 f"map_batch must return a list of {len(items)} values "
-                f"(one per event, None to drop one), got {got}",
+                f"(one per event, None to drop one), got {got}"
             )
-            for item in items:
-                out.dead.setdefault(item[0], failure)
+            site.fail_many(out.dead, [item[0] for item in items], None, why)
             return []
         kept = []
         for (index, _, key, ts), value in zip(items, returned, strict=True):
@@ -258,14 +262,13 @@ class SegmentTask:
             elif value.__class__ is dict or isinstance(value, dict):
                 kept.append((index, value, key, ts))
             else:
-                out.dead.setdefault(
-                    index, ("map_batch", f"map_batch returned {type(value).__name__}, not a dict")
-                )
+                site.bad(out.dead, index, f"map_batch returned {type(value).__name__}, not a dict")
         return kept
 
     def _enrich(
         self,
         op: nodes.Enrich,
+        site: Site,
         stage: int,
         items: list[tuple[Any, ...]],
         out: Outcome,
@@ -279,10 +282,17 @@ class SegmentTask:
         keys: list[Any] = []
         found: dict[Any, Any] = {}
         wanted: dict[Any, None] = {}
+        unkeyable: set[int] = set()
         for item in items:
             key = item[1].get(op.key)
             if key is not None and key.__class__ is not str:
-                key = canonical_key(key)
+                try:
+                    key = canonical_key(key)
+                except USER_ERRORS as exc:  # a value a map put there that JSON cannot hold
+                    site.fail(out.dead, item[0], exc)
+                    unkeyable.add(id(item))
+                    keys.append(None)
+                    continue
             keys.append(key)
             if key is None or key in found or key in wanted:
                 continue
@@ -294,7 +304,7 @@ class SegmentTask:
         out.enrich_hits += len(found)
         out.enrich_misses += len(wanted)
         failed = False
-        failure = ("enrich", "")
+        failure = ""
         if wanted:
             call = Call(op.fn, list(wanted), op.is_async, op.attempts, f"enrich at {op.where}")
             result = (yield call) if op.is_async else call_now(call)
@@ -306,27 +316,29 @@ class SegmentTask:
                 )
             if result.error is not None:
                 failed = True
-                failure = (
-                    "enrich",
-                    f"{op.attempts} attempts failed, the last with {reason(result.error)}",
-                )
+                failure = f"{op.attempts} attempts failed, the last with {reason(result.error)}"
             else:
                 for key in wanted:
                     value = returned.get(key)
                     cache.put(key, value, now_ms)
                     found[key] = value
         kept = []
+        lost: list[int] = []
         into = op.into
         for item, key in zip(items, keys, strict=True):
             if key is None:
+                if id(item) in unkeyable:
+                    continue
                 item[1][into] = None
             elif key in found:
                 item[1][into] = found[key]
             else:
                 assert failed
-                out.dead.setdefault(item[0], failure)
+                lost.append(item[0])
                 continue
             kept.append(item)
+        if lost:
+            site.fail_many(out.dead, lost, result.error, failure)
         return kept
 
     def touch(self, now_ms: int) -> None:
@@ -384,8 +396,6 @@ class SegmentTask:
             self.windows.save(touched)
 
     def _updates(self, touched: dict[int, dict[str, list[Any]]], out: Outcome) -> None:
-        record = self._record
-        assert record is not None
         size = self.compiled.size_ms
         by_start = self.windows.by_start
         outputs = out.outputs
@@ -394,13 +404,66 @@ class SegmentTask:
                 changed = touched[start]
                 end = start + size
                 for key in sorted(changed):
-                    value = dumps(record(key, start, end, changed[key], False))
-                    outputs.append((key.encode(), value, None))
-                    out.updates += 1
+                    value = self._final_bytes(key, start, end, changed[key], False, out)
+                    if value is not None:
+                        outputs.append((key.encode(), value, None))
+                        out.updates += 1
+
+    def _final_bytes(
+        self, key: str, start: int, end: int, acc: list[Any], final: bool, out: Outcome
+    ) -> bytes | None:
+        """A window's record, as JSON; None when a custom aggregator's ``result`` raised or
+        returned what JSON cannot hold: a final then becomes the window's dead letter (an
+        update is skipped: its window's final will say)."""
+        record = self._record
+        assert record is not None
+        try:
+            value = record(key, start, end, acc, final)
+        except USER_ERRORS as exc:
+            self._window_failed(key, start, end, acc, final, exc, reason(exc), out)
+            return None
+        try:
+            return dumps(value)
+        except USER_ERRORS as exc:
+            why = f"the window's record is not JSON-serialisable ({reason(exc)})"
+            self._window_failed(key, start, end, acc, final, exc, why, out)
+            return None
+
+    def _window_failed(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        acc: list[Any],
+        final: bool,
+        exc: BaseException,
+        why: str,
+        out: Outcome,
+    ) -> None:
+        site = self.compiled.aggregate_site
+        assert site is not None
+        if not final:
+            site.failed(exc, why, "an update of the window (its final will say)")
+            return
+        site.failed(exc, why, "the window's final")
+        accumulators = {name: acc[slot] for name, slot in self.compiled.customs}
+        letter = {
+            "key": key,
+            "window_start": start,
+            "window_end": end,
+            "accumulators": accumulators,
+        }
+        try:
+            value = dumps(letter)
+        except USER_ERRORS:  # checked at each add: only an aggregator that broke its own
+            letter["accumulators"] = {name: repr(a) for name, a in accumulators.items()}
+            value = dumps(letter)
+        out.derived.append((key.encode(), value, site.stage, why, site.where))
 
     def close_windows(self, stream_time: int, out: Outcome) -> None:
         """Emit and forget every window closed at ``stream_time``: finals by window end,
-        then key; their changelog records become tombstones."""
+        then key; their changelog records become tombstones. A window whose final cannot be
+        made (a custom ``result`` raised) is a dead letter instead (decision 0014)."""
         record = self._record
         assert record is not None
         outputs = out.outputs
@@ -410,27 +473,31 @@ class SegmentTask:
             gap = self.compiled.gap_ms
             for key, (start, last, acc) in self.windows.close_until(stream_time):
                 end = last + gap
-                outputs.append((key.encode(), dumps(record(key, start, end, acc, True)), None))
-                finals[end] = finals.get(end, 0) + 1
+                value = self._final_bytes(key, start, end, acc, True, out)
+                if value is not None:
+                    outputs.append((key.encode(), value, None))
+                    finals[end] = finals.get(end, 0) + 1
             return
         size = self.compiled.size_ms
         tag = self.compiled.window_tag
         assert tag is not None
         fast = orjson.dumps
         join, e = b"".join, b""  # a copy of its own size (see jsonbytes.dumps)
+        careful = self._final_bytes
         for start, users in self.windows.close_until(stream_time):
             prefix = tag + b"%d:" % start
             end = start + size
             emitted = 0
             for key in sorted(users):
                 kb = key.encode()
-                final = record(key, start, end, users[key], True)
-                try:
-                    value = join((fast(final), e))
-                except TypeError:  # an integer beyond 64 bits (see streams.core.jsonbytes)
-                    value = dumps(final)
-                outputs.append((kb, value, None))
                 pending.append((prefix + kb, None))
+                try:
+                    value = join((fast(record(key, start, end, users[key], True)), e))
+                except USER_ERRORS:  # an integer beyond 64 bits, or a custom result's fault
+                    value = careful(key, start, end, users[key], True, out)
+                    if value is None:
+                        continue
+                outputs.append((kb, value, None))
                 emitted += 1
             if emitted:
                 finals[end] = finals.get(end, 0) + emitted
@@ -441,15 +508,13 @@ class SegmentTask:
         if not touched:
             return
         if self.segment.emit_updates:
-            record = self._record
-            assert record is not None
             gap = self.compiled.gap_ms
             alive = sorted(touched.values(), key=lambda item: (item[1][1], item[0]))
             for key, (start, last, acc) in alive:
-                out.outputs.append(
-                    (key.encode(), dumps(record(key, start, last + gap, acc, False)), None)
-                )
-                out.updates += 1
+                value = self._final_bytes(key, start, last + gap, acc, False, out)
+                if value is not None:
+                    out.outputs.append((key.encode(), value, None))
+                    out.updates += 1
         touched.clear()
 
     # -- changelog -----------------------------------------------------------------------

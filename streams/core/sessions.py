@@ -43,10 +43,17 @@ class SessionStore:
         key: str,
         ts: int,
         first: Callable[[], list[Any]],
-        update: Callable[[list[Any]], None],
-        merge: Callable[[list[Any], list[Any]], None],
+        update: Callable[[list[Any]], Any],
+        merge: Callable[[list[Any], list[Any]], Any],
+        copy: Callable[[list[Any]], list[Any]] | None = None,
     ) -> None:
-        """Put an accepted event in its session: new, extended, or merging several."""
+        """Put an accepted event in its session: new, extended, or merging several.
+
+        With ``copy`` (custom aggregators, whose calls may raise or change an accumulator in
+        place before raising) the event is added to, and the sessions merged into, copies
+        that replace the originals only when every call returned: an event that fails
+        changes no session.
+        """
         gap = self._gap
         sessions = self.by_key.get(key)
         if sessions is None:
@@ -60,11 +67,16 @@ class SessionStore:
                 sessions.sort(key=_start)
             else:
                 session = hits[0]
-                # The event first: a custom aggregator that raises on it leaves every
-                # session as it was (merging is order-free).
-                update(session[2])
+                if copy is None:
+                    update(session[2])
+                    for other in hits[1:]:
+                        merge(session[2], other[2])
+                else:
+                    acc = update(copy(session[2]))
+                    for other in hits[1:]:
+                        acc = merge(acc, copy(other[2]))
+                    session[2] = acc
                 for other in hits[1:]:
-                    merge(session[2], other[2])
                     session[0] = min(session[0], other[0])
                     session[1] = max(session[1], other[1])
                     sessions.remove(other)

@@ -18,11 +18,12 @@ from typing import Any, Protocol
 from aiokafka import TopicPartition
 
 from streams.broker.batches import Headers, Poison, partition_for
-from streams.core.outcome import Outcome
+from streams.core.outcome import Derived, Outcome
 from streams.core.segment import SegmentTask
 from streams.dlq import (
     HEADER_MESSAGE,
     HEADER_OFFSET,
+    HEADER_OPERATOR,
     HEADER_PARTITION,
     HEADER_STAGE,
     HEADER_TOPIC,
@@ -100,25 +101,56 @@ class Collector:
         dlq: str,
         tp: TopicPartition,
         records: Sequence[Any],
-        failures: list[tuple[int, str, str]],
+        failures: list[tuple[int, str, str, str | None]],
         wall: int,
         pipeline: str | None = None,
     ) -> None:
-        """Original key and bytes of each failed record, with headers saying why."""
+        """Original key and bytes of each failed record, with headers saying why (and, for a
+        failure in user code, where the failing operator was declared)."""
         if not failures:
             return
         parts = self.partitions[dlq]
         append = sender.append
-        for index, stage, reason in failures:
+        for index, stage, reason, where in failures:
             record = records[index]
             headers = dead_letter_headers(
                 stage, reason, tp.topic, tp.partition, record.offset, wall, record.headers
             )
+            if where:
+                headers.append((HEADER_OPERATOR, where.encode()))
             if pipeline is not None:
                 headers.append((HEADER_PIPELINE, pipeline.encode()))
             append(dlq, tp.partition % parts, record.key, record.value, headers=headers)
         self.metrics.dlq_writes.labels(dlq).inc(len(failures))
         self.metrics.produced.labels(dlq).inc(len(failures))
+
+    def derived(
+        self,
+        sender: Sink,
+        dlq: str,
+        tp: TopicPartition,
+        letters: list[Derived],
+        wall: int,
+        pipeline: str,
+    ) -> None:
+        """Dead letters with no input record of their own (a window whose final could not
+        be made): their key and JSON value, with the source partition but no offset."""
+        parts = self.partitions[dlq]
+        for key, value, stage, reason, where in letters:
+            headers = [
+                (HEADER_STAGE, stage.encode()),
+                (HEADER_MESSAGE, reason.encode("utf-8", "replace")),
+                (HEADER_TOPIC, tp.topic.encode()),
+                (HEADER_PARTITION, str(tp.partition).encode()),
+                (HEADER_TS, str(wall).encode()),
+                (HEADER_OPERATOR, where.encode()),
+                (HEADER_PIPELINE, pipeline.encode()),
+            ]
+            sender.append(dlq, tp.partition % parts, key, value, headers=headers)
+            self.metrics.failed.labels(pipeline, stage).inc()
+        self.metrics.dlq_writes.labels(dlq).inc(len(letters))
+        self.metrics.produced.labels(dlq).inc(len(letters))
+        self.stats.failed += len(letters)
 
     def outcome(
         self,
@@ -142,13 +174,16 @@ class Collector:
             for end, count in outcome.finals.items():
                 observe_many(latency, max(0.0, (wall - end) / 1000), count)
         if outcome.dead:
-            failures = [
-                (index, stage, reason) for index, (stage, reason) in sorted(outcome.dead.items())
+            failures: list[tuple[int, str, str, str | None]] = [
+                (index, stage, reason, where)
+                for index, (stage, reason, where) in sorted(outcome.dead.items())
             ]
             self.dead_letters(sender, segment.dlq, tp, records, failures, wall, name)
-            for _, stage, _ in failures:
+            for _, stage, _, _ in failures:
                 metrics.failed.labels(name, stage).inc()
             self.stats.failed += len(failures)
+        if outcome.derived:
+            self.derived(sender, segment.dlq, tp, outcome.derived, wall, name)
         if outcome.late:
             late = segment.late
             assert late is not None

@@ -55,7 +55,8 @@ class WorkerMetrics:
         self.failed = Counter(
             "streams_events_failed_total",
             "Events dead-lettered by the pipeline, by stage (key, timestamp, filter, map, "
-            "flat_map, map_batch, aggregate, enrich, group_by, to, produce).",
+            "flat_map, map_batch, dedupe, join, enrich, aggregate, group_by, to, produce); "
+            "aggregate includes windows whose custom result failed.",
             ["pipeline", "stage"],
             registry=r,
         )

@@ -66,7 +66,7 @@ async def run_partition(
         idxs, vals, failures = decoder.decode(values)
         if failures:
             collector.dead_letters(
-                outputs, dlq, tp, chunk, [(i, "validate", why) for i, why in failures], wall
+                outputs, dlq, tp, chunk, [(i, "validate", why, None) for i, why in failures], wall
             )
             metrics.invalid.labels(tp.topic).inc(len(failures))
             collector.stats.invalid += len(failures)

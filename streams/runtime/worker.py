@@ -540,6 +540,9 @@ class Worker:
         """Advance idle, caught-up partitions by the wall clock; refresh lag gauges."""
         self._last_tick = time.monotonic()
         self._log_progress()
+        for compiled in self._compiled.values():
+            for each in compiled:
+                each.sites.summarise()
         if self.health.rebalancing:
             return
         consumer = self._consumer

@@ -14,6 +14,11 @@ by in-memory topics (partitioned by the murmur2 of the key, like Kafka's produce
     assert driver.values("revenue-per-customer") == [...]
 
 Each :meth:`send` is one fetched batch; :meth:`send_many` sends several records as one.
+
+User code that raises (or returns what it may not) dead-letters its event, as in a worker.
+``TestDriver(app, raise_errors=True)`` also raises the first such exception from the call
+that met it (``send``, ``advance``, ...), unchained, with a traceback that runs through the
+generated loop's lines to the user's.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from aiokafka import TopicPartition
 from streams.api.app import App
 from streams.broker.batches import Headers, partition_for
 from streams.config import Settings
+from streams.core.failures import Site
 from streams.core.segment import SegmentTask
 from streams.dlq import header_map
 from streams.errors import StreamsError
@@ -140,8 +146,10 @@ class TestDriver:
         partitions: int = 1,
         now_ms: int = 0,
         settings: Settings | None = None,
+        raise_errors: bool = False,
     ) -> None:
         self.app = app
+        self.raise_errors = raise_errors
         settings = settings or Settings()
         self.settings = dataclasses.replace(settings, app_id=app.name, partitions=partitions)
         self.plan = plan(app, app.name)
@@ -154,6 +162,8 @@ class TestDriver:
         self._collector = Collector(self.plan, TopicLayout(counts, {}), self.metrics, self.stats)
         self.tables: dict[str, dict[str, Any]] = {name: {} for name in self.plan.tables}
         self._decoders, self._compiled = compile_plan(self.plan, self.settings.max_message_bytes)
+        for site in self._sites():
+            site.capture = raise_errors
         self._dlq_of_input = {segment.input: segment.dlq for segment in self.plan.segments}
         # How far each input partition has been processed.
         self._consumed: dict[tuple[str, int], int] = {}
@@ -373,17 +383,31 @@ class TestDriver:
                 self._collector.changelog(self._topics, segment, partition)
         await self._drain()
 
+    def _sites(self) -> list[Site]:
+        return [site for compiled in self._compiled.values() for c in compiled for site in c.sites]
+
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` to completion, also from inside a running event loop (an async
-        test): then on a private loop in a helper thread."""
+        test): then on a private loop in a helper thread. With ``raise_errors``, then raise
+        the first user exception it met."""
         try:
             asyncio.get_running_loop()
+            running = True
         except RuntimeError:
+            running = False
+        # Outside the ``except`` above, so what escapes is not chained to its RuntimeError.
+        if running:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                result = pool.submit(asyncio.run, coro).result()
+        else:
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
-            return self._loop.run_until_complete(coro)
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, coro).result()
+            result = self._loop.run_until_complete(coro)
+        if self.raise_errors:
+            captured = [exc for site in self._sites() if (exc := site.take_captured())]
+            if captured:
+                raise captured[0]
+        return result
 
     def close(self) -> None:
         """Release the driver's event loop."""

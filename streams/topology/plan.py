@@ -72,6 +72,7 @@ class Segment:
     changelog: str | None
     stores: tuple[Store, ...]
     key_from_message: bool = False
+    where: str = field(default="", compare=False)
 
     @property
     def name(self) -> str:
@@ -283,6 +284,7 @@ def _segment(
         changelog=changelog,
         stores=stores,
         key_from_message=index > 0,
+        where=pipeline.where,
     )
 
 

@@ -1,12 +1,17 @@
 """Property tests: the compiled engine equals the plain interpreter on random pipelines.
 
 Random declarations (filters, maps, flat maps, dedupes, joins, batch steps, enrichment,
-tumbling, hopping and session windows with every aggregation, custom ones included) run
-over random records: out-of-order event times, repeated ids, bad keys and timestamps,
-values that make user functions raise, random chunking and idle ticks. The engine's finals,
-dead letters (stage per record), late records and counts must be the interpreter's; and a
-task rebuilt from its changelog (compacted or not) at a random point must carry on exactly
-as the original would have.
+group_by, tumbling, hopping and session windows with every aggregation, custom ones
+included) run over random records: out-of-order event times, repeated ids, bad keys and
+timestamps, random chunking and idle ticks. The vocabulary is a fuzzer of user code too:
+functions that raise (``sys.exit`` included), that change their input before raising,
+that return what they may not (a list from a map, a set inside a value, an object whose
+truth raises), and custom aggregators whose ``add`` changes the accumulator in place and
+then raises, returns a set, or whose ``result`` or ``merge`` raises. The engine's finals,
+dead letters (stage and declaring line per record), dead letters of no record (windows
+whose result failed), late records and counts must be the interpreter's; and a task
+rebuilt from its changelog (compacted or not) at a random point must carry on exactly as
+the original would have.
 """
 
 from __future__ import annotations
@@ -66,6 +71,80 @@ class Collect:
         return sorted(set(a) | set(b))
 
 
+class Hostile:
+    """A custom aggregator that breaks every rule: ``add`` changes the accumulator in place
+    and then raises (n == 11) or returns a set (n == 10); ``result`` raises on a window of
+    one event; ``merge`` raises when the merged sessions held more than six events."""
+
+    def initial(self) -> dict[str, Any]:
+        return {"seen": []}
+
+    def add(self, acc: dict[str, Any], value: dict[str, Any]) -> Any:
+        n = value.get("n")
+        acc["seen"].append(n if isinstance(n, int) else -1)
+        if n == 11:
+            raise KeyError("eleven, after changing the accumulator")
+        if n == 10:
+            return {n}
+        return None  # changed in place
+
+    def result(self, acc: dict[str, Any]) -> int:
+        return 100 // (len(acc["seen"]) - 1)
+
+    def merge(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        a["seen"].extend(b["seen"])
+        if len(a["seen"]) > 6:
+            raise OverflowError("too many to merge")
+        return a
+
+
+class _Unbool:
+    def __bool__(self) -> bool:
+        raise ValueError("no truth in me")
+
+
+def _hostile_map(v: dict[str, Any]) -> Any:
+    n = v.get("n") or 0
+    if n == 15:
+        raise SystemExit("a user function called sys.exit()")
+    if n == 14:
+        v["mangled"] = True
+        raise RuntimeError("fourteen, after changing its input")
+    if n == 12:
+        return [v]
+    if n == 3:
+        return {**v, "n": {3}}  # a set: not JSON
+    return v
+
+
+def _hostile_filter(v: dict[str, Any]) -> Any:
+    return _Unbool() if (v.get("n") or 0) == 2 else True
+
+
+def _hostile_flat_map(v: dict[str, Any]) -> Any:
+    n = v.get("n") or 0
+    if n == 1:
+        return 5  # not iterable
+    if n == 8:
+        return [v, "not a dict"]
+    return [v]
+
+
+def _lookup_list(keys: list[Any]) -> Any:
+    return list(keys)  # not a dict
+
+
+def _regroup(v: dict[str, Any]) -> Any:
+    n = v.get("n") or 0
+    if n == 4:
+        raise ZeroDivisionError("group_by divides by zero")
+    if n == 5:
+        return None
+    if n == 6:
+        return {6}  # not a key JSON can hold
+    return n % 3 if n % 2 else f"g{n % 3}"
+
+
 def _double(v: dict[str, Any]) -> dict[str, Any]:
     if v.get("n") == 7:
         raise RuntimeError("seven")
@@ -80,7 +159,14 @@ def _split(v: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _batch(values: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-    return [None if (v.get("n") or 0) % 6 == 5 else {**v, "tag": "b"} for v in values]
+    # Never raises: a raising map_batch dead-letters its whole batch, which the interpreter
+    # (one event at a time) cannot model.
+    return [None if _n(v) % 6 == 5 else {**v, "tag": "b"} for v in values]
+
+
+def _n(v: dict[str, Any]) -> int:
+    n = v.get("n")
+    return n if isinstance(n, int) else 0
 
 
 async def _abatch(values: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
@@ -113,6 +199,10 @@ OPS: dict[str, Callable[[Any], Any]] = {
     "enrich": lambda s: s.enrich(_lookup, key="sku", into="extra", attempts=2),
     "enrich_async": lambda s: s.enrich(_alookup, key="sku", into="extra", ttl_ms=5),
     "enrich_down": lambda s: s.enrich(_down, key="sku", into="extra", attempts=2),
+    "enrich_list": lambda s: s.enrich(_lookup_list, key="sku", into="extra", attempts=1),
+    "hostile_map": lambda s: s.map(_hostile_map),
+    "hostile_filter": lambda s: s.filter(_hostile_filter),
+    "hostile_flat_map": lambda s: s.flat_map(_hostile_flat_map),
 }
 TABLE_HANDLE: list[Any] = []
 
@@ -126,6 +216,7 @@ AGGREGATIONS = {
     "last": lambda: Last("n"),
     "distinct": lambda: CountDistinct("n"),
     "collect": lambda: Collect(),
+    "hostile": lambda: Hostile(),
 }
 
 
@@ -137,9 +228,13 @@ def declarations(draw: st.DrawFn) -> tuple[Segment, bool]:
     stream = app.stream(app.topic("in"), key="k", timestamp="ts")
     for name in draw(st.lists(st.sampled_from(sorted(OPS)), max_size=4)):
         stream = OPS[name](stream)
-    kind = draw(st.sampled_from(["tumbling", "hopping", "session", "none"]))
+    kind = draw(st.sampled_from(["tumbling", "hopping", "session", "none", "group_by"]))
     if kind == "none":
         stream.to("out")
+        return plan(app).segments[0], False
+    if kind == "group_by":
+        by = draw(st.sampled_from(["sku", _regroup]))
+        stream.group_by(by).to("out")
         return plan(app).segments[0], False
     size = draw(st.integers(1, 20))
     spec = {
@@ -238,7 +333,8 @@ class Engine:
         self.task = self._new()
         self.changelog: list[tuple[bytes, bytes | None]] = []
         self.finals: list[Any] = []
-        self.dead: dict[int, str] = {}
+        self.dead: dict[int, tuple[str, str]] = {}
+        self.derived: list[tuple[bytes | None, Any, str, str]] = []
         self.late: list[int] = []
         self.counts = {"accepted": 0, "filtered": 0, "join_misses": 0}
         self.duplicates: list[int] = []
@@ -268,8 +364,10 @@ class Engine:
             if isinstance(decoded, dict) and decoded.get("final") is False:
                 continue
             self.finals.append((key, decoded, ts))
-        for index, (stage, _) in outcome.dead.items():
-            self.dead[base + index] = stage
+        for index, (stage, _, where) in outcome.dead.items():
+            self.dead[base + index] = (stage, where)
+        for key, value, stage, _, where in outcome.derived:
+            self.derived.append((key, orjson.loads(value), stage, where))
         self.late.extend(base + index for index in outcome.late)
         self.duplicates.extend(base + index for index in outcome.duplicates)
         for name in self.counts:
@@ -303,7 +401,12 @@ def _check(segment: Segment, items: list[Batch | Tick], engine: Engine) -> None:
         assert got[0] == want[0], (got, want)
         assert got[2] == want[2], (got, want)
         assert same_value(want[1], got[1]), (got, want)
-    assert engine.dead == {i: stage for i, (stage, _) in expected.dead.items()}
+    assert engine.dead == {i: (stage, where) for i, (stage, _, where) in expected.dead.items()}
+    assert len(engine.derived) == len(expected.derived), (engine.derived, expected.derived)
+    for got, want in zip(engine.derived, expected.derived, strict=True):
+        assert got[0] == want[0], (got, want)
+        assert got[2:] == want[2:], (got, want)
+        assert same_value(want[1], got[1]), (got, want)
     assert engine.late == expected.late
     assert sorted(engine.duplicates) == sorted(expected.duplicates)  # stages reorder them
     assert engine.counts["accepted"] == expected.accepted
@@ -311,7 +414,11 @@ def _check(segment: Segment, items: list[Batch | Tick], engine: Engine) -> None:
     assert engine.counts["join_misses"] == expected.join_misses
 
 
-@settings(max_examples=300, deadline=None)
+def _where(segment: Segment, stage: str) -> str:
+    return next(op.where for op in segment.ops if op.stage == stage)
+
+
+@settings(max_examples=400, deadline=None)
 @given(declarations(), inputs())
 def test_engine_equals_interpreter(
     declared: tuple[Segment, bool], items: list[Batch | Tick]
@@ -361,5 +468,5 @@ def test_a_record_whose_children_fail_in_two_stages_is_dead_with_the_earlier_sta
     for item in items:
         engine.feed(item)
     flush_finals(engine)
-    assert engine.dead == {0: "map"}
+    assert engine.dead == {0: ("map", _where(segment, "map"))}
     _check(segment, items, engine)
