@@ -69,7 +69,7 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
             idle_timeout_ms=hour,
         )
         decoders, compiled = compile_plan(
-            plan(build(settings)), settings.max_message_bytes, spilled=store_kind == "rocksdb"
+            plan(build(settings).decl), settings.max_message_bytes, spilled=store_kind == "rocksdb"
         )
         [(topic, [segment])] = compiled.items()
         decoder = decoders[topic]

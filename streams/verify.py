@@ -393,6 +393,6 @@ async def verify_pipeline(settings: Settings, **windows: int) -> VerifyReport:
     if "window_size_ms" in overrides and "window_step_ms" not in overrides:
         overrides["window_step_ms"] = overrides["window_size_ms"]
     settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
-    planned = plan(build(settings), settings.app_id)
+    planned = plan(build(settings).decl, settings.app_id)
     report = await verify_app(settings, planned, max_message_bytes=windows.get("max_message_bytes"))
     return report.pipelines[0]

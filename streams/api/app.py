@@ -7,38 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streams.api.stream import Head, Stream, _Node, caller, fail
+from streams.api.stream import Chains, Head, Stream, caller, fail
+from streams.api.topics import Table, Topic
 from streams.topology import nodes
-
-
-class Topic:
-    """A topic of JSON objects; see :meth:`App.topic`."""
-
-    def __init__(self, decl: nodes.TopicDecl) -> None:
-        self.decl = decl
-
-    @property
-    def name(self) -> str:
-        """The topic's name."""
-        return self.decl.name
-
-    def __repr__(self) -> str:
-        return f"Topic({self.name!r})"
-
-
-class Table:
-    """A compacted topic every worker holds whole; see :meth:`App.table`."""
-
-    def __init__(self, decl: nodes.TableDecl) -> None:
-        self.decl = decl
-
-    @property
-    def name(self) -> str:
-        """The topic's name."""
-        return self.decl.name
-
-    def __repr__(self) -> str:
-        return f"Table({self.name!r})"
 
 
 class App:
@@ -56,11 +27,26 @@ class App:
         self.where = where
         self.topics: dict[str, Topic] = {}
         self.tables: dict[str, Table] = {}
-        self.pipelines: list[nodes.PipelineDecl] = []
-        self._open: dict[int, tuple[_Node, str]] = {}
+        self._chains = Chains()
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, pipelines={[p.name for p in self.pipelines]})"
+
+    @property
+    def pipelines(self) -> list[nodes.PipelineDecl]:
+        """The pipelines declared so far (each ``app.stream(...)...to(...)``), in order."""
+        return self._chains.pipelines
+
+    @property
+    def decl(self) -> nodes.AppDecl:
+        """The app's declaration as data: what :func:`streams.topology.plan.plan` reads."""
+        return nodes.AppDecl(
+            name=self.name,
+            pipelines=tuple(self._chains.pipelines),
+            tables=tuple(self.tables),
+            dangling=tuple(self._chains.dangling()),
+            where=self.where,
+        )
 
     def app_id(self, env: Any = None) -> str:
         """The consumer group id: ``STREAMS_APP_ID`` if set, else the app's name."""
@@ -118,23 +104,8 @@ class App:
         for what, value in (("key", key), ("timestamp", timestamp), ("name", name)):
             if value is not None and (not isinstance(value, str) or not value):
                 fail(where, f"app.stream({what}=...) must be a non-empty string, got {value!r}")
-        head = Head(self, topic.decl, key, timestamp, name, changelog, where)
+        head = Head(self._chains, topic.decl, key, timestamp, name, changelog, where)
         return Stream(head, (), where)
-
-    # -- bookkeeping of the builder ---------------------------------------------------------
-
-    def _open_chain(self, node: _Node, where: str) -> None:
-        self._open[id(node)] = (node, where)
-
-    def _close_chain(self, node: _Node) -> None:
-        self._open.pop(id(node), None)
-
-    def _add_pipeline(self, pipeline: nodes.PipelineDecl) -> None:
-        self.pipelines.append(pipeline)
-
-    def dangling(self) -> list[str]:
-        """Where chains were started or continued and then never led to a ``.to(...)``."""
-        return [where for _, where in self._open.values()]
 
 
 def _schema_path(where: str, schema: str | os.PathLike[str]) -> Path:

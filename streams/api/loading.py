@@ -1,14 +1,15 @@
-"""Finding the app to run: ``module:attribute``, ``path.py[:attribute]``, or the reference.
+"""Loading a user's app: ``module:attribute`` or ``path.py[:attribute]``.
 
 ``streams worker orders_app:app`` imports ``orders_app`` (the working directory is on the
 path) and takes its ``app``; ``streams worker apps/orders.py`` runs a file. Without an
 attribute, the module's only :class:`~streams.api.app.App` is taken. Every failure (no such
 module, an exception while importing it, no app in it) is one line saying what to fix.
+Which app a command runs (the reference pipeline when none is named) is decided in
+:mod:`streams.apps.selection`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import os
@@ -18,7 +19,6 @@ from pathlib import Path
 from types import ModuleType
 
 from streams.api.app import App
-from streams.config import Settings
 from streams.errors import DeclarationError, StreamsError
 
 
@@ -103,16 +103,3 @@ def _find_app(module: ModuleType, attribute: str | None, spec: str) -> App:
         f"app {spec!r}: module {module.__name__} defines {len(apps)} Apps; name one, e.g. "
         f"{spec}:app"
     )
-
-
-def app_for(settings: Settings, spec: str | None = None) -> tuple[App, Settings]:
-    """The app to run (``spec``, else ``STREAMS_APP``, else the reference pipeline) and the
-    settings with its app id: ``STREAMS_APP_ID`` if set, else the app's name."""
-    spec = spec or settings.app
-    if spec is None:
-        from streams.apps.reference import build
-
-        return build(settings), settings
-    app = load_app(spec)
-    app_id = os.environ.get("STREAMS_APP_ID") or app.name
-    return app, dataclasses.replace(settings, app_id=app_id, app=spec)

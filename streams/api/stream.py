@@ -13,15 +13,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
+from streams.api.topics import Table, Topic
 from streams.errors import DeclarationError
 from streams.topology import nodes
 from streams.topology.aggregations import Builtin, check_custom, is_builtin
 from streams.topology.windows import Hopping, Session, WindowSpec
-
-if TYPE_CHECKING:
-    from streams.api.app import App, Table, Topic
 
 _API_DIR = str(Path(__file__).parent)
 EMIT_MODES = ("final", "updates")
@@ -58,11 +56,36 @@ def _ms(where: str, what: str, value: Any, minimum: int = 0) -> None:
         fail(where, f"{what} must be an integer number of ms >= {minimum}, got {value!r}")
 
 
+class Chains:
+    """An app's chains of operators: the pipelines ended with ``.to(...)``, and the points
+    where a chain was started or continued and not continued since (dangling if they stay)."""
+
+    def __init__(self) -> None:
+        self.pipelines: list[nodes.PipelineDecl] = []
+        self._open: dict[int, tuple[_Node, str]] = {}
+
+    def opened(self, node: _Node, where: str) -> None:
+        """``node`` was declared at ``where``; it dangles until continued."""
+        self._open[id(node)] = (node, where)
+
+    def continued(self, node: _Node) -> None:
+        """An operator (or ``.to``) was chained onto ``node``."""
+        self._open.pop(id(node), None)
+
+    def ended(self, pipeline: nodes.PipelineDecl) -> None:
+        """A chain reached ``.to(...)``: one more pipeline."""
+        self.pipelines.append(pipeline)
+
+    def dangling(self) -> list[str]:
+        """Where chains were started or continued and then never led to a ``.to(...)``."""
+        return [where for _, where in self._open.values()]
+
+
 @dataclass(frozen=True)
 class Head:
     """What ``app.stream(...)`` fixed: the source and how to read key and event time."""
 
-    app: App
+    chains: Chains
     source: nodes.TopicDecl
     key: str | None
     timestamp: str | None
@@ -78,15 +101,13 @@ class _Node:
         self._head = head
         self._ops = ops
         self._where = where
-        head.app._open_chain(self, where)
+        head.chains.opened(self, where)
 
     def _continue(self) -> tuple[nodes.Op, ...]:
-        self._head.app._close_chain(self)
+        self._head.chains.continued(self)
         return self._ops
 
     def _register(self, topic: Topic | str, emit: str, where: str) -> None:
-        from streams.api.app import Topic
-
         if isinstance(topic, Topic):
             name = topic.name
         elif isinstance(topic, str) and topic:
@@ -97,7 +118,7 @@ class _Node:
             fail(where, f".to(..., emit={emit!r}): emit must be one of {', '.join(EMIT_MODES)}")
         ops = (*self._continue(), nodes.To(where=where, topic=name, emit=emit))
         head = self._head
-        head.app._add_pipeline(
+        head.chains.ended(
             nodes.PipelineDecl(
                 name=head.name or name,
                 source=head.source,
@@ -157,8 +178,6 @@ class Stream(_Node):
     def join(self, table: Table, on: str, into: str, how: str = "left") -> Stream:
         """``value[into]`` = ``table``'s current value for the key ``value[on]``, or None;
         ``how="inner"`` drops (and counts) the events without a match."""
-        from streams.api.app import Table
-
         where = caller()
         if not isinstance(table, Table):
             fail(where, f".join(table) needs app.table(...), got {table!r}")

@@ -103,7 +103,7 @@ async def decode(args: Args) -> dict[str, Any]:
 
 async def pipeline(args: Args) -> dict[str, Any]:
     """The worker's pipeline, in process, until it has consumed every event."""
-    from streams.runtime.worker import Worker
+    from streams.worker.app import create_worker
 
     settings = Settings.from_env(
         {
@@ -118,7 +118,7 @@ async def pipeline(args: Args) -> dict[str, Any]:
             "STREAMS_EMIT": args.get("emit", "final"),
         }
     )
-    return await _run_worker(Worker.create(settings), args)
+    return await _run_worker(create_worker(settings), args)
 
 
 async def pipeline_user(args: Args) -> dict[str, Any]:
@@ -140,7 +140,8 @@ async def pipeline_user(args: Args) -> dict[str, Any]:
         }
     )
     app = build(app_id, args["topic"], f"{app_id}-revenue")
-    return await _run_worker(Worker(settings, plan(app, app_id), WorkerMetrics(), Health()), args)
+    worker = Worker(settings, plan(app.decl, app_id), WorkerMetrics(), Health())
+    return await _run_worker(worker, args)
 
 
 async def _run_worker(worker: Any, args: Args) -> dict[str, Any]:
@@ -260,7 +261,7 @@ async def latency(args: Args) -> dict[str, Any]:
     """
     from streams.broker.admin import TopicSpec, ensure_topics
     from streams.broker.reading import read_topic
-    from streams.runtime.worker import Worker
+    from streams.worker.app import create_worker
 
     kafka = _kafka(args)
     app_id, parts, rate = args["app_id"], args["partitions"], args["rate"]
@@ -281,7 +282,7 @@ async def latency(args: Args) -> dict[str, Any]:
             "STREAMS_GUARANTEE": args["guarantee"],
         }
     )
-    worker = Worker.create(settings)
+    worker = create_worker(settings)
     await worker.start()
     running = asyncio.ensure_future(worker.run(stop_after=total))
     await asyncio.wait_for(worker.assigned.wait(), timeout=60)

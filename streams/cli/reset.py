@@ -14,14 +14,14 @@ import asyncio
 
 import click
 
-from streams.api.loading import app_for
+from streams.apps.selection import plan_for
 from streams.broker.admin import admin_client, start_client, topic_partitions
 from streams.config import KafkaSettings, Settings
 from streams.core import changelog as keys
 from streams.core.segment import FINGERPRINT_TAG, STAGE_TIME_TAG
 from streams.errors import ConfigError
 from streams.publish import make_producer
-from streams.topology.plan import Segment, plan
+from streams.topology.plan import Segment
 
 
 @click.command(name="reset")
@@ -33,8 +33,7 @@ from streams.topology.plan import Segment, plan
 def command(app: str | None, pipelines: tuple[str, ...], from_beginning: bool) -> None:
     """Start the state of APP's pipelines afresh (default APP: STREAMS_APP, else the
     reference pipeline). Stop the app's workers first."""
-    declared, settings = app_for(Settings.from_env(), app)
-    planned = plan(declared, settings.app_id)
+    planned, settings = plan_for(Settings.from_env(), app)
     known = {s.pipeline for s in planned.segments}
     unknown = sorted(set(pipelines) - known)
     if unknown:

@@ -7,11 +7,10 @@ import dataclasses
 
 import click
 
-from streams.api.loading import app_for
+from streams.apps.selection import plan_for
 from streams.broker.admin import partition_counts
 from streams.config import Settings
 from streams.runtime import topics
-from streams.topology.plan import plan
 
 
 @click.group(name="topics")
@@ -32,8 +31,7 @@ def create(app: str | None, partitions: int | None) -> None:
     settings = Settings.from_env()
     if partitions is not None:
         settings = dataclasses.replace(settings, partitions=partitions)
-    declared, settings = app_for(settings, app)
-    planned = plan(declared, settings.app_id)
+    planned, settings = plan_for(settings, app)
     names = [t.name for t in planned.topics]
 
     async def run() -> tuple[set[str], dict[str, int]]:

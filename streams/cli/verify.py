@@ -8,10 +8,9 @@ import dataclasses
 import click
 import orjson
 
-from streams.api.loading import app_for
+from streams.apps.selection import plan_for
 from streams.config import Settings
 from streams.errors import ConfigError
-from streams.topology.plan import plan
 from streams.verify import AppReport, VerifyReport, verify_app
 
 
@@ -60,8 +59,8 @@ def command(
             "reference pipeline only; an app declares its own"
         )
     settings = dataclasses.replace(settings, **given)  # type: ignore[arg-type]
-    declared, settings = app_for(settings, app)
-    report = asyncio.run(verify_app(settings, plan(declared, settings.app_id)))
+    planned, settings = plan_for(settings, app)
+    report = asyncio.run(verify_app(settings, planned))
     ok = report.exact(allow_duplicates=allow_duplicates)
     if as_json:
         data = report.as_dict()

@@ -127,16 +127,6 @@ class Worker:
             [s.name for s in plan.segments], plan.inputs, {s.dlq for s in plan.segments}
         )
 
-    @classmethod
-    def create(cls, settings: Settings, app: str | None = None) -> Worker:
-        """A worker of ``app`` (default ``STREAMS_APP``, else the reference pipeline), its
-        declaration planned and compiled: a bad one raises here, before any connection."""
-        from streams.api.loading import app_for
-        from streams.topology.plan import plan
-
-        declared, settings = app_for(settings, app)
-        return cls(settings, plan(declared, settings.app_id), WorkerMetrics(), Health())
-
     @property
     def tasks(self) -> TaskManager:
         """The partition tasks (after :meth:`start`)."""

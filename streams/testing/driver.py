@@ -152,7 +152,7 @@ class TestDriver:
         self.raise_errors = raise_errors
         settings = settings or Settings()
         self.settings = dataclasses.replace(settings, app_id=app.name, partitions=partitions)
-        self.plan = plan(app, app.name)
+        self.plan = plan(app.decl, app.name)
         self.now_ms = now_ms
         counts = {t.name: partitions for t in self.plan.topics}
         self._topics = _Topics(counts)

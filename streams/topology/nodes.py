@@ -179,3 +179,19 @@ class PipelineDecl:
         last = self.ops[-1]
         assert isinstance(last, To)
         return last
+
+
+@dataclass(frozen=True)
+class AppDecl:
+    """A whole app as declared: what the planner reads (``streams.api.App.decl`` builds it).
+
+    ``tables`` names the app's tables; ``dangling`` holds where chains were started and
+    never ended with ``.to(...)`` (each an error when planned); ``where`` is the line that
+    declared the app.
+    """
+
+    name: str
+    pipelines: tuple[PipelineDecl, ...]
+    tables: tuple[str, ...] = ()
+    dangling: tuple[str, ...] = ()
+    where: str = field(default="", compare=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -20,9 +20,6 @@ from streams.errors import DeclarationError
 from streams.topology import nodes
 from streams.topology.aggregations import describe
 from streams.topology.windows import Session
-
-if TYPE_CHECKING:
-    from streams.api.app import App
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Operators that run inside a segment (the rest end it or make it windowed).
@@ -143,14 +140,14 @@ CHANGELOG_CONFIGS = {"cleanup.policy": "compact", "min.compaction.lag.ms": "6000
 REPARTITION_CONFIGS = {"retention.ms": "-1"}
 
 
-def plan(app: App, app_id: str | None = None) -> Plan:
-    """Check ``app`` and derive its plan; ``app_id`` overrides the app's name."""
+def plan(app: nodes.AppDecl, app_id: str | None = None) -> Plan:
+    """Check the declaration ``app`` (``App.decl``) and derive its plan; ``app_id``
+    overrides the app's name."""
     app_id = app_id or app.name
     _check_name(app.where, "app id", app_id)
-    dangling = app.dangling()
-    if dangling:
+    if app.dangling:
         raise DeclarationError(
-            f"{dangling[0]}: this stream never reaches a .to(topic); end it with "
+            f"{app.dangling[0]}: this stream never reaches a .to(topic); end it with "
             ".to(...) or remove it"
         )
     if not app.pipelines:
@@ -178,7 +175,7 @@ def _check_name(where: str, what: str, name: str) -> None:
         )
 
 
-def _segments(pipeline: nodes.PipelineDecl, app_id: str, app: App) -> list[Segment]:
+def _segments(pipeline: nodes.PipelineDecl, app_id: str, app: nodes.AppDecl) -> list[Segment]:
     _check_name(pipeline.where, "pipeline name", pipeline.name)
     for topic in (pipeline.source.name, pipeline.sink.topic):
         _check_name(pipeline.where, "topic", topic)
@@ -332,7 +329,7 @@ def _stores(
     return tuple(stores)
 
 
-def _check_unique(app: App, segments: list[Segment]) -> None:
+def _check_unique(app: nodes.AppDecl, segments: list[Segment]) -> None:
     """Names and topics no two pipelines may share, and topics no output may clobber."""
     outputs: dict[str, str] = {}
     for pipeline in app.pipelines:
@@ -379,7 +376,7 @@ def _check_unique(app: App, segments: list[Segment]) -> None:
         changelogs[segment.changelog] = segment.pipeline
 
 
-def _topics(segments: list[Segment], app: App) -> tuple[PlannedTopic, ...]:
+def _topics(segments: list[Segment], app: nodes.AppDecl) -> tuple[PlannedTopic, ...]:
     topics: dict[str, PlannedTopic] = {}
 
     def add(topic: PlannedTopic) -> None:

@@ -18,11 +18,13 @@ import faust
 from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams.apps.selection import plan_for
 from streams.broker.local import port_in_use
 from streams.config import Settings
 from streams.errors import ConfigError
 from streams.faust_codec import register
-from streams.runtime.health import RunStats
+from streams.runtime.health import Health, RunStats
+from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.worker import Worker
 from streams.worker.diagnostics import install_task_dump
 from streams.worker.shutdown import Shutdown
@@ -35,6 +37,13 @@ class _WorkerBoot(BootStrategy):
 
     enable_kafka = False
     enable_sensors = False
+
+
+def create_worker(settings: Settings, app: str | None = None) -> Worker:
+    """A worker of ``app`` (default ``STREAMS_APP``, else the reference pipeline), its
+    declaration planned and compiled: a bad one raises here, before any connection."""
+    planned, settings = plan_for(settings, app)
+    return Worker(settings, planned, WorkerMetrics(), Health())
 
 
 def build_app(settings: Settings, pipeline: Worker, *, exit_when_idle_s: float | None) -> Any:
@@ -107,7 +116,7 @@ def run(
     """Run one worker of ``app`` (``module:attr`` or ``path.py[:attr]``; default
     ``STREAMS_APP``, else the reference pipeline) until SIGTERM/SIGINT (or idle, when
     asked); returns its totals. A bad declaration fails here, before any connection."""
-    worker = Worker.create(settings, app)
+    worker = create_worker(settings, app)
     settings = worker.settings
     if settings.metrics_port and port_in_use(settings.metrics_port):
         raise ConfigError(

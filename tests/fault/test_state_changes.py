@@ -63,7 +63,7 @@ async def test_a_changed_window_size_never_reuses_the_old_state(
     assert "starts empty" in fresh.log_tail(50_000)
 
     settings = dataclasses.replace(run.settings, window_size_ms=10_000, window_step_ms=10_000)
-    segment = plan(build(settings), settings.app_id).segments[0]
+    segment = plan(build(settings).decl, settings.app_id).segments[0]
     expected = []
     for partition, records in (await read_topic(run.kafka, run.input)).items():
         new = records[offsets[partition] :]

@@ -136,7 +136,7 @@ def test_reused_prefixes_branch_into_two_pipelines() -> None:
     base = app.stream(app.topic("in"), key="k").filter(lambda v: True)
     base.to("one")
     base.map(lambda v: v).to("two")
-    planned = plan(app)
+    planned = plan(app.decl)
     assert [s.name for s in planned.segments] == ["one", "two"]
     assert [len(s.ops) for s in planned.segments] == [1, 2]
 
@@ -153,7 +153,7 @@ def test_names_and_topics_of_the_plan() -> None:
         .aggregate(revenue=Sum("amount"), orders=Count())
         .to("revenue-per-region")
     )
-    planned = plan(app, "shop-prod")
+    planned = plan(app.decl, "shop-prod")
     first, second = planned.segments
     assert first.repartition == "shop-prod-revenue-per-region-repartition"
     assert first.changelog is None  # stateless before the group_by
@@ -183,7 +183,7 @@ def test_fingerprints_change_with_what_state_depends_on() -> None:
             .aggregate(n=Count())
             .to("out")
         )
-        return plan(app).segments[0].stores[0].fingerprint
+        return plan(app.decl).segments[0].stores[0].fingerprint
 
     base = fingerprint(60_000, 0)
     assert fingerprint(60_000, 0) == base

@@ -42,7 +42,7 @@ def reference_segment(config: CoreConfig) -> Segment:
         dedupe_horizon_ms=config.dedupe_horizon_ms,
         emit="updates" if config.emit_updates else "final",
     )
-    return plan(build(settings)).segments[0]
+    return plan(build(settings).decl).segments[0]
 
 
 @dataclass

@@ -55,7 +55,7 @@ def test_dumps_values_are_the_size_of_their_bytes() -> None:
 
 def test_the_reference_segments_changelog_and_finals_are_right_sized() -> None:
     settings = Settings(app_id="sizes")
-    decoders, compiled = compile_plan(plan(build(settings)), settings.max_message_bytes)
+    decoders, compiled = compile_plan(plan(build(settings).decl), settings.max_message_bytes)
     [(topic, [segment])] = compiled.items()
     task = SegmentTask(segment, idle_timeout_ms=settings.idle_timeout_ms)
     task.finish_restore()

@@ -231,11 +231,11 @@ def declarations(draw: st.DrawFn) -> tuple[Segment, bool]:
     kind = draw(st.sampled_from(["tumbling", "hopping", "session", "none", "group_by"]))
     if kind == "none":
         stream.to("out")
-        return plan(app).segments[0], False
+        return plan(app.decl).segments[0], False
     if kind == "group_by":
         by = draw(st.sampled_from(["sku", _regroup]))
         stream.group_by(by).to("out")
-        return plan(app).segments[0], False
+        return plan(app.decl).segments[0], False
     size = draw(st.integers(1, 20))
     spec = {
         "tumbling": lambda: tumbling(size),
@@ -251,7 +251,7 @@ def declarations(draw: st.DrawFn) -> tuple[Segment, bool]:
         .aggregate(**{name: AGGREGATIONS[name]() for name in names})
         .to("out", emit=emit)
     )
-    return plan(app).segments[0], True
+    return plan(app.decl).segments[0], True
 
 
 _value = st.fixed_dictionaries(
@@ -461,7 +461,7 @@ def test_a_record_whose_children_fail_in_two_stages_is_dead_with_the_earlier_sta
         .aggregate(collect=Collect(), max=Max("x"))
         .to("out")
     )
-    segment = plan(app).segments[0]
+    segment = plan(app.decl).segments[0]
     value = {"k": "a", "id": "e0", "n": 6, "sku": "s0", "x": "oops", "ts": 0}
     items: list[Batch | Tick] = [Batch(1_000, [Record(0, b"a", orjson.dumps(value), 0, [])])]
     engine = Engine(segment)
