@@ -16,7 +16,6 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-import streams
 from streams.errors import StreamsError
 
 Validator = Callable[[Any], Any]
@@ -24,7 +23,9 @@ Validator = Callable[[Any], Any]
 
 def schemas_dir() -> Path:
     """The directory holding the schema files: the packaged copy if present, else the checkout's."""
-    packaged = Path(streams.__file__).parent / "_schemas"
+    # This module's own directory, not ``streams.__file__``: importing the package would
+    # import the public API into every module that reads a schema (the core among them).
+    packaged = Path(__file__).parent / "_schemas"
     if packaged.is_dir():
         return packaged
     return Path(__file__).parents[1] / "schemas"

@@ -44,7 +44,7 @@ def check_event(event: Any) -> str | None:
     # integer and number fields as JSON Schema requires. Required fields are read by
     # subscript, the cheapest lookup; a missing one lands in the KeyError handler.
     if event.__class__ is not dict:
-        return f"not a JSON object (got {_describe(event)})"
+        return f"not a JSON object (got {describe_value(event)})"
     try:
         value = event["event_id"]
         if value.__class__ is not str or not 0 < len(value) <= 64:
@@ -150,11 +150,12 @@ def _decode_each(
 
 
 def _reason(event: dict[str, Any], field: str, rule: str) -> str:
-    return f"{field}: {rule} (got {_describe(event[field])})"
+    return f"{field}: {rule} (got {describe_value(event[field])})"
 
 
-def _describe(value: Any) -> str:
-    """A short description of a JSON value for an error message (never its full text)."""
+def describe_value(value: Any) -> str:
+    """A short description of a JSON value for an error message (never its full text):
+    ``null``, ``true``, a short number or string as written, else its kind and size."""
     if value is None:
         return "null"
     if value is True or value is False:

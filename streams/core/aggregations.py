@@ -286,7 +286,7 @@ def _not_json_input(field_name: str, exc: BaseException) -> str:
 
 
 def _not_number(field_name: str, value: Any) -> str:
-    from streams.validation import _describe
+    from streams.validation import describe_value as _describe
 
     return f"{field_name}: must be a number to aggregate (got {_describe(value)})"
 

@@ -64,7 +64,7 @@ def _not_json(exc: BaseException) -> str:
 
 
 def _bad_key(field_name: str, value: Any) -> str:
-    from streams.validation import _describe
+    from streams.validation import describe_value as _describe
 
     if value is None:
         return f"{field_name}: the key field is missing or null"
@@ -72,7 +72,7 @@ def _bad_key(field_name: str, value: Any) -> str:
 
 
 def _bad_timestamp(field_name: str, value: Any) -> str:
-    from streams.validation import _describe
+    from streams.validation import describe_value as _describe
 
     if value is None:
         return f"{field_name}: the timestamp field is missing or null"

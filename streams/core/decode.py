@@ -18,7 +18,7 @@ import orjson
 from streams.core.compile import NONE, Guarantees
 from streams.core.schema_code import Check, compile_check
 from streams.errors import DeclarationError
-from streams.validation import TOMBSTONE, _describe, decode_batch
+from streams.validation import TOMBSTONE, decode_batch, describe_value
 
 # Keywords of JSON Schema 2020-12 that the compiled validator does not implement: a schema
 # using them is refused rather than half-checked.
@@ -107,7 +107,7 @@ class TopicDecoder:
     ) -> str | None:
         """Why ``value`` is not valid, or None when it is."""
         if value.__class__ is not dict:
-            return f"not a JSON object (got {_describe(value)})"
+            return f"not a JSON object (got {describe_value(value)})"
         if validate is None or (check is not None and check(value)):
             return None
         try:

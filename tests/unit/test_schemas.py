@@ -13,7 +13,6 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-import streams
 from streams import schemas
 from streams.cli import main
 from streams.errors import StreamsError
@@ -92,7 +91,7 @@ def test_installed_copy_is_preferred_to_the_checkout(
     package = tmp_path / "streams"
     (package / "_schemas" / "event").mkdir(parents=True)
     (package / "_schemas" / "event" / "v1.json").write_text('{"title": "installed"}')
-    monkeypatch.setattr(streams, "__file__", str(package / "__init__.py"))
+    monkeypatch.setattr(schemas, "__file__", str(package / "schemas.py"))
     assert schemas.schemas_dir() == package / "_schemas"
     assert load_schema("event", 1) == {"title": "installed"}
 
