@@ -11,18 +11,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streams.errors import ConfigError
+from streams.state import ROCKSDB_MISSING
 
 if TYPE_CHECKING:
-    from streams.core.spill import KeyValueStore
+    from streams.state.rocks import RocksStore
 
 GUARANTEES = ("at_least_once", "exactly_once")
 EMIT_MODES = ("final", "updates")
 STORES = ("memory", "rocksdb")
 ON_STATE_CHANGE = ("stop", "fresh")
 DEFAULT_STATE_DIR = os.path.join(tempfile.gettempdir(), "streams-state")
-ROCKSDB_MISSING = (
-    "STREAMS_STORE=rocksdb needs the rocksdict package: pip install 'streams[rocksdb]'"
-)
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -242,7 +240,7 @@ class Settings:
             app=env.get("STREAMS_APP") or None,
         )
 
-    def open_store(self, name: str) -> KeyValueStore | None:
+    def open_store(self, name: str) -> RocksStore | None:
         """The state store of a task being adopted (``name``: its segment and input
         partition): None keeps state in memory.
 

@@ -27,8 +27,8 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from streams.config import ROCKSDB_MISSING
 from streams.errors import ConfigError
+from streams.state import ROCKSDB_MISSING
 
 try:
     from rocksdict import (
