@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (python3, java, mvn present):
 #   make run   - local Kafka broker, topics, generated events, the pipeline on them, an audit
-#   make test  - lint, types, and the whole test suite against a real broker
+#   make test  - lint, types, import layers, and the whole test suite against a real broker
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -33,6 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 tools:
 	deploy/tools/test-tools.sh
