@@ -25,3 +25,7 @@ class StateMismatchError(StreamsError):
 
 class RestoreError(StreamsError):
     """A changelog record cannot be applied: state cannot be rebuilt until it is fixed."""
+
+
+class DependencyError(StreamsError):
+    """An installed library lacks what streams relies on: a version outside the range tested."""

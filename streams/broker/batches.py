@@ -35,7 +35,8 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     UnsupportedForMessageFormatError,
 )
-from aiokafka.producer.message_accumulator import BatchBuilder
+
+from streams import compat
 
 Headers = list[tuple[str, bytes]]
 _NO_HEADERS: Headers = []
@@ -187,17 +188,9 @@ class BatchSender:
     def _new_batch(self, topic: str) -> Any:
         limit = self._limits.get(topic)
         producer = self._producer
-        if limit is None or limit >= producer._message_accumulator._batch_size:
+        if limit is None or limit >= compat.batch_size(producer):
             return producer.create_batch()
-        accumulator = producer._message_accumulator
-        return BatchBuilder(
-            max(limit - BATCH_OVERHEAD, 1),
-            accumulator._compression_type,
-            is_transactional=bool(
-                producer._txn_manager is not None
-                and producer._txn_manager.transactional_id is not None
-            ),
-        )
+        return compat.sized_batch(producer, max(limit - BATCH_OVERHEAD, 1))
 
     def append(
         self,
@@ -247,28 +240,26 @@ class BatchSender:
         if entry is None:
             entry = self._open[slot] = (self._new_batch(topic), [])
         batch, kept = entry
-        builder = batch._builder
-        n = batch._relative_offset
+        builder, n = compat.raw_builder(batch)
         for record in records:
             key = record[0]
             value = record[1]
             ts = record[2] if timestamps else None
             if builder.append(n, ts, key, value, _NO_HEADERS) is None:
-                batch._relative_offset = n
+                compat.appended(batch, n)
                 batch.close()
                 self._full.append((topic, partition, batch, kept))
                 batch = self._new_batch(topic)
                 kept = []
                 self._open[slot] = (batch, kept)
-                builder = batch._builder
-                n = 0
+                builder, n = compat.raw_builder(batch)
                 if builder.append(n, ts, key, value, _NO_HEADERS) is None:
                     raise ValueError(
                         f"a record of {len(value or b'')} bytes exceeds the batch size"
                     )
             n += 1
             kept.append(record)
-        batch._relative_offset = n
+        compat.appended(batch, n)
         if self._retained is not None:
             self._retained.extend([(topic, partition, record) for record in records])
         self.records += len(records)

@@ -8,13 +8,18 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.broker.admin import start_client, topic_partitions, unreachable
+from streams.broker.records import RawRecordsConsumer
 from streams.config import KafkaSettings
 from streams.errors import BrokerError
 
 
-async def bulk_reader(kafka: KafkaSettings, *, read_committed: bool) -> AIOKafkaConsumer:
-    """A started consumer outside any group, with large fetches, for reading whole partitions."""
-    consumer = AIOKafkaConsumer(
+async def bulk_reader(
+    kafka: KafkaSettings, *, read_committed: bool, raw: bool = True
+) -> AIOKafkaConsumer:
+    """A started consumer outside any group, with large fetches, for reading whole partitions:
+    a :class:`~streams.broker.records.RawRecordsConsumer` (changelog restores, tables), or a
+    plain one with ``raw=False``."""
+    consumer = (RawRecordsConsumer if raw else AIOKafkaConsumer)(
         **kafka.client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
@@ -40,7 +45,9 @@ async def read_topic(
     skipped and open ones are waited for (up to ``timeout_s``). ``start_offsets`` begins
     some partitions later than their first offset.
     """
-    consumer = await bulk_reader(kafka, read_committed=read_committed)
+    # ConsumerRecords, whatever else runs in the process: audits, replays and tests read their
+    # topic and partition too.
+    consumer = await bulk_reader(kafka, read_committed=read_committed, raw=False)
     try:
         tps = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
         consumer.assign(tps)

@@ -45,6 +45,7 @@ from aiokafka.protocol.api import Request
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.offset import OffsetRequest
 
+from streams import compat
 from streams.broker.admin import admin_client, start_client, stop_within, unreachable
 from streams.config import KafkaSettings
 from streams.errors import BrokerError
@@ -211,7 +212,7 @@ class LagCollector:
         by_node: dict[int, list[str]] = defaultdict(list)
         for group, node in coordinators.items():
             by_node[node].append(group)
-        client = self.admin._client
+        client = compat.admin_connection(self.admin)
         responses = await self._call(
             "describing consumer groups",
             asyncio.gather(*(client.send(n, _DescribeGroups(gs)) for n, gs in by_node.items())),
@@ -255,7 +256,7 @@ class LagCollector:
         if not partitions:
             return {}
         topics = sorted({p.topic for p in partitions})
-        client = self.admin._client
+        client = compat.admin_connection(self.admin)
         # Asked explicitly: a broker with auto.create.topics.enable would otherwise recreate
         # a deleted topic that a group still has offsets for.
         request = MetadataRequest(topics, allow_auto_topic_creation=False)

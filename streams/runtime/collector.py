@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from aiokafka import TopicPartition
 
 from streams.broker.batches import Headers, Poison, partition_for
+from streams.compat import observe_many
 from streams.core.outcome import Derived, Outcome
 from streams.core.segment import SegmentTask
 from streams.dlq import (
@@ -32,7 +33,7 @@ from streams.dlq import (
 )
 from streams.errors import StreamsError
 from streams.runtime.health import RunStats
-from streams.runtime.metrics import WorkerMetrics, observe_many
+from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.topics import TopicLayout
 from streams.topology.plan import Plan
 

@@ -9,7 +9,6 @@ event instead of no series at all.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -223,24 +222,3 @@ class WorkerMetrics:
             self.dlq_writes.labels(topic)
         for since in ("event_time", "append"):
             self.emit_latency.labels(since)
-
-
-def observe_many(histogram: Any, amount: float, count: int) -> None:
-    """``count`` observations of the same ``amount`` in one step (a labelled child).
-
-    Finals of one window, emitted together, share their latency; observing them one by one
-    cost a few percent of the hot path. Uses the client's bucket internals (prometheus_client
-    is pinned), and falls back to single observations if those ever change.
-    """
-    buckets = getattr(histogram, "_buckets", None)
-    bounds = getattr(histogram, "_upper_bounds", None)
-    total = getattr(histogram, "_sum", None)
-    if buckets is None or bounds is None or total is None:
-        for _ in range(count):
-            histogram.observe(amount)
-        return
-    total.inc(amount * count)
-    for i, bound in enumerate(bounds):
-        if amount <= bound:
-            buckets[i].inc(count)
-            return

@@ -21,9 +21,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams import compat
 from streams.broker.admin import start_client, stop_within, topic_limits
 from streams.broker.batches import Refused
-from streams.broker.records import use_raw_records
+from streams.broker.records import RawRecordsConsumer
 from streams.broker.uncommitted import Uncommitted
 from streams.config import Settings
 from streams.errors import StreamsError
@@ -137,11 +138,11 @@ class Worker:
 
     async def start(self) -> None:
         """Create missing topics, load tables, start the clients, join the consumer group."""
+        compat.check()
         # Window and dedupe state is large, long-lived and free of reference cycles: full
         # collections over it are pure pause (hundreds of ms with a million keys). Collect
         # young objects often and the old generation rarely; restored state is frozen.
         gc.set_threshold(50_000, 50, 1_000)
-        use_raw_records()
         s = self.settings
         kafka = s.kafka
         self._layout = layout = await topics.prepare(kafka, self.plan, s.partitions)
@@ -155,7 +156,7 @@ class Worker:
             self.metrics,
             read_committed=self.eos,
         )
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = RawRecordsConsumer(
             **kafka.client_kwargs(),
             group_id=s.app_id,
             enable_auto_commit=False,

@@ -1,7 +1,7 @@
-"""``getmany``'s batch-by-batch path (streams.broker.records) against aiokafka's own
-record-by-record one, on real record batches built by aiokafka's C builder: the same records,
-the same positions, whatever ``max_records`` cuts, with a fetch offset inside a batch,
-transactional batches and aborted transactions under read_committed."""
+"""``getmany``'s batch-by-batch path (streams.compat, for a RawRecordsConsumer) against
+aiokafka's own record-by-record one, on real record batches built by aiokafka's C builder:
+the same records, the same positions, whatever ``max_records`` cuts, with a fetch offset
+inside a batch, transactional batches and aborted transactions under read_committed."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import gc
 import weakref
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.consumer import fetcher
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.broker import records as bulk
+from streams import compat
 
 TP = TopicPartition("t", 0)
 
@@ -57,12 +57,26 @@ def _buffer(batches: list[tuple[int, int, int]]) -> bytes:
     return out
 
 
-def _drain(
-    data: bytes, fetch_offset: int, cuts: list[int], aborted: list[tuple[int, int]], isolation: int
-) -> tuple[list[tuple[int, bytes]], list[int]]:
-    parts = fetcher.PartitionRecords(
-        TP, MemoryRecords(data), aborted, fetch_offset, None, None, True, isolation
+def _partition_records(
+    data: bytes, fetch_offset: int, aborted: list[tuple[int, int]], isolation: int, raw: bool
+) -> Any:
+    """What a consumer's fetcher makes of one fetch: a raw-records consumer's carries its
+    deserializer mark (compat.keep_raw), a plain consumer's none."""
+    mark = compat.keep_raw if raw else None
+    return fetcher.PartitionRecords(
+        TP, MemoryRecords(data), aborted, fetch_offset, mark, mark, True, isolation
     )
+
+
+def _drain(
+    data: bytes,
+    fetch_offset: int,
+    cuts: list[int],
+    aborted: list[tuple[int, int]],
+    isolation: int,
+    raw: bool,
+) -> tuple[list[tuple[int, bytes]], list[int]]:
+    parts = _partition_records(data, fetch_offset, aborted, isolation, raw)
     assignment = _Assignment(fetch_offset)
     result = fetcher.FetchResult(TP, assignment=assignment, partition_records=parts, backoff=0)
     got: list[tuple[int, bytes]] = []
@@ -98,13 +112,9 @@ def test_bulk_getall_is_aiokafkas(
     data = _buffer(batches)
     fetch_offset = min(skip, base - 1)
     aborted = [(7, 0)] if abort else []  # producer 7's transaction aborted from offset 0
-    bulk.use_consumer_records()
-    expected = _drain(data, fetch_offset, cuts, aborted, isolation)
-    bulk.use_raw_records()
-    try:
-        actual = _drain(data, fetch_offset, cuts, aborted, isolation)
-    finally:
-        bulk.use_consumer_records()
+    compat.use_raw_records()
+    expected = _drain(data, fetch_offset, cuts, aborted, isolation, raw=False)
+    actual = _drain(data, fetch_offset, cuts, aborted, isolation, raw=True)
     assert actual[0] == expected[0]
     assert actual[1] == expected[1]  # the position after each call: where a fetch resumes
     if abort and isolation == fetcher.READ_COMMITTED:
@@ -115,17 +125,14 @@ def test_bulk_getall_is_aiokafkas(
 
 def test_getone_after_bulk_goes_on_where_it_stopped() -> None:
     data = _buffer([(0, 5, -1), (5, 5, -1)])
-    bulk.use_raw_records()
-    try:
-        parts = fetcher.PartitionRecords(TP, MemoryRecords(data), [], 0, None, None, True, 0)
-        assignment = _Assignment(0)
-        result = fetcher.FetchResult(TP, assignment=assignment, partition_records=parts, backoff=0)
-        first = result.getall(3)
-        rest = []
-        while (record := result.getone()) is not None:
-            rest.append(record)
-    finally:
-        bulk.use_consumer_records()
+    compat.use_raw_records()
+    parts = _partition_records(data, 0, [], 0, raw=True)
+    assignment = _Assignment(0)
+    result = fetcher.FetchResult(TP, assignment=assignment, partition_records=parts, backoff=0)
+    first = result.getall(3)
+    rest = []
+    while (record := result.getone()) is not None:
+        rest.append(record)
     assert [r.offset for r in first] == [0, 1, 2]
     assert [r.offset for r in rest] == [3, 4, 5, 6, 7, 8, 9]
     assert assignment.state.position == 10
@@ -135,10 +142,10 @@ def test_a_drained_fetch_is_freed_without_a_collection() -> None:
     # The worker collects cycles rarely: a cycle through the fetched records kept every
     # fetched buffer alive until then (a 1M-key worker peaked 57 MB higher).
     data = _buffer([(0, 50, -1), (50, 50, -1)])
-    bulk.use_raw_records()
+    compat.use_raw_records()
     gc.disable()
     try:
-        parts = fetcher.PartitionRecords(TP, MemoryRecords(data), [], 0, None, None, True, 0)
+        parts = _partition_records(data, 0, [], 0, raw=True)
         alive = weakref.ref(parts)
         result = fetcher.FetchResult(
             TP, assignment=_Assignment(0), partition_records=parts, backoff=0
@@ -152,4 +159,23 @@ def test_a_drained_fetch_is_freed_without_a_collection() -> None:
         assert alive() is None
     finally:
         gc.enable()
-        bulk.use_consumer_records()
+
+
+def test_only_a_marked_consumers_records_are_raw() -> None:
+    # The patch is process-wide; its effect is not: a plain consumer beside the worker's
+    # (one in a user's enrich function, say) still gets ConsumerRecords, by getall and getone.
+    compat.use_raw_records()
+    data = _buffer([(0, 3, -1)])
+    for raw in (False, True):
+        results = [
+            fetcher.FetchResult(
+                TP,
+                assignment=_Assignment(0),
+                partition_records=_partition_records(data, 0, [], 0, raw),
+                backoff=0,
+            )
+            for _ in range(2)
+        ]
+        records = [*results[0].getall(), results[1].getone()]
+        assert [r.value for r in records] == [b"v0", b"v1", b"v2", b"v0"]
+        assert all(isinstance(r, ConsumerRecord) != raw for r in records)

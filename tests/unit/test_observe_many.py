@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from streams.runtime.metrics import observe_many
+from streams.compat import observe_many
 
 
 def _samples(histogram: Histogram) -> dict[tuple[str, str], float]:
