@@ -388,7 +388,13 @@ async def topic_config(kafka: KafkaSettings, topics: Iterable[str], key: str) ->
     return found
 
 
-async def partition_counts(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
-    """Partition count of each existing topic among ``topics`` (missing ones are left out)."""
-    async with admin_client(kafka) as admin:
-        return await _partition_counts(admin, list(dict.fromkeys(topics)))
+async def partition_counts(
+    kafka: KafkaSettings, topics: Iterable[str], timeout_s: float = 15.0
+) -> dict[str, int]:
+    """Partition count of each existing topic among ``topics`` (missing ones are left out);
+    a broker that does not answer within ``timeout_s`` raises BrokerError."""
+    async with admin_client(kafka, timeout_s) as admin:
+        # Only topics that exist are described: a metadata request naming a missing topic
+        # creates it on a broker with auto.create.topics.enable (Kafka's default).
+        existing = set(await admin.list_topics())
+        return await _partition_counts(admin, [t for t in dict.fromkeys(topics) if t in existing])

@@ -20,6 +20,7 @@ VERBS = (
     "generate",
     "worker",
     "verify",
+    "explain",
     "reset",
     "dlq",
     "bench",
