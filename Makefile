@@ -45,4 +45,4 @@ kafka-stop: $(STAMP)
 	$(BIN)/streams kafka stop
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .hypothesis
