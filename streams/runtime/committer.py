@@ -231,6 +231,12 @@ class ExactlyOnce(_Committer):
     ) -> None:
         super().__init__(settings, consumer, metrics, limits)
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        # A partition's producer whose transaction failed, until the partition is opened
+        # again. The worker goes on processing its next fetch while a commit runs, so it
+        # builds a batch on the state that failure voided: that batch appends to this
+        # producer's sender, nothing sends it (``commit`` reports the partition gone), and
+        # the worker drops it when it settles the failure and replays.
+        self._voided: dict[TopicPartition, AIOKafkaProducer] = {}
 
     async def start(self) -> None:
         """Producers start per partition, when it is adopted."""
@@ -244,6 +250,7 @@ class ExactlyOnce(_Committer):
         """Start the partitions' producers: fences previous owners, aborts their open
         transactions (so the changelog's last stable offset moves and restores finish)."""
         for tp in tps:
+            self._voided.pop(tp, None)
             old = self.producers.pop(tp, None)
             if old is not None:
                 await stop_within(old, CLOSE_TIMEOUT_S)
@@ -258,6 +265,7 @@ class ExactlyOnce(_Committer):
     async def close(self, tps: Iterable[TopicPartition]) -> None:
         """Stop the partitions' producers."""
         for tp in tps:
+            self._voided.pop(tp, None)
             producer = self.producers.pop(tp, None)
             if producer is not None:
                 await stop_within(producer, CLOSE_TIMEOUT_S)
@@ -266,7 +274,10 @@ class ExactlyOnce(_Committer):
         """A new batch: outputs and changelog of each partition share its transaction."""
 
         def make(tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
-            sender = BatchSender(self.producers[tp], limits=self.limits)
+            producer = self.producers.get(tp)
+            if producer is None:
+                producer = self._voided[tp]
+            sender = BatchSender(producer, limits=self.limits)
             return sender, sender
 
         return Batch(make)
@@ -310,6 +321,7 @@ class ExactlyOnce(_Committer):
             # Whatever it wrote is aborted by the next producer of the transactional id.
             if self.producers.get(tp) is producer:
                 del self.producers[tp]
+                self._voided[tp] = producer
             await stop_within(producer, CLOSE_TIMEOUT_S)
             return False
         self.metrics.transactions.labels("committed").inc()

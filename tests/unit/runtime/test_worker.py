@@ -1,0 +1,83 @@
+"""The poll loop with fake Kafka clients: a failed transaction, adoptions and restores,
+and what the loop leaves to the garbage collector."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from aiokafka import TopicPartition
+
+from streams.runtime.committer import ExactlyOnce
+from streams.runtime.worker import Worker
+from tests.unit.runtime.fakes import (
+    INPUT,
+    FakeLog,
+    FakeProducer,
+    Rec,
+    assign,
+    consumer_of,
+    fake_worker,
+    until,
+)
+
+TP = TopicPartition(INPUT, 0)
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen() -> Iterator[None]:
+    # Adoptions freeze the heap (gc.freeze): give this process its collector back.
+    yield
+    gc.unfreeze()
+
+
+@contextlib.asynccontextmanager
+async def _running(worker: Worker) -> AsyncIterator[asyncio.Future[object]]:
+    run: asyncio.Future[object] = asyncio.ensure_future(worker.run())
+    try:
+        yield run
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(run, 10)
+
+
+def _alive(run: asyncio.Future[object]) -> bool:
+    """False once the loop ended (its exception, if any, is raised here)."""
+    if run.done():
+        run.result()
+        return False
+    return True
+
+
+async def test_a_failed_transaction_replays_the_partition_and_the_worker_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = fake_worker(monkeypatch, FakeLog(), guarantee="exactly_once")
+    consumer = consumer_of(worker)
+    committer = worker._committer
+    assert isinstance(committer, ExactlyOnce)
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: TP in worker.tasks.active, "the partition adopted")
+        failing = committer.producers[TP]
+        FakeProducer.fail_transactions = True
+        consumer.deliver({TP: [Rec(0, b"u1", b"not json")]})
+        # The next fetch comes back after the first batch's transaction failed.
+        consumer.deliver(
+            {TP: [Rec(1, b"u1", b"not json")]}, after=lambda: TP not in committer.producers
+        )
+        await until(lambda: not consumer.fetches, "both fetches taken")
+        FakeProducer.fail_transactions = False
+        await until(
+            lambda: (
+                not _alive(run)
+                or (
+                    TP in worker.tasks.active and committer.producers.get(TP) not in (None, failing)
+                )
+            ),
+            "the partition replayed with a new producer",
+        )
+        assert _alive(run)
