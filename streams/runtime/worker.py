@@ -313,6 +313,9 @@ class Worker:
                 self._restoring,
             )
             self._update_state_gauges()
+        # Freeze the restored state out of the collector's way, but collect first: garbage
+        # in a reference cycle at this moment would be frozen too, and kept for good.
+        gc.collect()
         gc.freeze()
 
     def _restoring(self, on: bool) -> None:

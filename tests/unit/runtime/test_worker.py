@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import weakref
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -81,3 +82,30 @@ async def test_a_failed_transaction_replays_the_partition_and_the_worker_goes_on
             "the partition replayed with a new producer",
         )
         assert _alive(run)
+
+
+class _Node:
+    """An object that can sit in a reference cycle and be weakly referenced."""
+
+    other: _Node | None = None
+
+
+async def test_cyclic_garbage_made_before_an_adoption_is_not_frozen_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = fake_worker(monkeypatch, FakeLog(), guarantee="at_least_once")
+    gc.collect()
+    gc.disable()  # no collection may happen by chance between the cycle and the adoption
+    try:
+        node = _Node()
+        node.other = _Node()
+        node.other.other = node
+        ref = weakref.ref(node)
+        del node
+        async with _running(worker) as run:
+            await assign(worker, {TP})
+            await until(lambda: not _alive(run) or TP in worker.tasks.active, "adopted")
+        gc.collect()
+        assert ref() is None, "the adoption froze garbage: it is never collected now"
+    finally:
+        gc.enable()
