@@ -504,7 +504,7 @@ class Worker:
         assert collector is not None
         assert layout is not None
         for record in refused.poison():
-            collector.known_poison[(record.topic, record.key, record.value)] = record.reason
+            collector.known_poison.learn(record.topic, record.key, record.value, record.reason)
         log.error(
             "the broker refused output for good (%s); replaying the batch with the records "
             "refused on their own sent to the dead-letter topic",

@@ -24,6 +24,7 @@ from streams.apps.reference import build
 from streams.config import KafkaSettings, Settings
 from streams.runtime import committer as committer_module
 from streams.runtime import restorer as restorer_module
+from streams.runtime import worker as worker_module
 from streams.runtime.collector import Collector
 from streams.runtime.committer import AtLeastOnce, ExactlyOnce
 from streams.runtime.health import Health
@@ -271,11 +272,17 @@ def make_producer(kafka: KafkaSettings, **kwargs: Any) -> FakeProducer:
     return FakeProducer(**kwargs)
 
 
+async def topic_limits(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
+    """``streams.broker.admin.topic_limits``'s signature: no limit known."""
+    return {}
+
+
 def fake_worker(monkeypatch: pytest.MonkeyPatch, log: FakeLog, *, guarantee: str) -> Worker:
     """A reference-app worker of two input partitions whose clients are fakes (what
     ``Worker.start`` would set up, minus the broker)."""
     monkeypatch.setattr(committer_module, "make_producer", make_producer)
     monkeypatch.setattr(restorer_module, "bulk_reader", log.reader)
+    monkeypatch.setattr(worker_module, "topic_limits", topic_limits)
     monkeypatch.setattr(FakeProducer, "fail_transactions", False)
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers="fake:9092"),
