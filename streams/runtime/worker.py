@@ -4,8 +4,10 @@ One fetched batch per partition goes through a synchronous loop per chunk (decod
 validate, then every pipeline segment reading the topic, compiled), and its results are
 appended to record batches and sent together; nothing on this path creates a task or awaits
 per message (an ``async`` batch function is awaited once per chunk). Then the committer
-commits the batch under the app's guarantee. Between batches the loop adopts newly assigned
-partitions, advances idle partitions' stream time by the wall clock, and refreshes lag.
+commits the batch under the app's guarantee. Between batches the loop takes a step of
+adopting newly assigned partitions (their state restored a bounded step at a time, so the
+loop keeps polling), advances idle partitions' stream time by the wall clock, and refreshes
+lag.
 """
 
 from __future__ import annotations
@@ -220,6 +222,7 @@ class Worker:
         await asyncio.gather(
             *(stop_within(c, CLOSE_TIMEOUT_S) for c in clients if c is not None),
             self._tables.stop(),
+            *([self._tasks.close()] if self._tasks is not None else []),
         )
 
     async def run(
@@ -230,11 +233,12 @@ class Worker:
         assert consumer is not None, "start() first"
         while True:
             self.health.last_loop = time.monotonic()
-            if self.tasks.pending:
-                async with self._lock:
-                    await self._submit_open()
+            if self.tasks.adopting:
                 await self._adopt()
-            batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=MAX_RECORDS)
+            # While a restore is under way, the loop only looks at what is fetched already
+            # and goes back to it.
+            timeout = 0 if self.tasks.restoring else FETCH_TIMEOUT_MS
+            batches = await consumer.getmany(timeout_ms=timeout, max_records=MAX_RECORDS)
             async with self._lock:
                 if batches:
                     # A batch keeps ~20k decoded events alive at once; with the collector on,
@@ -291,10 +295,12 @@ class Worker:
         self.metrics.rebalances.inc()
         self.metrics.assigned.set(len(assigned))
         async with self._lock:
-            self.tasks.assign(assigned)
+            await self.tasks.assign(assigned)
             assert self._consumer is not None
-            if self.tasks.pending:
-                self._consumer.pause(*self.tasks.pending)
+            waiting = self.tasks.waiting()
+            if waiting:
+                self._consumer.pause(*waiting)
+            self.health.restoring = self.tasks.adopting
         self.health.rebalancing = False
         self.assigned.set()
         log.info("assigned input partitions %s", _names(assigned))
@@ -302,24 +308,22 @@ class Worker:
             self._warn_if_input_is_gone()
 
     async def _adopt(self) -> None:
+        """One step of adopting assigned partitions (:meth:`TaskManager.adopt`), with the
+        lock held: a rebalance gets in between two steps."""
         consumer = self._consumer
         assert consumer is not None
-        assert self._committer is not None
         async with self._lock:
-            await self.tasks.adopt(
-                consumer,
-                self._before_restore,
-                lambda: self.health.stopping,
-                self._restoring,
+            adopted = await self.tasks.adopt(
+                consumer, self._before_restore, lambda: self.health.stopping
             )
+            self.health.restoring = self.tasks.adopting
+            if not adopted:
+                return
             self._update_state_gauges()
         # Freeze the restored state out of the collector's way, but collect first: garbage
         # in a reference cycle at this moment would be frozen too, and kept for good.
         gc.collect()
         gc.freeze()
-
-    def _restoring(self, on: bool) -> None:
-        self.health.restoring = on
 
     async def _before_restore(self, tps: set[TopicPartition]) -> None:
         """Grow derived topics if the input grew; exactly_once: fence previous owners."""
@@ -490,7 +494,7 @@ class Worker:
         # The batches processed after it built on the state the replay drops: theirs too.
         failed |= set(self.tasks.active)
         if replay:
-            await self._replay(failed)
+            self._replay(failed)
         else:
             for tp in failed:
                 self.tasks.active.pop(tp, None)
@@ -516,9 +520,10 @@ class Worker:
         with contextlib.suppress(StreamsError, KafkaError):
             layout.limits.update(await topic_limits(self.settings.kafka, written))
 
-    async def _replay(self, tps: set[TopicPartition]) -> None:
-        """Drop these partitions' state (it may hold work that was not delivered) and adopt
-        them again: restored from their changelogs, resumed where the state stands."""
+    def _replay(self, tps: set[TopicPartition]) -> None:
+        """Drop these partitions' state (it may hold work that was not delivered) and have
+        the loop adopt them again: restored from their changelogs, resumed where the state
+        stands."""
         manager = self.tasks
         for tp in tps:
             manager.active.pop(tp, None)
@@ -531,11 +536,9 @@ class Worker:
             log.info("partitions %s are no longer ours; not restoring them", _names(gone))
         if not mine or self.health.stopping:
             return
-        manager.pending |= mine
+        manager.pending |= mine - set(manager.restoring)
         self._consumer.pause(*mine)
-        await manager.adopt(
-            self._consumer, self._before_restore, lambda: self.health.stopping, self._restoring
-        )
+        self.health.restoring = True
 
     # -- idle partitions and lag -----------------------------------------------------------
 
@@ -597,7 +600,7 @@ class Worker:
         if (
             not self.assigned.is_set()
             or self.health.rebalancing
-            or manager.pending
+            or manager.adopting
             or self._inflight is not None
             or self._open is not None
             or now - self.last_work < seconds

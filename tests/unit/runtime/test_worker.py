@@ -15,6 +15,7 @@ from aiokafka import TopicPartition
 from streams.runtime.committer import ExactlyOnce
 from streams.runtime.worker import Worker
 from tests.unit.runtime.fakes import (
+    CHANGELOG,
     INPUT,
     FakeLog,
     FakeProducer,
@@ -22,6 +23,7 @@ from tests.unit.runtime.fakes import (
     assign,
     consumer_of,
     fake_worker,
+    revoke,
     until,
 )
 
@@ -109,3 +111,36 @@ async def test_cyclic_garbage_made_before_an_adoption_is_not_frozen_for_good(
         assert ref() is None, "the adoption froze garbage: it is never collected now"
     finally:
         gc.enable()
+
+
+async def test_a_long_restore_keeps_polling_and_gives_way_to_a_revocation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = FakeLog()
+    changelog = TopicPartition(CHANGELOG, TP.partition)
+    for n in range(1_000):
+        log.append(changelog, b"x%d" % n, b"{}")  # records of a newer version: skipped
+    log.hold(changelog, 100)  # the rest is slow to come
+    worker = fake_worker(monkeypatch, log, guarantee="at_least_once")
+    consumer = consumer_of(worker)
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: bool(log.readers) and log.readers[-1].fetched == 100, "restoring")
+        polls = consumer.polls
+        # The member keeps polling (a restore longer than max.poll.interval.ms no longer
+        # drops it from the group), the partition paused, the worker not ready.
+        await until(lambda: not _alive(run) or consumer.polls >= polls + 5, "polls meanwhile")
+        assert TP in consumer.paused
+        assert not worker.health.ready()
+        # A rebalance does not wait for the restore: it drops the half-restored task.
+        await asyncio.wait_for(revoke(worker, {TP}), 2)
+        assert TP not in worker.tasks.active
+        assert TP not in worker.tasks.suspended
+        assert log.readers[-1].stopped
+        # Assigned again, the partition is restored from the beginning, whole this time.
+        log.release(changelog, 900)
+        await assign(worker, {TP})
+        await until(lambda: not _alive(run) or TP in worker.tasks.active, "adopted")
+        assert log.readers[-1].fetched == 1_000
+        assert TP not in consumer.paused
+        assert worker.health.ready()
