@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -92,7 +92,8 @@ class Batch:
 
 
 class _Committer:
-    """What both guarantees share: settings, consumer, metrics, the topics' size limits."""
+    """What both guarantees share: settings, consumer, metrics, the topics' size limits;
+    ``on_committed`` hears of every input offset committed (the repartition purge)."""
 
     def __init__(
         self,
@@ -100,11 +101,13 @@ class _Committer:
         consumer: AIOKafkaConsumer,
         metrics: WorkerMetrics,
         limits: dict[str, int],
+        on_committed: Callable[[Mapping[TopicPartition, int]], None],
     ) -> None:
         self.settings = settings
         self.consumer = consumer
         self.metrics = metrics
         self.limits = limits
+        self.on_committed = on_committed
         self._backpressure = Backpressure(consumer, metrics)
         # The last flush the broker refused for good (the worker learns poison from it).
         self.refused: Refused | None = None
@@ -168,6 +171,7 @@ class AtLeastOnce(_Committer):
                 log.warning("offset commit failed (%r); the batch may repeat", exc)
                 return set()
             self.metrics.commits.inc()
+            self.on_committed(offsets)
         return set()
 
     async def _write_changelog(self, pending: BatchSender, stopping: Callable[[], bool]) -> None:
@@ -228,8 +232,9 @@ class ExactlyOnce(_Committer):
         consumer: AIOKafkaConsumer,
         metrics: WorkerMetrics,
         limits: dict[str, int],
+        on_committed: Callable[[Mapping[TopicPartition, int]], None],
     ) -> None:
-        super().__init__(settings, consumer, metrics, limits)
+        super().__init__(settings, consumer, metrics, limits, on_committed)
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         # A partition's producer whose transaction failed, until the partition is opened
         # again. The worker goes on processing its next fetch while a commit runs, so it
@@ -326,6 +331,8 @@ class ExactlyOnce(_Committer):
             return False
         self.metrics.transactions.labels("committed").inc()
         self.metrics.commits.inc()
+        if offset is not None:
+            self.on_committed({tp: offset})
         return True
 
     async def _transaction(

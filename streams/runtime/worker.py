@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -23,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from streams.broker.admin import start_client, stop_within, topic_limits
+from streams.broker.admin import delete_records, start_client, stop_within, topic_limits
 from streams.broker.batches import Refused
 from streams.broker.records import use_raw_records
 from streams.broker.uncommitted import Uncommitted
@@ -36,6 +37,7 @@ from streams.runtime.committer import AtLeastOnce, Batch, Committer, ExactlyOnce
 from streams.runtime.health import Health, RunStats
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.processing import compile_plan, drain_partition, run_partition
+from streams.runtime.purger import RepartitionPurger
 from streams.runtime.tables import Tables
 from streams.runtime.tasks import TaskManager
 from streams.topology.plan import Plan
@@ -122,6 +124,12 @@ class Worker:
         self._commit_interval_s = settings.commit_interval_ms / 1000
         self._processed = 0  # records run through the tasks, committed or not
         self._dlq_of_input = {segment.input: segment.dlq for segment in plan.segments}
+        purge_ms = settings.repartition_purge_interval_ms
+        self._purger = RepartitionPurger(
+            [t.name for t in plan.topics if t.role == "repartition"],
+            functools.partial(delete_records, settings.kafka),
+            None if purge_ms < 0 else purge_ms / 1000,
+        )
         self._decoders, self._compiled = compile_plan(
             plan, settings.max_message_bytes, spilled=settings.store == "rocksdb"
         )
@@ -185,7 +193,9 @@ class Worker:
             metadata_max_age_ms=s.metadata_refresh_ms,
         )
         committer_type = ExactlyOnce if self.eos else AtLeastOnce
-        self._committer = committer_type(s, self._consumer, self.metrics, layout.limits)
+        self._committer = committer_type(
+            s, self._consumer, self.metrics, layout.limits, self._purger.committed
+        )
         await self._committer.start()
         self._consumer.subscribe(list(self.plan.inputs), listener=_Rebalance(self))
         await start_client(self._consumer, kafka)
@@ -222,6 +232,7 @@ class Worker:
         await asyncio.gather(
             *(stop_within(c, CLOSE_TIMEOUT_S) for c in clients if c is not None),
             self._tables.stop(),
+            self._purger.close(),
             *([self._tasks.close()] if self._tasks is not None else []),
         )
 
@@ -256,6 +267,7 @@ class Worker:
                         await self._settle()  # nothing new: let the last batch's commit land
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     await self._tick()
+                self._purger.maybe_purge()
                 if self._stop_requested or (
                     stop_after is not None and self._processed >= stop_after
                 ):
@@ -287,6 +299,7 @@ class Worker:
                 self._forget_lag(tp)
                 self._confirmed.discard(tp)
             self.uncommitted.forget(revoked)
+            self._purger.forget(revoked)
             self._update_state_gauges()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:

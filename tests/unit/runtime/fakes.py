@@ -175,6 +175,8 @@ class FakeConsumer:
         self.fetches: list[tuple[dict[TopicPartition, list[Rec]], Callable[[], bool] | None]] = []
         self.polls = 0
         self.seeks: dict[TopicPartition, int | None] = {}
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.refuse_commits = False
 
     def deliver(
         self, fetch: dict[TopicPartition, list[Rec]], after: Callable[[], bool] | None = None
@@ -207,6 +209,11 @@ class FakeConsumer:
 
     async def committed(self, tp: TopicPartition) -> int | None:
         return None
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.refuse_commits:
+            raise KafkaError("the group is rebalancing")
+        self.commits.append(dict(offsets))
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks[tp] = offset
@@ -306,7 +313,13 @@ def fake_worker(monkeypatch: pytest.MonkeyPatch, log: FakeLog, *, guarantee: str
         read_committed=guarantee == "exactly_once",
     )
     committer_type = ExactlyOnce if guarantee == "exactly_once" else AtLeastOnce
-    committer = committer_type(settings, consumer, worker.metrics, layout.limits)  # type: ignore[arg-type]
+    committer = committer_type(
+        settings,
+        consumer,  # type: ignore[arg-type]
+        worker.metrics,
+        layout.limits,
+        worker._purger.committed,
+    )
     if isinstance(committer, AtLeastOnce):
         committer.producer = FakeProducer()  # type: ignore[assignment]
     worker._committer = committer
