@@ -95,10 +95,6 @@ class ChangelogReader:
         """True when no restore is in progress."""
         return not self._restores
 
-    def restoring(self) -> set[TopicPartition]:
-        """The input partitions whose tasks have a restore in progress."""
-        return {r.owner for r in self._restores.values()}
-
     async def start(self, restores: Sequence[Restore]) -> None:
         """Begin replaying ``restores`` (nothing may be in progress): each changelog partition
         from its beginning to its end as of now. A restore with nothing to replay is finished

@@ -149,11 +149,13 @@ class FakeReader:
 
     def _take(self, tps: list[TopicPartition], budget: int) -> dict[TopicPartition, list[Rec]]:
         out = {}
+        # Each partition gets its share of the records asked for, as fetch responses mix
+        # partitions.
+        share = max(1, budget // max(1, len(tps)))
         for tp in tps:
             start = self.positions[tp]
-            records = self.log.records.get(tp, [])[
-                start : min(self.log.visible(tp), start + budget)
-            ]
+            stop = min(self.log.visible(tp), start + min(share, budget))
+            records = self.log.records.get(tp, [])[start:stop]
             if records:
                 out[tp] = records
                 self.positions[tp] = start + len(records)
