@@ -195,6 +195,8 @@ class Settings:
     session_timeout_ms: int = 10_000
     metadata_refresh_ms: int = 30_000
     commit_interval_ms: int = 1_000
+    # How often repartition records below the committed offsets are deleted; -1: never.
+    repartition_purge_interval_ms: int = 30_000
     store: str = "memory"
     state_dir: str = DEFAULT_STATE_DIR
     on_state_change: str = "stop"
@@ -234,6 +236,9 @@ class Settings:
             session_timeout_ms=_int(env, "STREAMS_SESSION_TIMEOUT_MS", 10_000, minimum=6_000),
             metadata_refresh_ms=_int(env, "STREAMS_METADATA_REFRESH_MS", 30_000, minimum=1_000),
             commit_interval_ms=_int(env, "STREAMS_COMMIT_INTERVAL_MS", 1_000),
+            repartition_purge_interval_ms=_int(
+                env, "STREAMS_REPARTITION_PURGE_INTERVAL_MS", 30_000, minimum=-1
+            ),
             store=store,
             state_dir=env.get("STREAMS_STATE_DIR") or DEFAULT_STATE_DIR,
             on_state_change=_choice(env, "STREAMS_ON_STATE_CHANGE", "stop", ON_STATE_CHANGE),

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -335,7 +336,7 @@ async def commit_offsets(
     """Commit ``offsets`` for ``group`` without joining it (a tool's progress marker)."""
     if not offsets:
         return
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=group, enable_auto_commit=False)
     await start_client(consumer, kafka)
@@ -345,6 +346,22 @@ async def commit_offsets(
         await consumer.commit(tps)
     finally:
         await consumer.stop()
+
+
+async def delete_records(
+    kafka: KafkaSettings, before: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Delete every record below ``before[tp]`` in each partition (Kafka's DeleteRecords, as
+    ``kafka-delete-records.sh`` does); returns each partition's new log start offset. Refused
+    on a topic that is only compacted; the first partition's error raises."""
+    from aiokafka.admin import RecordsToDelete
+
+    if not before:
+        return {}
+    async with admin_client(kafka) as admin:
+        return await admin.delete_records(
+            {tp: RecordsToDelete(offset) for tp, offset in before.items()}
+        )
 
 
 async def grow_partitions(kafka: KafkaSettings, topic: str, count: int) -> bool:

@@ -34,6 +34,7 @@ from streams.dlq import (
 from streams.errors import StreamsError
 from streams.runtime.health import RunStats
 from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.poison import KnownPoison
 from streams.runtime.topics import TopicLayout
 from streams.topology.plan import Plan
 
@@ -94,7 +95,7 @@ class Collector:
         self.dlqs = {segment.dlq for segment in plan.segments}
         # Outputs the broker refused for good (the batch was then replayed), with the
         # broker's reason: diverted to the dead-letter topic when the replay produces them.
-        self.known_poison: dict[tuple[str, bytes | None, bytes | None], str] = {}
+        self.known_poison = KnownPoison()
 
     def dead_letters(
         self,
@@ -238,9 +239,11 @@ class Collector:
                 reason = f"a record of {len(value)} bytes exceeds {topic}'s max.message.bytes"
                 refused.append(Poison(topic, target, key, value, [], reason))
                 continue
-            if poison and (topic, key, value) in poison:
-                refused.append(Poison(topic, target, key, value, [], poison[(topic, key, value)]))
-                continue
+            if poison:
+                known = poison.divert(topic, key, value)
+                if known is not None:
+                    refused.append(Poison(topic, target, key, value, [], known))
+                    continue
             group = by_partition.get(target)
             if group is None:
                 by_partition[target] = [output]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -92,7 +92,8 @@ class Batch:
 
 
 class _Committer:
-    """What both guarantees share: settings, consumer, metrics, the topics' size limits."""
+    """What both guarantees share: settings, consumer, metrics, the topics' size limits;
+    ``on_committed`` hears of every input offset committed (the repartition purge)."""
 
     def __init__(
         self,
@@ -100,11 +101,13 @@ class _Committer:
         consumer: AIOKafkaConsumer,
         metrics: WorkerMetrics,
         limits: dict[str, int],
+        on_committed: Callable[[Mapping[TopicPartition, int]], None],
     ) -> None:
         self.settings = settings
         self.consumer = consumer
         self.metrics = metrics
         self.limits = limits
+        self.on_committed = on_committed
         self._backpressure = Backpressure(consumer, metrics)
         # The last flush the broker refused for good (the worker learns poison from it).
         self.refused: Refused | None = None
@@ -168,6 +171,7 @@ class AtLeastOnce(_Committer):
                 log.warning("offset commit failed (%r); the batch may repeat", exc)
                 return set()
             self.metrics.commits.inc()
+            self.on_committed(offsets)
         return set()
 
     async def _write_changelog(self, pending: BatchSender, stopping: Callable[[], bool]) -> None:
@@ -228,9 +232,16 @@ class ExactlyOnce(_Committer):
         consumer: AIOKafkaConsumer,
         metrics: WorkerMetrics,
         limits: dict[str, int],
+        on_committed: Callable[[Mapping[TopicPartition, int]], None],
     ) -> None:
-        super().__init__(settings, consumer, metrics, limits)
+        super().__init__(settings, consumer, metrics, limits, on_committed)
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        # A partition's producer whose transaction failed, until the partition is opened
+        # again. The worker goes on processing its next fetch while a commit runs, so it
+        # builds a batch on the state that failure voided: that batch appends to this
+        # producer's sender, nothing sends it (``commit`` reports the partition gone), and
+        # the worker drops it when it settles the failure and replays.
+        self._voided: dict[TopicPartition, AIOKafkaProducer] = {}
 
     async def start(self) -> None:
         """Producers start per partition, when it is adopted."""
@@ -244,6 +255,7 @@ class ExactlyOnce(_Committer):
         """Start the partitions' producers: fences previous owners, aborts their open
         transactions (so the changelog's last stable offset moves and restores finish)."""
         for tp in tps:
+            self._voided.pop(tp, None)
             old = self.producers.pop(tp, None)
             if old is not None:
                 await stop_within(old, CLOSE_TIMEOUT_S)
@@ -258,6 +270,7 @@ class ExactlyOnce(_Committer):
     async def close(self, tps: Iterable[TopicPartition]) -> None:
         """Stop the partitions' producers."""
         for tp in tps:
+            self._voided.pop(tp, None)
             producer = self.producers.pop(tp, None)
             if producer is not None:
                 await stop_within(producer, CLOSE_TIMEOUT_S)
@@ -266,7 +279,10 @@ class ExactlyOnce(_Committer):
         """A new batch: outputs and changelog of each partition share its transaction."""
 
         def make(tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
-            sender = BatchSender(self.producers[tp], limits=self.limits)
+            producer = self.producers.get(tp)
+            if producer is None:
+                producer = self._voided[tp]
+            sender = BatchSender(producer, limits=self.limits)
             return sender, sender
 
         return Batch(make)
@@ -310,10 +326,13 @@ class ExactlyOnce(_Committer):
             # Whatever it wrote is aborted by the next producer of the transactional id.
             if self.producers.get(tp) is producer:
                 del self.producers[tp]
+                self._voided[tp] = producer
             await stop_within(producer, CLOSE_TIMEOUT_S)
             return False
         self.metrics.transactions.labels("committed").inc()
         self.metrics.commits.inc()
+        if offset is not None:
+            self.on_committed({tp: offset})
         return True
 
     async def _transaction(

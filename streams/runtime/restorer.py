@@ -3,19 +3,30 @@
 A changelog is compacted and co-partitioned with its segment's input: the state of input
 partition ``p`` lives in partition ``p`` of the changelog. A task adopted by a worker (at
 start, after a crash, in a rebalance) replays that partition from the beginning before it
-processes a single input record. A replay that fails (the broker away, a timeout) raises;
-the task manager retries it with backoff, and the worker is not ready meanwhile.
+processes a single input record.
+
+The :class:`ChangelogReader` (Kafka Streams' ``StoreChangelogReader``) replays in steps: the
+worker calls :meth:`~ChangelogReader.step` once per turn of its poll loop, and each step
+applies a bounded number of records (or runs for a bounded time) and returns. So however
+long a restore takes, the worker keeps polling (its group keeps it as a member) and a
+rebalance gets in between two steps (:meth:`~ChangelogReader.cancel` drops the restores of
+revoked partitions). A step that fails (the broker away, a record that cannot be applied, no
+progress for ``STALL_TIMEOUT_S``) raises; the task manager starts the adoption over with
+backoff, and the worker is not ready meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.broker.admin import stop_within
 from streams.broker.reading import bulk_reader
 from streams.config import KafkaSettings
 from streams.core.segment import SegmentTask
@@ -24,79 +35,194 @@ from streams.runtime.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
+# One step: at most this many records, or this long (the loop's other work waits meanwhile).
+STEP_RECORDS = 50_000
+STEP_SECONDS = 0.1
+# Records taken per fetch within a step (the time budget is checked between fetches).
+FETCH_RECORDS = 10_000
+# A restore that applies nothing for this long fails (and is started over).
+STALL_TIMEOUT_S = 600.0
+POSITION_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 10.0
+
 
 @dataclass
 class Restore:
-    """One task to rebuild from partition ``partition`` of ``changelog``."""
+    """One segment task to rebuild from one changelog partition, for the task of input
+    partition ``owner``."""
 
     task: SegmentTask
-    changelog: str
-    partition: int
+    changelog: TopicPartition
+    owner: TopicPartition
+    # The changelog's end when the restore started: the restore is whole there.
+    end: int = 0
 
 
-async def restore(
-    kafka: KafkaSettings,
-    restores: Sequence[Restore],
-    *,
-    read_committed: bool,
-    metrics: WorkerMetrics,
-    on_state_change: str,
-    timeout_s: float = 600.0,
-) -> int:
-    """Replay each changelog partition into its task, then check the tasks' fingerprints
-    (:meth:`~streams.core.segment.SegmentTask.finish_restore`); returns records applied."""
-    if not restores:
-        return 0
-    by_tp = {TopicPartition(r.changelog, r.partition): r.task for r in restores}
-    started = time.monotonic()
-    applied = 0
-    consumer = await bulk_reader(kafka, read_committed=read_committed)
-    try:
-        tps = list(by_tp)
+class ChangelogReader:
+    """Replays changelog partitions into their tasks, a bounded step at a time.
+
+    :meth:`start` a set of restores, call :meth:`step` until :attr:`done`; each restore's
+    task gets its fingerprint check (:meth:`~streams.core.segment.SegmentTask.finish_restore`)
+    as soon as its changelog is read to the end. :meth:`cancel` drops restores, :meth:`close`
+    drops them all.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        read_committed: bool,
+        metrics: WorkerMetrics,
+        on_state_change: str,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
+    ) -> None:
+        self._kafka = kafka
+        self._read_committed = read_committed
+        self._metrics = metrics
+        self._on_state_change = on_state_change
+        self._stall_timeout_s = stall_timeout_s
+        self._consumer: AIOKafkaConsumer | None = None
+        # In progress, by changelog partition.
+        self._restores: dict[TopicPartition, Restore] = {}
+        self._started = 0.0
+        self._progress_at = 0.0
+        self._applied = 0
+        self._count = 0
+        self._topics: set[str] = set()
+
+    @property
+    def done(self) -> bool:
+        """True when no restore is in progress."""
+        return not self._restores
+
+    async def start(self, restores: Sequence[Restore]) -> None:
+        """Begin replaying ``restores`` (nothing may be in progress): each changelog partition
+        from its beginning to its end as of now. A restore with nothing to replay is finished
+        here."""
+        assert self.done, "a restore is in progress"
+        self._started = self._progress_at = time.monotonic()
+        self._applied = 0
+        self._count = len(restores)
+        self._topics = {r.changelog.topic for r in restores}
+        if not restores:
+            return
+        consumer = self._consumer = await bulk_reader(
+            self._kafka, read_committed=self._read_committed
+        )
+        tps = [r.changelog for r in restores]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)
-        remaining = {tp: ends[tp] for tp in tps if ends[tp] > begins[tp]}
-        metrics.restore_remaining.set(sum(ends[tp] - begins[tp] for tp in remaining))
-        while remaining:
-            if time.monotonic() - started > timeout_s:
-                raise BrokerError(
-                    f"restoring state from {sorted({tp.topic for tp in tps})} took over "
-                    f"{timeout_s:.0f}s; check the broker, or raise the restore timeout"
-                )
-            batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=50_000)
+        for r in restores:
+            tp = r.changelog
+            r.end = ends[tp]
+            if ends[tp] > begins[tp]:
+                self._restores[tp] = r
+            else:
+                self._finish(r)
+        self._metrics.restore_remaining.set(sum(ends[tp] - begins[tp] for tp in self._restores))
+        if self.done:
+            await self._complete()
+
+    async def step(
+        self, max_records: int = STEP_RECORDS, max_seconds: float = STEP_SECONDS
+    ) -> None:
+        """Apply up to ``max_records`` changelog records, fetching for up to ``max_seconds``;
+        finish the restores that reach their end."""
+        consumer = self._consumer
+        if consumer is None or self.done:
+            return
+        deadline = time.monotonic() + max_seconds
+        applied = 0
+        while not self.done and applied < max_records:
+            wait_ms = int((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                break
+            batches = await consumer.getmany(
+                *self._restores,
+                timeout_ms=wait_ms,
+                max_records=min(FETCH_RECORDS, max_records - applied),
+            )
             for tp, records in batches.items():
-                apply = by_tp[tp].apply_changelog
-                try:
-                    for record in records:
-                        apply(record.key, record.value)
-                except Exception as exc:
-                    raise RestoreError(
-                        f"changelog {tp.topic}[{tp.partition}] offset {record.offset}: record "
-                        f"{record.key!r} cannot be applied ({type(exc).__name__}: {exc}); delete "
-                        "it (kafka-delete-records) or start the state over (streams reset)"
-                    ) from None
+                _apply(self._restores[tp], records)
                 applied += len(records)
-                metrics.restored.inc(len(records))
-            left = 0
-            for tp in list(remaining):
-                position = await consumer.position(tp)
-                if position >= ends[tp]:
-                    del remaining[tp]
-                else:
-                    left += ends[tp] - position
-            metrics.restore_remaining.set(left)
-    finally:
-        await consumer.stop()
-    for r in restores:
-        for line in r.task.finish_restore(on_state_change, where=f" (partition {r.partition})"):
+                self._metrics.restored.inc(len(records))
+            # Also without records: a transaction's end marker moves the position alone.
+            await self._finish_read(consumer)
+            if not batches:
+                break
+        now = time.monotonic()
+        if applied:
+            self._applied += applied
+            self._progress_at = now
+        elif not self.done and now - self._progress_at > self._stall_timeout_s:
+            raise BrokerError(
+                f"restoring state from {sorted(self._topics)} made no progress for "
+                f"{self._stall_timeout_s:.0f}s; check the broker"
+            )
+        if self.done:
+            await self._complete()
+
+    async def cancel(self, owners: Iterable[TopicPartition]) -> None:
+        """Drop the restores of these input partitions' tasks (revoked: half-restored tasks
+        are of no use)."""
+        owners = set(owners)
+        dropped = [tp for tp, r in self._restores.items() if r.owner in owners]
+        for tp in dropped:
+            del self._restores[tp]
+        if self._consumer is not None and dropped:
+            self._consumer.pause(*dropped)
+        if self.done:
+            await self.close()
+
+    async def close(self) -> None:
+        """Drop every restore in progress and close the changelog consumer."""
+        self._restores.clear()
+        self._metrics.restore_remaining.set(0)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await stop_within(consumer, CLOSE_TIMEOUT_S)
+
+    async def _finish_read(self, consumer: AIOKafkaConsumer) -> None:
+        """Finish the restores whose changelog is read to its end; count what is left."""
+        left = 0
+        for tp, r in list(self._restores.items()):
+            position = await asyncio.wait_for(consumer.position(tp), POSITION_TIMEOUT_S)
+            if position >= r.end:
+                del self._restores[tp]
+                consumer.pause(tp)
+                self._progress_at = time.monotonic()
+                self._finish(r)
+            else:
+                left += r.end - position
+        self._metrics.restore_remaining.set(left)
+
+    def _finish(self, r: Restore) -> None:
+        where = f" (partition {r.changelog.partition})"
+        for line in r.task.finish_restore(self._on_state_change, where=where):
             log.warning("%s", line)
-    log.info(
-        "restored %d changelog records for %d partitions of %s in %.2fs",
-        applied,
-        len(restores),
-        ", ".join(sorted({r.changelog for r in restores})),
-        time.monotonic() - started,
-    )
-    return applied
+
+    async def _complete(self) -> None:
+        log.info(
+            "restored %d changelog records for %d partitions of %s in %.2fs",
+            self._applied,
+            self._count,
+            ", ".join(sorted(self._topics)),
+            time.monotonic() - self._started,
+        )
+        await self.close()
+
+
+def _apply(restore: Restore, records: list[Any]) -> None:
+    apply = restore.task.apply_changelog
+    for record in records:
+        try:
+            apply(record.key, record.value)
+        except Exception as exc:
+            tp = restore.changelog
+            raise RestoreError(
+                f"changelog {tp.topic}[{tp.partition}] offset {record.offset}: record "
+                f"{record.key!r} cannot be applied ({type(exc).__name__}: {exc}); delete it "
+                "(kafka-delete-records) or start the state over (streams reset)"
+            ) from None

@@ -5,11 +5,19 @@ the decoder of its topic and one :class:`~streams.core.segment.SegmentTask` per 
 segment reading that topic. The :class:`TaskManager` creates tasks when partitions are
 assigned and drops them when they are gone, and in between:
 
-- **adoption happens in the poll loop, not in the rebalance callback** (aiokafka logs and
-  swallows a callback's exceptions, which would leave partitions assigned with no task):
-  the callback pauses new partitions; the loop restores their state, retrying with backoff
-  while that fails (the worker is not ready meanwhile), seeks them to where their state
-  stands and resumes them. No record of a partition is processed before its task is ready.
+- **adoption happens in the poll loop, in steps** (aiokafka logs and swallows a rebalance
+  callback's exceptions, which would leave partitions assigned with no task; and a restore
+  in one piece kept the worker from polling, so a long one dropped it from its group): the
+  callback pauses new partitions; each turn of the loop takes one bounded
+  :meth:`TaskManager.adopt` step — fence the previous owners and start the restore, replay
+  a budget of changelog records (:class:`~streams.runtime.restorer.ChangelogReader`), or,
+  once every task of the adoption is whole, seek the partitions to where their state stands
+  and resume them. A failure drops the adoption's half-built tasks and starts it over after
+  a backoff; the worker is not ready meanwhile. No record of a partition is processed
+  before its task is ready, and the partitions of one adoption become ready together.
+- **a revocation interrupts an adoption** between two steps: the revoked partitions'
+  half-restored tasks are dropped (a partition that comes back is restored from the
+  beginning).
 - **a task survives a rebalance that gives its partition back**: on revocation its
   changelogs' end offsets are noted, and if nobody wrote to them before the partition comes
   back, the task carries on from memory instead of replaying its changelog.
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +42,7 @@ from streams.core.enrich import TtlCache
 from streams.core.segment import SegmentTask
 from streams.errors import StateMismatchError, StreamsError
 from streams.runtime.metrics import WorkerMetrics
-from streams.runtime.restorer import Restore, restore
+from streams.runtime.restorer import ChangelogReader, Restore
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +103,32 @@ class TaskManager:
         self.decoders = decoders
         self.tables = tables
         self.metrics = metrics
-        self.read_committed = read_committed
         self.active: dict[TopicPartition, PartitionTask] = {}
         self.suspended: dict[TopicPartition, PartitionTask] = {}
+        # Assigned, with no task yet: the next adoption takes them.
         self.pending: set[TopicPartition] = set()
+        # The adoption under way: its tasks, kept or being restored by the reader.
+        self.restoring: dict[TopicPartition, PartitionTask] = {}
+        self.reader = ChangelogReader(
+            settings.kafka,
+            read_committed=read_committed,
+            metrics=metrics,
+            on_state_change=settings.on_state_change,
+        )
         # One cache per enrich step per process, shared by the partitions' tasks.
         self._caches: dict[str, dict[int, TtlCache]] = {}
+        self._attempt = 0
+        self._retry_at = 0.0
         self.kept = 0
+
+    @property
+    def adopting(self) -> bool:
+        """True while assigned partitions wait for their tasks (the worker is not ready)."""
+        return bool(self.pending or self.restoring)
+
+    def waiting(self) -> set[TopicPartition]:
+        """The partitions pending or being adopted: paused until their tasks are ready."""
+        return self.pending | set(self.restoring)
 
     def _new(self, tp: TopicPartition) -> PartitionTask:
         segments = []
@@ -125,9 +153,14 @@ class TaskManager:
 
     async def suspend(self, tps: Iterable[TopicPartition], consumer: AIOKafkaConsumer) -> None:
         """Partitions were revoked (no batch in flight): keep their tasks aside, with their
-        changelogs' end offsets, in case they come back."""
-        tasks = [self.active.pop(tp) for tp in tps if tp in self.active]
-        self.pending.difference_update(tps)
+        changelogs' end offsets, in case they come back; an adoption under way loses them."""
+        revoked = set(tps)
+        tasks = [self.active.pop(tp) for tp in revoked if tp in self.active]
+        self.pending -= revoked
+        interrupted = revoked & set(self.restoring)
+        if interrupted:
+            log.info("the rebalance interrupts the adoption of partitions %s", _names(interrupted))
+            await self._leave_adoption(interrupted)
         changelogs = [ctp for task in tasks for ctp in task.changelog_tps()]
         ends: dict[TopicPartition, int] = {}
         if changelogs:
@@ -140,10 +173,11 @@ class TaskManager:
             task.suspended_at = {ctp: ends[ctp] for ctp in task.changelog_tps()}
             self.suspended[task.tp] = task
 
-    def assign(self, tps: Iterable[TopicPartition]) -> None:
+    async def assign(self, tps: Iterable[TopicPartition]) -> None:
         """Partitions were assigned: tasks for those not active are adopted by the loop."""
         assigned = set(tps)
-        self.pending = {tp for tp in assigned if tp not in self.active}
+        await self._leave_adoption(set(self.restoring) - assigned)
+        self.pending = assigned - set(self.active) - set(self.restoring)
         for tp in [tp for tp in self.active if tp not in assigned]:
             del self.active[tp]
         for tp in [tp for tp in self.suspended if tp not in assigned]:
@@ -156,50 +190,97 @@ class TaskManager:
         consumer: AIOKafkaConsumer,
         before_restore: Callable[[set[TopicPartition]], Any],
         stopping: Callable[[], bool],
-        on_restoring: Callable[[bool], None],
     ) -> set[TopicPartition]:
-        """Make tasks for the pending partitions ready; returns those adopted.
+        """One bounded step of adopting the pending partitions; returns those whose tasks
+        became active (seeked to where their state stands, resumed).
 
-        ``before_restore`` runs first (exactly_once fences the previous owners there).
-        Retries until it succeeds, the partitions move away, or the worker stops.
+        The first step runs ``before_restore`` (exactly_once fences the previous owners
+        there), sets kept tasks aside for the adoption and starts the restore of the others;
+        each next step replays a budget of changelog records; the step after the last
+        record seeks and resumes every partition of the adoption. A failure drops the
+        adoption and retries it after a backoff (steps meanwhile do nothing), until it
+        succeeds, the partitions move away, or the worker stops.
         """
-        attempt = 0
-        while self.pending and not stopping():
-            mine = {tp for tp in self.pending if tp in consumer.assignment()}
-            self.pending = mine
-            if not mine:
-                break
-            on_restoring(True)
-            try:
-                await before_restore(mine)
-                tasks = await self._restore(mine, consumer)
-                await self._seek(tasks, consumer)
-            except StateMismatchError:
-                raise
-            except (StreamsError, KafkaError, TimeoutError, OSError) as exc:
-                attempt += 1
-                self.metrics.restore_failures.inc()
-                backoff = min(MAX_BACKOFF_S, RETRY_BACKOFF_S * 2 ** min(attempt - 1, 4))
-                log.error(
-                    "restoring partitions %s failed (%s); retrying in %.0fs (not ready until then)",
-                    _names(mine),
-                    exc,
-                    backoff,
-                )
-                await asyncio.sleep(backoff)
-                continue
-            finally:
-                on_restoring(False)
-            for task in tasks:
-                self.active[task.tp] = task
-            self.pending.clear()
-            consumer.resume(*[t.tp for t in tasks])
-            return {t.tp for t in tasks}
-        return set()
+        if stopping() or time.monotonic() < self._retry_at:
+            return set()
+        try:
+            if not self.restoring:
+                await self._start(consumer, before_restore)
+            await self.reader.step()
+            if not self.reader.done:
+                return set()
+            tasks = list(self.restoring.values())
+            await self._seek(tasks, consumer)
+        except StateMismatchError:
+            raise
+        except (StreamsError, KafkaError, TimeoutError, OSError) as exc:
+            await self._retry_later(exc)
+            return set()
+        self.restoring = {}
+        self._attempt = 0
+        for task in tasks:
+            self.active[task.tp] = task
+        consumer.resume(*[t.tp for t in tasks])
+        return {t.tp for t in tasks}
 
-    async def _restore(
+    async def close(self) -> None:
+        """Drop an adoption under way (the worker stops)."""
+        await self.reader.close()
+
+    async def _start(
+        self,
+        consumer: AIOKafkaConsumer,
+        before_restore: Callable[[set[TopicPartition]], Any],
+    ) -> None:
+        mine = {tp for tp in self.pending if tp in consumer.assignment()}
+        self.pending = mine
+        if not mine:
+            return
+        await before_restore(mine)
+        kept, fresh = await self._tasks_for(mine, consumer)
+        self.restoring = {t.tp: t for t in kept + fresh}
+        self.pending = set()
+        restores = [
+            Restore(s, TopicPartition(s.segment.changelog, t.tp.partition), t.tp)
+            for t in fresh
+            for s in t.segments
+            if s.segment.changelog is not None
+        ]
+        for task in fresh:
+            for s in task.segments:
+                if s.segment.changelog is None:
+                    s.finish_restore()
+        await self.reader.start(restores)
+
+    async def _retry_later(self, exc: BaseException) -> None:
+        """The adoption failed: it starts over after a backoff."""
+        self.pending |= set(self.restoring)
+        await self._leave_adoption(set(self.restoring))
+        self._attempt += 1
+        self.metrics.restore_failures.inc()
+        backoff = min(MAX_BACKOFF_S, RETRY_BACKOFF_S * 2 ** min(self._attempt - 1, 4))
+        self._retry_at = time.monotonic() + backoff
+        log.error(
+            "restoring partitions %s failed (%s); retrying in %.0fs (not ready until then)",
+            _names(self.pending),
+            exc,
+            backoff,
+        )
+
+    async def _leave_adoption(self, tps: set[TopicPartition]) -> None:
+        """These partitions leave the adoption under way: the tasks it kept go back aside as
+        they were (their state untouched), the others are dropped (half-restored)."""
+        left = [self.restoring.pop(tp) for tp in tps if tp in self.restoring]
+        await self.reader.cancel(tps)
+        for task in left:
+            if task.suspended_at:
+                self.suspended[task.tp] = task
+
+    async def _tasks_for(
         self, tps: set[TopicPartition], consumer: AIOKafkaConsumer
-    ) -> list[PartitionTask]:
+    ) -> tuple[list[PartitionTask], list[PartitionTask]]:
+        """Tasks kept from before the rebalance (their changelogs unchanged since), and
+        fresh ones to restore."""
         kept: list[PartitionTask] = []
         fresh: list[PartitionTask] = []
         candidates = [self.suspended.pop(tp) for tp in tps if tp in self.suspended]
@@ -216,23 +297,6 @@ class TaskManager:
                 else:
                     fresh.append(self._new(task.tp))
         fresh.extend(self._new(tp) for tp in tps if tp not in {t.tp for t in kept + fresh})
-        restores = [
-            Restore(s, s.segment.changelog, t.tp.partition)
-            for t in fresh
-            for s in t.segments
-            if s.segment.changelog is not None
-        ]
-        for task in fresh:
-            for s in task.segments:
-                if s.segment.changelog is None:
-                    s.finish_restore()
-        await restore(
-            self.settings.kafka,
-            restores,
-            read_committed=self.read_committed,
-            metrics=self.metrics,
-            on_state_change=self.settings.on_state_change,
-        )
         if kept:
             self.kept += len(kept)
             self.metrics.kept_partitions.inc(len(kept))
@@ -240,7 +304,7 @@ class TaskManager:
                 "kept the state of partitions %s across the rebalance (no replay)",
                 _names(t.tp for t in kept),
             )
-        return kept + fresh
+        return kept, fresh
 
     async def _seek(self, tasks: list[PartitionTask], consumer: AIOKafkaConsumer) -> None:
         for task in tasks:

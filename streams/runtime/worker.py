@@ -4,14 +4,17 @@ One fetched batch per partition goes through a synchronous loop per chunk (decod
 validate, then every pipeline segment reading the topic, compiled), and its results are
 appended to record batches and sent together; nothing on this path creates a task or awaits
 per message (an ``async`` batch function is awaited once per chunk). Then the committer
-commits the batch under the app's guarantee. Between batches the loop adopts newly assigned
-partitions, advances idle partitions' stream time by the wall clock, and refreshes lag.
+commits the batch under the app's guarantee. Between batches the loop takes a step of
+adopting newly assigned partitions (their state restored a bounded step at a time, so the
+loop keeps polling), advances idle partitions' stream time by the wall clock, and refreshes
+lag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -22,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams import compat
-from streams.broker.admin import start_client, stop_within, topic_limits
+from streams.broker.admin import delete_records, start_client, stop_within, topic_limits
 from streams.broker.batches import Refused
 from streams.broker.records import RawRecordsConsumer
 from streams.broker.uncommitted import Uncommitted
@@ -35,6 +38,7 @@ from streams.runtime.committer import AtLeastOnce, Batch, Committer, ExactlyOnce
 from streams.runtime.health import Health, RunStats
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.processing import compile_plan, drain_partition, run_partition
+from streams.runtime.purger import RepartitionPurger
 from streams.runtime.tables import Tables
 from streams.runtime.tasks import TaskManager
 from streams.topology.plan import Plan
@@ -121,6 +125,12 @@ class Worker:
         self._commit_interval_s = settings.commit_interval_ms / 1000
         self._processed = 0  # records run through the tasks, committed or not
         self._dlq_of_input = {segment.input: segment.dlq for segment in plan.segments}
+        purge_ms = settings.repartition_purge_interval_ms
+        self._purger = RepartitionPurger(
+            [t.name for t in plan.topics if t.role == "repartition"],
+            functools.partial(delete_records, settings.kafka),
+            None if purge_ms < 0 else purge_ms / 1000,
+        )
         self._decoders, self._compiled = compile_plan(
             plan, settings.max_message_bytes, spilled=settings.store == "rocksdb"
         )
@@ -174,7 +184,9 @@ class Worker:
             metadata_max_age_ms=s.metadata_refresh_ms,
         )
         committer_type = ExactlyOnce if self.eos else AtLeastOnce
-        self._committer = committer_type(s, self._consumer, self.metrics, layout.limits)
+        self._committer = committer_type(
+            s, self._consumer, self.metrics, layout.limits, self._purger.committed
+        )
         await self._committer.start()
         self._consumer.subscribe(list(self.plan.inputs), listener=_Rebalance(self))
         await start_client(self._consumer, kafka)
@@ -211,6 +223,8 @@ class Worker:
         await asyncio.gather(
             *(stop_within(c, CLOSE_TIMEOUT_S) for c in clients if c is not None),
             self._tables.stop(),
+            self._purger.close(),
+            *([self._tasks.close()] if self._tasks is not None else []),
         )
 
     async def run(
@@ -221,11 +235,12 @@ class Worker:
         assert consumer is not None, "start() first"
         while True:
             self.health.last_loop = time.monotonic()
-            if self.tasks.pending:
-                async with self._lock:
-                    await self._submit_open()
+            if self.tasks.adopting:
                 await self._adopt()
-            batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=MAX_RECORDS)
+            # While a restore is under way, the loop only looks at what is fetched already
+            # and goes back to it.
+            timeout = 0 if self.tasks.restoring else FETCH_TIMEOUT_MS
+            batches = await consumer.getmany(timeout_ms=timeout, max_records=MAX_RECORDS)
             async with self._lock:
                 if batches:
                     # A batch keeps ~20k decoded events alive at once; with the collector on,
@@ -243,6 +258,7 @@ class Worker:
                         await self._settle()  # nothing new: let the last batch's commit land
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     await self._tick()
+                self._purger.maybe_purge()
                 if self._stop_requested or (
                     stop_after is not None and self._processed >= stop_after
                 ):
@@ -274,6 +290,7 @@ class Worker:
                 self._forget_lag(tp)
                 self._confirmed.discard(tp)
             self.uncommitted.forget(revoked)
+            self._purger.forget(revoked)
             self._update_state_gauges()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -282,10 +299,12 @@ class Worker:
         self.metrics.rebalances.inc()
         self.metrics.assigned.set(len(assigned))
         async with self._lock:
-            self.tasks.assign(assigned)
+            await self.tasks.assign(assigned)
             assert self._consumer is not None
-            if self.tasks.pending:
-                self._consumer.pause(*self.tasks.pending)
+            waiting = self.tasks.waiting()
+            if waiting:
+                self._consumer.pause(*waiting)
+            self.health.restoring = self.tasks.adopting
         self.health.rebalancing = False
         self.assigned.set()
         log.info("assigned input partitions %s", _names(assigned))
@@ -293,21 +312,22 @@ class Worker:
             self._warn_if_input_is_gone()
 
     async def _adopt(self) -> None:
+        """One step of adopting assigned partitions (:meth:`TaskManager.adopt`), with the
+        lock held: a rebalance gets in between two steps."""
         consumer = self._consumer
         assert consumer is not None
-        assert self._committer is not None
         async with self._lock:
-            await self.tasks.adopt(
-                consumer,
-                self._before_restore,
-                lambda: self.health.stopping,
-                self._restoring,
+            adopted = await self.tasks.adopt(
+                consumer, self._before_restore, lambda: self.health.stopping
             )
+            self.health.restoring = self.tasks.adopting
+            if not adopted:
+                return
             self._update_state_gauges()
+        # Freeze the restored state out of the collector's way, but collect first: garbage
+        # in a reference cycle at this moment would be frozen too, and kept for good.
+        gc.collect()
         gc.freeze()
-
-    def _restoring(self, on: bool) -> None:
-        self.health.restoring = on
 
     async def _before_restore(self, tps: set[TopicPartition]) -> None:
         """Grow derived topics if the input grew; exactly_once: fence previous owners."""
@@ -478,7 +498,7 @@ class Worker:
         # The batches processed after it built on the state the replay drops: theirs too.
         failed |= set(self.tasks.active)
         if replay:
-            await self._replay(failed)
+            self._replay(failed)
         else:
             for tp in failed:
                 self.tasks.active.pop(tp, None)
@@ -492,7 +512,7 @@ class Worker:
         assert collector is not None
         assert layout is not None
         for record in refused.poison():
-            collector.known_poison[(record.topic, record.key, record.value)] = record.reason
+            collector.known_poison.learn(record.topic, record.key, record.value, record.reason)
         log.error(
             "the broker refused output for good (%s); replaying the batch with the records "
             "refused on their own sent to the dead-letter topic",
@@ -504,9 +524,10 @@ class Worker:
         with contextlib.suppress(StreamsError, KafkaError):
             layout.limits.update(await topic_limits(self.settings.kafka, written))
 
-    async def _replay(self, tps: set[TopicPartition]) -> None:
-        """Drop these partitions' state (it may hold work that was not delivered) and adopt
-        them again: restored from their changelogs, resumed where the state stands."""
+    def _replay(self, tps: set[TopicPartition]) -> None:
+        """Drop these partitions' state (it may hold work that was not delivered) and have
+        the loop adopt them again: restored from their changelogs, resumed where the state
+        stands."""
         manager = self.tasks
         for tp in tps:
             manager.active.pop(tp, None)
@@ -519,11 +540,9 @@ class Worker:
             log.info("partitions %s are no longer ours; not restoring them", _names(gone))
         if not mine or self.health.stopping:
             return
-        manager.pending |= mine
+        manager.pending |= mine - set(manager.restoring)
         self._consumer.pause(*mine)
-        await manager.adopt(
-            self._consumer, self._before_restore, lambda: self.health.stopping, self._restoring
-        )
+        self.health.restoring = True
 
     # -- idle partitions and lag -----------------------------------------------------------
 
@@ -588,7 +607,7 @@ class Worker:
         if (
             not self.assigned.is_set()
             or self.health.rebalancing
-            or manager.pending
+            or manager.adopting
             or self._inflight is not None
             or self._open is not None
             or now - self.last_work < seconds

@@ -75,6 +75,9 @@ async def test_join_group_by_and_enrich_are_exact_under_exactly_once(
         "STREAMS_PARTITIONS": "3",
         "STREAMS_IDLE_TIMEOUT_MS": "1500",
         "STREAMS_GUARANTEE": "exactly_once",
+        # verify recomputes the re-keyed windows from the whole repartition topic: a run
+        # longer than the purge interval would have deleted its beginning.
+        "STREAMS_REPARTITION_PURGE_INTERVAL_MS": "-1",
     }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
