@@ -131,9 +131,9 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
         figures["rss_mb_after_restore"] = round(status_mb(pid, "VmRSS"), 1)
 
         started = time.perf_counter()
-        finals = restored.tick(BASE_TS + 10 * hour, caught_up=True)
+        finals = run_sync(restored.tick(BASE_TS + 10 * hour, caught_up=True))
         if not finals.outputs:  # the first tick after a restore only notes activity
-            finals = restored.tick(BASE_TS + 20 * hour, caught_up=True)
+            finals = run_sync(restored.tick(BASE_TS + 20 * hour, caught_up=True))
         figures["close_all_s"] = round(time.perf_counter() - started, 2)
         assert len(finals.outputs) == events, len(finals.outputs)
         return figures

@@ -51,6 +51,18 @@ def _field(where: str, what: str, value: Any) -> None:
         fail(where, f"{what} must be a field name (a non-empty string), got {value!r}")
 
 
+def _arity(where: str, what: str, fn: Any, count: int, shape: str) -> None:
+    """Fail unless ``fn`` can be called with ``count`` positional arguments."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: it will tell at runtime
+        return
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        fail(where, f"{what} must take {count} arguments, {shape}; got {fn!r}{signature}")
+
+
 def _ms(where: str, what: str, value: Any, minimum: int = 0) -> None:
     if type(value) is not int or value < minimum:
         fail(where, f"{what} must be an integer number of ms >= {minimum}, got {value!r}")
@@ -221,6 +233,29 @@ class Stream(_Node):
         )
         return self._then(op)
 
+    def process(
+        self,
+        fn: Callable[[dict[str, Any], Any], Any],
+        on_timer: Callable[[str, Any, int], Any] | None = None,
+        ttl_ms: int | None = None,
+    ) -> Stream:
+        """Your own stateful processor: ``fn(value, state)`` per event, in offset order, with
+        ``state`` the event's key's state (``get``, ``set``, ``delete``, ``clear``,
+        ``timer``, ``cancel``); ``on_timer(key, state, at_ms)`` when stream time reaches a
+        timer. Each returns ``None``, a dict or a list of dicts to emit; a call's state and
+        timer changes apply only when it returns. ``ttl_ms``: a key no call touched for that
+        much stream time is forgotten, timers included."""
+        where = caller()
+        _callable(where, "process", fn)
+        _arity(where, ".process(fn)", fn, 2, "fn(value, state)")
+        if on_timer is not None:
+            if not callable(on_timer):
+                fail(where, f".process(on_timer=...) needs a function, got {on_timer!r}")
+            _arity(where, ".process(on_timer=...)", on_timer, 3, "on_timer(key, state, at_ms)")
+        if ttl_ms is not None and (type(ttl_ms) is not int or ttl_ms < 1):
+            fail(where, f".process(ttl_ms) must be a positive integer of ms, got {ttl_ms!r}")
+        return self._then(nodes.Process(where=where, fn=fn, on_timer=on_timer, ttl_ms=ttl_ms))
+
     def group_by(self, by: str | Callable[[dict[str, Any]], Any]) -> Stream:
         """Re-key by the field ``by`` (or ``by(value)``) through a repartition topic; events
         keep their event time."""
@@ -250,7 +285,7 @@ class Stream(_Node):
         """Write each value to ``topic`` with the stream's key: the end of the pipeline."""
         where = caller()
         if emit != "final":
-            fail(where, ".to(emit=...) applies after .window(...).aggregate(...) only")
+            fail(where, ".to(emit=...) applies directly after .window(...).aggregate(...) only")
         self._register(topic, emit, where)
 
 
@@ -300,14 +335,12 @@ class WindowedStream(_Node):
         fail(caller(), f".window(...) must be followed by .aggregate(...), not .{name}(...)")
 
 
-class AggregatedStream(_Node):
-    """Windowed aggregates: the next step is ``.to(topic, emit=...)``."""
+class AggregatedStream(Stream):
+    """Windowed aggregates: ``.to(topic, emit=...)`` writes them (finals, or also updates);
+    any other operator sees each final record (``{"key", "window_start", "window_end",
+    <names>..., "final": true}``) with the aggregation key and event time ``window_end - 1``.
+    """
 
     def to(self, topic: Topic | str, emit: str = "final") -> None:
         """Write each window's aggregates to ``topic``: finals, or also updates."""
         self._register(topic, emit, caller())
-
-    def __getattr__(self, name: str) -> NoReturn:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        fail(caller(), f".aggregate(...) must be followed by .to(topic), not .{name}(...)")

@@ -144,21 +144,49 @@ class Guarantees:
 NONE = Guarantees()
 
 
+Barrier = nodes.MapBatch | nodes.Enrich | nodes.Process
+BARRIERS = (nodes.MapBatch, nodes.Enrich, nodes.Process)
+
+
 @dataclass
 class Stage:
-    """A generated loop (``fn``), or a batch operator the runtime runs between two loops."""
+    """A generated loop (``fn``), or a step the task runs between two loops (``op``): a
+    batch call (``map_batch``, ``enrich``) or a ``.process``.
+
+    A loop reads the chunk's records (``first``) or the items of the step before it, and
+    ends (``end``) handing ``items`` on, in the segment's ``window``, or writing its output
+    (``emit``). Its stream time (``clock``) is the task's (``main``: the window's, else the
+    output's), its own (``own``: kept in ``task.stage_times``), or none. ``post`` marks the
+    steps after the window, which its final records go through.
+    """
 
     index: int
     fn: Callable[..., Any] | None = None
-    op: nodes.MapBatch | nodes.Enrich | None = None
+    op: Barrier | None = None
     dedupes: list[int] = field(default_factory=list)
-    terminal: bool = False
+    first: bool = False
+    end: str = "items"
+    clock: str | None = None
+    post: bool = False
     site: Site | None = None
+    process: int = -1  # which ProcessSpec a .process stage runs
 
     @property
-    def has_clock(self) -> bool:
-        """A non-terminal stage with a dedupe keeps its own stream time."""
-        return not self.terminal and bool(self.dedupes)
+    def terminal(self) -> bool:
+        """The loop owning the task's main stream time (its idle advance closes windows)."""
+        return self.clock == "main"
+
+
+@dataclass
+class ProcessSpec:
+    """One ``.process`` of the segment: its changelog tag, sites and stage."""
+
+    op: nodes.Process
+    tag: bytes
+    fingerprint: str
+    stage: int
+    site: Site
+    timer_site: Site
 
 
 @dataclass
@@ -202,6 +230,9 @@ class Compiled:
     spilled: bool = False
     aggregate_site: Site | None = None
     customs: list[tuple[str, int]] = field(default_factory=list)
+    processes: list[ProcessSpec] = field(default_factory=list)
+    # The first step of the chain the window's final records go through (None: none).
+    post_start: int | None = None
 
     @property
     def sessions(self) -> bool:
@@ -277,44 +308,73 @@ class _Compiler:
 
     def build(self) -> Compiled:
         segment = self.segment
-        groups: list[list[nodes.Op]] = [[]]
-        batch_ops: list[nodes.MapBatch | nodes.Enrich] = []
-        for op in segment.ops:
-            if isinstance(op, nodes.MapBatch | nodes.Enrich):
-                batch_ops.append(op)
-                groups.append([])
-            else:
-                groups[-1].append(op)
         stages: list[Stage] = []
-        dedupe_tags = iter(
-            store.tag for store in segment.stores if isinstance(store.op, nodes.Dedupe)
-        )
+        tags = iter(store.tag for store in segment.stores)
         fingerprints = {store.tag: store.fingerprint for store in segment.stores}
+        processes: list[ProcessSpec] = []
         guarantees = self.guarantees
-        for number, ops in enumerate(groups):
-            terminal = number == len(groups) - 1
-            stage = Stage(index=len(stages), terminal=terminal)
+
+        def loop(ops: list[nodes.Op], *, first: bool, end: str, post: bool) -> None:
+            nonlocal guarantees
+            stage = Stage(index=len(stages), first=first, end=end, post=post)
             for op in ops:
                 if isinstance(op, nodes.Dedupe):
-                    tag = next(dedupe_tags)
+                    tag = next(tags)
                     stage.dedupes.append(len(self.dedupes))
                     self.dedupes.append(
                         DedupeSpec(tag, op.horizon_ms, stage.index, fingerprints[tag])
                     )
-            stage.fn, guarantees = self._stage(stage, ops, guarantees, first=number == 0)
+            if end == "window" or (end == "emit" and not post):
+                stage.clock = "main"
+            elif stage.dedupes or end == "emit":
+                stage.clock = "own"
+            stage.fn, guarantees = self._stage(stage, ops, guarantees)
             stages.append(stage)
-            if not terminal:
-                batch = batch_ops[number]
-                site = self.sites.get(batch.stage, batch.where)
-                stages.append(Stage(index=len(stages), op=batch, site=site))
-                guarantees = guarantees.without(
-                    None if isinstance(batch, nodes.MapBatch) else frozenset({batch.into})
+
+        def barrier(op: Barrier, *, post: bool) -> None:
+            nonlocal guarantees
+            stage = Stage(index=len(stages), op=op, post=post)
+            stage.site = self.sites.get(op.stage, op.where)
+            if isinstance(op, nodes.Process):
+                tag = next(tags)
+                stage.process = len(processes)
+                processes.append(
+                    ProcessSpec(
+                        op,
+                        tag,
+                        fingerprints[tag],
+                        stage.index,
+                        stage.site,
+                        self.sites.get("timer", op.where),
+                    )
                 )
+            stages.append(stage)
+            guarantees = (
+                guarantees.without(frozenset({op.into})) if isinstance(op, nodes.Enrich) else NONE
+            )
+
+        groups, barriers = _split(segment.ops)
+        for number, ops in enumerate(groups):
+            last = number == len(groups) - 1
+            end = "items" if not last else ("window" if segment.window is not None else "emit")
+            loop(ops, first=number == 0, end=end, post=False)
+            if not last:
+                barrier(barriers[number], post=False)
+        post_start = None
+        if segment.after_window:
+            post_start = len(stages)
+            guarantees = NONE
+            groups, barriers = _split(segment.post)
+            for number, ops in enumerate(groups):
+                last = number == len(groups) - 1
+                loop(ops, first=False, end="emit" if last else "items", post=True)
+                if not last:
+                    barrier(barriers[number], post=True)
         compiled = Compiled(
             spilled=self.spilled,
             segment=segment,
             stages=stages,
-            source="\n\n".join(self.sources),
+            source="",
             dedupes=self.dedupes,
             layout=self.layout,
             record=None,
@@ -323,10 +383,12 @@ class _Compiler:
             window_tag=None,
             window_fingerprint=None,
             sites=self.sites,
+            processes=processes,
+            post_start=post_start,
         )
         if segment.window is not None:
             self._window_parts(compiled, fingerprints)
-            compiled.source = "\n\n".join(self.sources)
+        compiled.source = "\n\n".join(self.sources)
         return compiled
 
     def _exec(self, name: str, code: _Code) -> Callable[..., Any]:
@@ -356,22 +418,21 @@ class _Compiler:
         return name
 
     def _stage(
-        self, stage: Stage, ops: list[nodes.Op], guarantees: Guarantees, *, first: bool
+        self, stage: Stage, ops: list[nodes.Op], guarantees: Guarantees
     ) -> tuple[Callable[..., Any], Guarantees]:
         segment = self.segment
         name = f"_stage{stage.index}"
         code = _Code()
-        if first:
+        if stage.first:
             code.add(f"def {name}(task, recs, idxs, vals, out, now, seq):")
         else:
             code.add(f"def {name}(task, recs, items, out, now, seq):")
         code.depth = 1
         code.add("dead = out.dead", "dups = out.duplicates", "nacc = nfilt = nmiss = nmis = 0")
-        clock = "st" if stage.terminal else "sst"
-        if stage.terminal:
+        if stage.clock == "main":
             code.add("st = task.clock.stream_time")
-        elif stage.has_clock:
-            code.add(f"sst = task.stage_times.get({stage.index}, _NEVER_TIME)")
+        elif stage.clock == "own":
+            code.add(f"st = task.stage_times.get({stage.index}, _NEVER_TIME)")
             self.ns["_NEVER_TIME"] = -(2**63)
         for d in stage.dedupes:
             code.add(f"seen{d} = task.dedupes[{d}].seen", f"acc{d} = {{}}")
@@ -380,13 +441,13 @@ class _Compiler:
         joins = [op for op in ops if isinstance(op, nodes.Join)]
         for j, join in enumerate(joins):
             code.add(f"tbl{j} = task.tables[{join.table.name!r}]")
-        if not stage.terminal:
+        if stage.end == "items":
             code.add("nxt = []")
-        elif segment.window is None:
+        elif stage.end == "emit":
             code.add("outs = out.outputs")
         else:
             self._window_prologue(code)
-        if first:
+        if stage.first:
             code.add("for i, v in zip(idxs, vals):")
             code.depth += 1
             self._source(code, guarantees)
@@ -407,7 +468,7 @@ class _Compiler:
                 guarantees = NONE
             elif isinstance(op, nodes.Dedupe):
                 d = next(stage_dedupes)
-                self._dedupe(code, op, d, clock, guarantees)
+                self._dedupe(code, op, d, guarantees)
                 present = "" if op.field in guarantees.strings else f"dk{d} is not None and "
                 accept += [
                     f"if {present}(p{d} is None or t > p{d}):",
@@ -420,16 +481,16 @@ class _Compiler:
                 guarantees = guarantees.without(frozenset({op.into}))
             else:
                 raise AssertionError(f"not a stage operator: {op!r}")
-        if not stage.terminal:
+        if stage.end == "items":
             code.add("nxt.append((i, v, k, t))", *accept)
-            if stage.has_clock:
-                code.add("if t > sst:", "    sst = t")
-        elif segment.window is None:
-            self._emit_record(code, accept)
-        elif isinstance(segment.window.spec, Session):
-            self._session(code, accept, guarantees)
+            if stage.clock is not None:
+                code.add("if t > st:", "    st = t")
+        elif stage.end == "emit":
+            self._emit_record(code, accept, first=stage.first)
+        elif isinstance(segment.window.spec, Session):  # type: ignore[union-attr]
+            self._session(code, accept, guarantees, first=stage.first)
         else:
-            self._hopping(code, accept, guarantees)
+            self._hopping(code, accept, guarantees, first=stage.first)
         code.depth = 1
         code.add(
             "out.accepted += nacc",
@@ -438,14 +499,14 @@ class _Compiler:
             "out.key_mismatches += nmis",
         )
         for d in stage.dedupes:
-            code.add(f"task.remember({d}, seq, acc{d}, {clock})")
-        if stage.terminal:
+            code.add(f"task.remember({d}, seq, acc{d}, st)")
+        if stage.clock == "main":
             code.add("task.clock.stream_time = st")
-            if segment.window is not None and not isinstance(segment.window.spec, Session):
-                code.add("task.windows_changed(touched, out)")
-        else:
-            if stage.has_clock:
-                code.add(f"task.stage_times[{stage.index}] = sst")
+        elif stage.clock == "own":
+            code.add(f"task.stage_times[{stage.index}] = st")
+        if stage.end == "window" and not isinstance(segment.window.spec, Session):  # type: ignore[union-attr]
+            code.add("task.windows_changed(touched, out)")
+        if stage.end == "items":
             code.add("return nxt")
         return self._exec(name, code), guarantees
 
@@ -564,9 +625,7 @@ class _Compiler:
             "        continue",
         ]
 
-    def _dedupe(
-        self, code: _Code, op: nodes.Dedupe, d: int, clock: str, guarantees: Guarantees
-    ) -> None:
+    def _dedupe(self, code: _Code, op: nodes.Dedupe, d: int, guarantees: Guarantees) -> None:
         horizon = op.horizon_ms
         lookup = [f"p{d} = seen{d}.get(dk{d})"]
         if self.spilled:
@@ -580,7 +639,7 @@ class _Compiler:
             code.add(
                 f"dk{d} = v[{op.field!r}]",
                 *lookup,
-                f"if p{d} is not None and p{d} + {horizon} > {clock}:",
+                f"if p{d} is not None and p{d} + {horizon} > st:",
                 "    dups.append(i)",
                 "    continue",
             )
@@ -593,7 +652,7 @@ class _Compiler:
             "else:",
             *("    " + line for line in self._keyed(f"dk{d}", site)),
             *("    " + line for line in lookup),
-            f"    if p{d} is not None and p{d} + {horizon} > {clock}:",
+            f"    if p{d} is not None and p{d} + {horizon} > st:",
             "        dups.append(i)",
             "        continue",
         )
@@ -614,14 +673,17 @@ class _Compiler:
 
     # -- terminals -----------------------------------------------------------------------
 
-    def _emit_record(self, code: _Code, accept: list[str]) -> None:
+    def _emit_record(self, code: _Code, accept: list[str], *, first: bool) -> None:
         """A stateless end: the value to the output (with the stream's key) or, after
         ``group_by``, to the repartition topic with its new key and event time."""
         segment = self.segment
         group_by = segment.group_by
         end: nodes.Op = group_by if group_by is not None else segment.sink  # type: ignore[assignment]
         site = self._site(end.stage, end.where)
-        if group_by is not None:
+        if group_by is not None and group_by.keep_key:
+            code.add("nk = k")
+            key, timestamp = "nk.encode()", "t"
+        elif group_by is not None:
             if isinstance(group_by.by, str):
                 code.add(f"nk = v.get({group_by.by!r})")
                 missing = f"{group_by.by}: the group_by field is missing or null"
@@ -644,8 +706,15 @@ class _Compiler:
             key, timestamp = "nk.encode()", "t"
         elif segment.key is not None and not segment.key_from_message:
             key, timestamp = "k.encode()", "None"
-        else:
+        elif first:
             key, timestamp = "recs[i].key", "None"
+        else:
+            # The record's own key bytes; an event no record made (a window's final, a
+            # timer's value) has its key as text.
+            key, timestamp = (
+                "(recs[i].key if i >= 0 else None if k is None else k.encode())",
+                "None",
+            )
         code.add(
             "try:",
             "    vb = _dumps(v)",
@@ -684,14 +753,29 @@ class _Compiler:
         assert aggregate is not None
         return self._site(aggregate.stage, aggregate.where)
 
-    def _inputs(self, code: _Code, guarantees: Guarantees) -> None:
+    def _inputs(self, code: _Code, guarantees: Guarantees, *, first: bool) -> None:
         assert self.layout is not None
         site = self._aggregate_site()
         for var, field_name, kind in self.layout.inputs:
             checked = kind == aggregations.NUMBER and field_name in guarantees.numbers
             code.add(*aggregations.input_code(var, field_name, kind, checked, site))
         if self.layout.uses_offset:
-            code.add("o = recs[i].offset")
+            # An event no record made (a timer's value) comes after every record it follows.
+            code.add("o = recs[i].offset" if first else "o = recs[i].offset if i >= 0 else _LAST")
+            self.ns["_LAST"] = 2**62
+
+    def _late(self, *, first: bool) -> list[str]:
+        """A late event goes unchanged to the late topic: its record, or (an event no record
+        made) its key and value."""
+        if first:
+            return ["late[i] = None", "continue"]
+        return [
+            "if i >= 0:",
+            "    late[i] = None",
+            "else:",
+            "    out.late_derived.append((k, v))",
+            "continue",
+        ]
 
     def _custom_phase(self, code: _Code, step: int, tumbling: bool) -> None:
         """Custom aggregators first, for every window of the event, before anything changes:
@@ -748,7 +832,9 @@ class _Compiler:
             "    continue",
         )
 
-    def _hopping(self, code: _Code, accept: list[str], guarantees: Guarantees) -> None:
+    def _hopping(
+        self, code: _Code, accept: list[str], guarantees: Guarantees, *, first: bool
+    ) -> None:
         window = self.segment.window
         assert window is not None
         assert isinstance(window.spec, Hopping)
@@ -759,7 +845,7 @@ class _Compiler:
         custom = lay.has_custom
         # With custom aggregators their accumulators were computed first (_custom_phase):
         # the walk only stores them, so nothing in it can raise.
-        first = ", ".join(
+        initial = ", ".join(
             f"cv[{slots.custom_slot}]" if custom and slots.custom is not None else expr
             for slots in lay.aggregations
             for expr in slots.first
@@ -779,10 +865,9 @@ class _Compiler:
         code.add(
             f"start = t - t % {step}",
             f"if start + {reach} <= st:",
-            "    late[i] = None",
-            "    continue",
+            *("    " + line for line in self._late(first=first)),
         )
-        self._inputs(code, guarantees)
+        self._inputs(code, guarantees, first=first)
         tumbling = step == size
         if not tumbling:
             code.add(
@@ -811,7 +896,7 @@ class _Compiler:
             "    a = users.get(k)",
             *(["    if a is None:", "        a = store.fetch(start, k)"] if self.spilled else []),
             "    if a is None:",
-            f"        users[{key}] = a = [{first}]",
+            f"        users[{key}] = a = [{initial}]",
             "    else:",
             *("        " + line for line in update),
             "    changed[k] = a",
@@ -831,15 +916,19 @@ class _Compiler:
             "        next_close = store.next_close",
         )
 
-    def _session(self, code: _Code, accept: list[str], guarantees: Guarantees) -> None:
+    def _session(
+        self, code: _Code, accept: list[str], guarantees: Guarantees, *, first: bool
+    ) -> None:
         window = self.segment.window
         assert window is not None
         assert self.layout is not None
         variables = [var for var, _, _ in self.layout.inputs]
         args = ", ".join(["v", "t", "o", *variables])
         site = self._aggregate_site()
-        code.add(f"if t + {window.grace_ms} < st:", "    late[i] = None", "    continue")
-        self._inputs(code, guarantees)
+        code.add(
+            f"if t + {window.grace_ms} < st:", *("    " + line for line in self._late(first=first))
+        )
+        self._inputs(code, guarantees, first=first)
         if not self.layout.uses_offset:
             code.add("o = 0")
         add = f"store.add(k, t, lambda: sfirst({args}), lambda a: supdate(a, {args}), smerge"
@@ -959,6 +1048,19 @@ class _Compiler:
             code = _Code()
             code.add("def _scopy(a):", f"    return [{copies}]")
             compiled.session_copy = self._exec("_scopy", code)
+
+
+def _split(ops: tuple[nodes.Op, ...]) -> tuple[list[list[nodes.Op]], list[Barrier]]:
+    """Operators in groups a generated loop runs, and the steps between them."""
+    groups: list[list[nodes.Op]] = [[]]
+    barriers: list[Barrier] = []
+    for op in ops:
+        if isinstance(op, BARRIERS):
+            barriers.append(op)
+            groups.append([])
+        else:
+            groups[-1].append(op)
+    return groups, barriers
 
 
 def _merge_guards(blocks: list[list[str]]) -> list[str]:

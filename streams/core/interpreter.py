@@ -17,7 +17,15 @@ Semantics, in the words of DESIGN.md's contract (decision 0009 fills its gaps):
   late), written by ``.to``, or handed to the next ``map_batch``/``enrich``. A stage before
   one of those keeps its own stream time for this;
 - windows, lateness, grace and idle advance are the reference pipeline's, per partition;
-  sessions merge as the contract says.
+  sessions merge as the contract says;
+- ``.process`` keeps each key's state and timers as the contract says (decision 0015): a
+  call works on a copy that replaces the key's state only when it returns what it may;
+  after each event, the timers due at the operator's stream time fire in ``(at_ms, key)``
+  order (those a timer call sets wait for the next round), then keys untouched for
+  ``ttl_ms`` are forgotten; values a timer emits have its key and event time ``at_ms``;
+- a window's final records go on through the operators after the aggregation, with the
+  aggregation key and event time ``window_end - 1``. Dead letters of events no input record
+  made (a final record, a timer) carry their origin: the final record, or ``{"timer_ms"}``.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from streams.core.aggregations import canonical
 from streams.core.compile import canonical_key, check_accumulator, check_json, copy_json
@@ -73,6 +83,9 @@ class Interpretation:
     outputs: list[tuple[bytes | None, Any, int | None]] = field(default_factory=list)
     dead: dict[int, tuple[str, str, str]] = field(default_factory=dict)
     derived: list[tuple[bytes | None, Any, str, str]] = field(default_factory=list)
+    late_derived: list[tuple[str | None, Any]] = field(default_factory=list)
+    derived_duplicates: int = 0
+    timers_fired: int = 0
     late: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     accepted: int = 0
@@ -88,6 +101,79 @@ class _Event:
     key: str | None
     ts: int
     key_bytes: bytes | None
+
+
+class _ProcessModel:
+    """A ``.process`` operator's keys (name -> JSON-normalised value, timers, last touch)
+    and stream time."""
+
+    def __init__(self, op: nodes.Process) -> None:
+        self.op = op
+        self.keys: dict[str, dict[str, Any]] = {}
+        self.stream_time: int | None = None
+        self.at_last_activity: int | None = None
+
+
+class _ModelState:
+    """What ``fn``/``on_timer`` get: a copy of the key's state, kept only if the call
+    returns what it may."""
+
+    def __init__(self, key: str, held: dict[str, Any] | None, timed: bool) -> None:
+        self.key = key
+        self.values: dict[str, Any] = {} if held is None else dict(held["values"])
+        self.pending: set[int] = set() if held is None else set(held["timers"])
+        self.timed = timed
+        self.bad: str | None = None
+        self.cleared = False
+
+    def _refuse(self, why: str) -> None:
+        if self.bad is None:
+            self.bad = why
+        raise ValueError(why)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return copy_json(self.values[name]) if name in self.values else default
+
+    def set(self, name: str, value: Any) -> None:
+        if not isinstance(name, str):
+            self._refuse("name not a string")
+        try:
+            self.values[name] = orjson.loads(dumps(value))
+        except USER_ERRORS:
+            self._refuse("not JSON")
+
+    def delete(self, name: str) -> None:
+        self.values.pop(name, None)
+
+    def clear(self) -> None:
+        self.values.clear()
+        self.pending.clear()
+        self.cleared = True
+
+    def timer(self, at_ms: int) -> None:
+        if type(at_ms) is not int or at_ms < 0:
+            self._refuse("not a time")
+        if not self.timed:
+            self._refuse("no on_timer")
+        self.pending.add(at_ms)
+
+    def cancel(self, at_ms: int) -> None:
+        if type(at_ms) is not int or at_ms < 0:
+            self._refuse("not a time")
+        self.pending.discard(at_ms)
+
+    def timers(self) -> list[int]:
+        return sorted(self.pending)
+
+
+def _emittable(returned: Any) -> list[Any] | None:
+    if returned is None:
+        return []
+    if isinstance(returned, dict):
+        return [returned]
+    if isinstance(returned, list) and all(isinstance(x, dict) for x in returned):
+        return returned
+    return None
 
 
 class _Dead(Exception):
@@ -132,15 +218,27 @@ class _Interpreter:
             else TopicDecoder(segment.input, None, max_bytes)
         )
         self.result = Interpretation()
-        # The stages: operators split at each map_batch / enrich.
-        self.stages: list[list[nodes.Op]] = [[]]
-        self.barriers: list[nodes.Op] = []
-        for op in segment.ops:
-            if isinstance(op, nodes.MapBatch | nodes.Enrich):
-                self.barriers.append(op)
-                self.stages.append([])
-            else:
-                self.stages[-1].append(op)
+        # The stages: operators split at each map_batch / enrich / process; the last one
+        # before the window ends in it (``main``, which owns ``stream_time``), and the
+        # operators after the aggregation follow (``post``), the last one writing.
+        self.stages, self.barriers = _split(segment.ops)
+        self.main = len(self.stages) - 1
+        self.post: int | None = None
+        if segment.after_window:
+            self.post = len(self.stages)
+            stages, barriers = _split(segment.post)
+            self.barriers.append(None)  # the window, between main and post
+            self.stages += stages
+            self.barriers += barriers
+        self.last = len(self.stages) - 1
+        self.processes = {
+            stage: _ProcessModel(op)
+            for stage, op in enumerate(self.barriers)
+            if isinstance(op, nodes.Process)
+        }
+        # Events no input record made (a final record, a timer): index -1 - n is origins[n].
+        self.origins: list[tuple[bytes | None, Any]] = []
+        self._derived_dead: dict[int, tuple[str, str, str]] = {}
         self.stream_time: int | None = None
         self.stage_times: dict[int, int] = {}
         self.last_activity: int | None = None
@@ -150,7 +248,6 @@ class _Interpreter:
         self.windows: dict[int, dict[str, list[Any]]] = {}
         self._late_seen: set[int] = set()
         self._dead_rank: dict[int, int] = {}  # record index -> rank of its dead letter
-        self._terminal_rank = 2 * (len(self.stages) - 1)
         # The earliest time a session can close (None: no session): scans only from there.
         self._session_close: int | None = None
         # sessions: key -> list of [start, last, events]
@@ -175,22 +272,34 @@ class _Interpreter:
                 else:
                     self._record(record, next(valid))
                 self.records_seen += 1
-            self.last_activity = batch.now_ms
-            self.at_last_activity = self.stream_time
+            self._mark_activity(batch.now_ms)
         if flush:
             self._close(None)
+        for index, (stage, _, where) in sorted(self._derived_dead.items(), reverse=True):
+            key, value = self.origins[-1 - index]
+            self.result.derived.append((key, value, stage, where))
         return self.result
 
+    def _mark_activity(self, now_ms: int) -> None:
+        self.last_activity = now_ms
+        self.at_last_activity = self.stream_time
+        for model in self.processes.values():
+            model.at_last_activity = model.stream_time
+
     def _tick(self, tick: Tick) -> None:
+        """Idle advance, step by step from upstream: the processes before the window (their
+        timers' values flow down), the window, the processes after it."""
         if not tick.caught_up or not self.segment.stores:
             return
         if self.last_activity is None:
-            self.last_activity = tick.now_ms
-            self.at_last_activity = self.stream_time
+            self._mark_activity(tick.now_ms)
             return
         idle = tick.now_ms - self.last_activity
         if idle < self.idle_timeout:
             return
+        for stage, model in self.processes.items():
+            if self.post is None or stage < self.post:
+                self._idle_process(stage, model, tick.now_ms, idle)
         base = self.at_last_activity
         target = tick.now_ms if base is None else max(tick.now_ms, base + idle)
         if self.stream_time is not None:
@@ -198,6 +307,17 @@ class _Interpreter:
         if target != self.stream_time:
             self.stream_time = target
             self._close(target)
+        for stage, model in self.processes.items():
+            if self.post is not None and stage >= self.post:
+                self._idle_process(stage, model, tick.now_ms, idle)
+
+    def _idle_process(self, stage: int, model: _ProcessModel, now_ms: int, idle: int) -> None:
+        base = model.at_last_activity
+        target = now_ms if base is None else max(now_ms, base + idle)
+        if model.stream_time is not None and target <= model.stream_time:
+            return
+        model.stream_time = target
+        self._fire(stage, model)
 
     # -- one record ----------------------------------------------------------------------
 
@@ -232,7 +352,9 @@ class _Interpreter:
             )
         return key, ts
 
-    def _dead(self, event: _Event, op: nodes.Op | str, why: str, rank: int) -> None:
+    def _dead(
+        self, event: _Event, op: nodes.Op | str | tuple[str, str], why: str, rank: int
+    ) -> None:
         """Dead-letter ``event``'s record once, naming the failing operator ``op`` (or a
         stage name for the stream's own checks): with the failure of the lowest ``rank``
         (the engine runs a chunk's events through a stage's operators, then its barrier,
@@ -241,10 +363,13 @@ class _Interpreter:
         held = self._dead_rank.get(event.index)
         if held is None or rank < held:
             self._dead_rank[event.index] = rank
+            dead = self.result.dead if event.index >= 0 else self._derived_dead
             if isinstance(op, str):
-                self.result.dead[event.index] = (op, why, self.segment.where)
+                dead[event.index] = (op, why, self.segment.where)
+            elif isinstance(op, tuple):
+                dead[event.index] = (op[0], why, op[1])
             else:
-                self.result.dead[event.index] = (op.stage, why, op.where)
+                dead[event.index] = (op.stage, why, op.where)
 
     def _stage(self, stage: int, pos: int, event: _Event, marks: list[tuple[int, Any]]) -> bool:
         """Run ``event`` from operator ``pos`` of ``stage`` on; True if it was accepted."""
@@ -300,7 +425,10 @@ class _Interpreter:
             clock = self._clock(stage)
             earlier = seen.get(found)
             if earlier is not None and clock is not None and earlier + op.horizon_ms > clock:
-                self.result.duplicates.append(event.index)
+                if event.index >= 0:
+                    self.result.duplicates.append(event.index)
+                else:
+                    self.result.derived_duplicates += 1
                 return False
             return self._stage(stage, pos + 1, event, [*marks, (id(op), found)])
         if isinstance(op, nodes.Join):
@@ -322,7 +450,7 @@ class _Interpreter:
         raise AssertionError(f"not a stage operator: {op!r}")
 
     def _clock(self, stage: int) -> int | None:
-        if stage == len(self.stages) - 1:
+        if stage == self.main:
             return self.stream_time
         return self.stage_times.get(stage)
 
@@ -333,11 +461,19 @@ class _Interpreter:
                 seen[found] = ts
 
     def _stage_end(self, stage: int, event: _Event, marks: list[tuple[int, Any]]) -> bool:
-        if stage < len(self.stages) - 1:
+        if stage == self.main:
+            return self._terminal(event, marks)
+        if stage == self.last:
+            return self._write(event, marks, stage)
+        if stage != self.main:
             self._remember(marks, event.ts)
             previous = self.stage_times.get(stage)
             self.stage_times[stage] = event.ts if previous is None else max(previous, event.ts)
             barrier = self.barriers[stage]
+            assert barrier is not None
+            if isinstance(barrier, nodes.Process):
+                self._process(stage, self.processes[stage], event)
+                return True
             try:
                 value = self._barrier(barrier, event.value)
             except _Dead as dead:
@@ -348,7 +484,92 @@ class _Interpreter:
                 return True
             self._stage(stage + 1, 0, _with(event, value), [])
             return True
-        return self._terminal(event, marks)
+        raise AssertionError("unreachable")
+
+    # -- .process ------------------------------------------------------------------------
+
+    def _process(self, stage: int, model: _ProcessModel, event: _Event) -> None:
+        op = model.op
+        rank = 2 * stage + 1
+        key = event.key
+        if key is None:
+            self._dead(event, op, "no key", rank)
+            return
+        state = _ModelState(key, model.keys.get(key), op.on_timer is not None)
+        try:
+            returned = op.fn(event.value, state)
+        except USER_ERRORS as exc:
+            self._dead(event, op, reason(exc), rank)
+            return
+        values = _emittable(returned)
+        if state.bad is not None or values is None:
+            self._dead(event, op, state.bad or "not emittable", rank)
+            return
+        if model.stream_time is None or event.ts > model.stream_time:
+            model.stream_time = event.ts
+        self._keep(model, key, state)
+        for value in values:
+            self._stage(stage + 1, 0, _with(event, value), [])
+        self._fire(stage, model)
+
+    def _keep(self, model: _ProcessModel, key: str, state: _ModelState) -> None:
+        """A call returned: its copy is the key's state now, touched at stream time."""
+        if state.values or state.pending:
+            model.keys[key] = {
+                "values": state.values,
+                "timers": state.pending,
+                "touched": model.stream_time,
+            }
+        else:
+            model.keys.pop(key, None)
+
+    def _fire(self, stage: int, model: _ProcessModel) -> None:
+        """The timers due at the operator's stream time, in (at_ms, key) order; then the
+        keys untouched for ttl_ms are forgotten."""
+        op = model.op
+        st = model.stream_time
+        assert st is not None
+        due = sorted((at, k) for k, held in model.keys.items() for at in held["timers"] if at <= st)
+        # Timers a timer call sets in this round (a cleared one set again included) wait for
+        # the next round: a timer that re-arms itself cannot loop.
+        set_now: set[tuple[int, str]] = set()
+        for at, key in due:
+            held = model.keys.get(key)
+            if held is None or at not in held["timers"] or (at, key) in set_now:
+                continue
+            held["timers"].discard(at)
+            self.result.timers_fired += 1
+            assert op.on_timer is not None
+            state = _ModelState(key, held, True)
+            origin = self._origin(key, {"timer_ms": at}, at)
+            values: list[Any] | None = None
+            try:
+                returned = op.on_timer(key, state, at)
+            except USER_ERRORS as exc:
+                self._dead(origin, ("timer", op.where), reason(exc), 2 * stage + 1)
+            else:
+                values = _emittable(returned)
+                if values is None or state.bad is not None:
+                    self._dead(origin, ("timer", op.where), "bad", 2 * stage + 1)
+                    values = None
+            if values is None:
+                if not held["values"] and not held["timers"]:
+                    del model.keys[key]
+                continue
+            fresh = state.pending if state.cleared else state.pending - held["timers"]
+            set_now.update((later, key) for later in fresh)
+            self._keep(model, key, state)
+            for value in values:
+                self._stage(stage + 1, 0, _with(origin, value), [])
+        if op.ttl_ms is not None:
+            horizon = st - op.ttl_ms
+            for key in [k for k, held in model.keys.items() if held["touched"] <= horizon]:
+                del model.keys[key]
+
+    def _origin(self, key: str, value: Any, ts: int) -> _Event:
+        """An event no input record made, registered as what its dead letters carry."""
+        self.origins.append((key.encode(), value))
+        return _Event(-len(self.origins), -1, value, key, ts, key.encode())
 
     def _barrier(self, op: nodes.Op, value: Any) -> Any:
         if isinstance(op, nodes.MapBatch):
@@ -391,7 +612,7 @@ class _Interpreter:
     def _terminal(self, event: _Event, marks: list[tuple[int, Any]]) -> bool:
         segment = self.segment
         if segment.window is None:
-            return self._write(event, marks)
+            return self._write(event, marks, stage=self.main)
         aggregate = segment.aggregate
         assert aggregate is not None
         st = self.stream_time
@@ -431,9 +652,9 @@ class _Interpreter:
                         window[0].append(event)
                         window[1] = accs
         except _Dead as dead:
-            self._dead(event, aggregate, dead.why, self._terminal_rank)
+            self._dead(event, aggregate, dead.why, 2 * self.main)
             return False
-        self._accept(event, marks)
+        self._accept(event, marks, self.main)
         self._close(self.stream_time)
         return True
 
@@ -457,24 +678,34 @@ class _Interpreter:
             out[name] = new
         return out
 
-    def _accept(self, event: _Event, marks: list[tuple[int, Any]]) -> None:
+    def _accept(self, event: _Event, marks: list[tuple[int, Any]], stage: int) -> None:
         self._remember(marks, event.ts)
         self.result.accepted += 1
-        if self.stream_time is None or event.ts > self.stream_time:
-            self.stream_time = event.ts
+        if stage == self.main:
+            if self.stream_time is None or event.ts > self.stream_time:
+                self.stream_time = event.ts
+        else:
+            previous = self.stage_times.get(stage)
+            self.stage_times[stage] = event.ts if previous is None else max(previous, event.ts)
 
     def _late(self, event: _Event) -> None:
-        if event.index not in self._late_seen:
+        if event.index < 0:
+            self.result.late_derived.append((event.key, event.value))
+        elif event.index not in self._late_seen:
             self._late_seen.add(event.index)
             self.result.late.append(event.index)
 
-    def _write(self, event: _Event, marks: list[tuple[int, Any]]) -> bool:
+    def _write(self, event: _Event, marks: list[tuple[int, Any]], stage: int) -> bool:
         segment = self.segment
         group_by = segment.group_by
         end: nodes.Op = group_by if group_by is not None else segment.sink  # type: ignore[assignment]
         ts: int | None = None
         key = event.key_bytes
-        if group_by is not None:
+        rank = 2 * stage
+        if group_by is not None and group_by.keep_key:
+            key = None if event.key is None else event.key.encode()
+            ts = event.ts
+        elif group_by is not None:
             try:
                 new = (
                     group_by.by(event.value)
@@ -485,19 +716,19 @@ class _Interpreter:
                     raise _Dead("group_by", "missing key")
                 key = (new if isinstance(new, str) else canonical_key(new)).encode()
             except _Dead as dead:
-                self._dead(event, end, dead.why, self._terminal_rank)
+                self._dead(event, end, dead.why, rank)
                 return False
             except USER_ERRORS as exc:
-                self._dead(event, end, reason(exc), self._terminal_rank)
+                self._dead(event, end, reason(exc), rank)
                 return False
             ts = event.ts
         try:
             dumps(event.value)
         except USER_ERRORS as exc:
-            self._dead(event, end, reason(exc), self._terminal_rank)
+            self._dead(event, end, reason(exc), rank)
             return False
         self.result.outputs.append((key, event.value, ts))
-        self._accept(event, marks)
+        self._accept(event, marks, stage)
         return True
 
     def _check_inputs(self, event: _Event) -> None:
@@ -610,9 +841,27 @@ class _Interpreter:
                 "window_end": end,
                 "accumulators": accs,
             }
-            self.result.derived.append((key.encode(), letter, aggregate.stage, aggregate.where))
+            origin = self._origin(key, letter, end - 1)
+            self._dead(origin, aggregate, "result failed", 2 * self.main)
             return
-        self.result.outputs.append((key.encode(), record, None))
+        if self.post is None:
+            self.result.outputs.append((key.encode(), record, None))
+            return
+        # The final record goes on: its own origin, as the engine registers it.
+        origin = self._origin(key, orjson.loads(dumps(record)), end - 1)
+        self._stage(self.post, 0, _with(origin, record), [])
+
+
+def _split(ops: tuple[nodes.Op, ...]) -> tuple[list[list[nodes.Op]], list[nodes.Op | None]]:
+    stages: list[list[nodes.Op]] = [[]]
+    barriers: list[nodes.Op | None] = []
+    for op in ops:
+        if isinstance(op, nodes.MapBatch | nodes.Enrich | nodes.Process):
+            barriers.append(op)
+            stages.append([])
+        else:
+            stages[-1].append(op)
+    return stages, barriers
 
 
 def _aggregate(aggregation: Any, events: list[_Event]) -> Any:

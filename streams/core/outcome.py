@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # (key, value, event time or None): a record for the segment's output topic. The event time
 # is set for repartition records, whose downstream reads it as the record timestamp.
 Output = tuple[bytes | None, bytes, int | None]
-# (key, value, stage, reason, where): a dead letter with no input record of its own, e.g. a
-# window whose custom aggregator's ``result`` raised when it closed (decision 0014).
-Derived = tuple[bytes | None, bytes, str, str, str]
+# (index, value, key, event time): an event between two steps of a segment. ``index`` is the
+# record of the chunk it came from; a negative one names an entry of ``Outcome.origins``
+# (a window's final record, a timer) for events that no input record made.
+Item = tuple[int, Any, str | None, int]
 
 
 @dataclass(slots=True)
@@ -17,7 +19,9 @@ class Outcome:
     """Results of a batch (or a tick) of one segment on one input partition.
 
     ``dead`` maps the index of a record in the batch to the stage, reason and declaring line
-    (``where``) of its first failure; ``derived`` holds dead letters of no input record;
+    (``where``) of its first failure; a negative index is ``-1 - n`` for ``origins[n]``, the
+    ``(key, JSON value)`` a dead letter of no input record carries (a window whose result
+    failed, a final record or a timer whose call failed downstream; decision 0014);
     ``late`` holds late records' indices in arrival order (a dict as an ordered set);
     ``duplicates`` the index of each event dropped as a duplicate (a record's once per
     ``flat_map`` child dropped).
@@ -25,7 +29,12 @@ class Outcome:
 
     outputs: list[Output] = field(default_factory=list)
     dead: dict[int, tuple[str, str, str]] = field(default_factory=dict)
-    derived: list[Derived] = field(default_factory=list)
+    origins: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    # A window's final records on their way to the operators after it.
+    closed: list[Item] = field(default_factory=list)
+    # Events of no input record that came late to a window: (key, value).
+    late_derived: list[tuple[str | None, Any]] = field(default_factory=list)
+    timers_fired: int = 0
     late: dict[int, None] = field(default_factory=dict)
     accepted: int = 0
     duplicates: list[int] = field(default_factory=list)
@@ -38,3 +47,8 @@ class Outcome:
     enrich_hits: int = 0
     enrich_misses: int = 0
     enrich_seconds: list[float] = field(default_factory=list)
+
+    def origin(self, key: str | None, value: bytes) -> int:
+        """Register what a dead letter of no input record would carry; its index."""
+        self.origins.append((None if key is None else key.encode(), value))
+        return -len(self.origins)

@@ -44,6 +44,7 @@ from streams.core.enrich import MISSING, TtlCache
 from streams.core.failures import USER_ERRORS, Site, reason
 from streams.core.jsonbytes import dumps
 from streams.core.outcome import Outcome
+from streams.core.process import ProcessState
 from streams.core.sessions import SessionStore
 from streams.core.spill import KeyValueStore, Spill, SpilledDeduplicator, SpilledWindowStore
 from streams.core.streamtime import NO_TIME, StreamClock
@@ -52,6 +53,8 @@ from streams.errors import StateMismatchError, StreamsError
 from streams.topology import nodes
 
 FINGERPRINT_TAG = b"m"
+PROCESS_TAG = b"p"
+PROCESS_TIME_TAG = b"q"
 STAGE_TIME_TAG = b"T"
 SESSION_TAG = b"s"
 ON_STATE_CHANGE = ("stop", "fresh")
@@ -140,6 +143,13 @@ class SegmentTask:
         self.session_update = compiled.session_update
         self.session_merge = compiled.session_merge
         self.session_copy = compiled.session_copy
+        self.processes = [
+            ProcessState(
+                spec.op.fn, spec.op.on_timer, spec.op.ttl_ms, spec.tag, spec.site, spec.timer_site
+            )
+            for spec in compiled.processes
+        ]
+        self._process_by_tag = {spec.tag: n for n, spec in enumerate(compiled.processes)}
         self._record = compiled.record
         self._encode = compiled.encode
         self._decode = compiled.decode
@@ -197,13 +207,42 @@ class SegmentTask:
         seq = records[0].offset
         if self._spill is not None:
             self._spilled_index()
-        items: Any = None
-        for stage in self.compiled.stages:
+        yield from self._run(0, None, out, now_ms, seq, records, idxs, vals)
+        if self.compiled.sessions:
+            self._session_updates(out)
+        self._mark_activity(now_ms)
+        self._queue_time()
+        if self._spill is not None:
+            self._spill.flush()
+        return out
+
+    def _run(
+        self,
+        start: int,
+        items: Any,
+        out: Outcome,
+        now_ms: int,
+        seq: int,
+        records: Sequence[Any] = (),
+        idxs: Sequence[int] | None = None,
+        vals: list[Any] | None = None,
+    ) -> Generator[Call, CallResult, None]:
+        """Run the stages from ``start`` on: the first on ``records``, any other on the
+        ``items`` the step before it handed on; the window's finals go on through the
+        chain after it."""
+        stages = self.compiled.stages
+        for stage in stages[start:]:
+            if not stage.first and not items:
+                return  # nothing reaches the rest of the chain
             if stage.fn is not None:
-                if stage.index == 0:
+                if stage.first:
                     items = stage.fn(self, records, idxs, vals, out, now_ms, seq)
                 else:
                     items = stage.fn(self, records, items, out, now_ms, seq)
+                if stage.end == "window":
+                    items, out.closed = out.closed, []
+            elif isinstance(stage.op, nodes.Process):
+                items = self.processes[stage.process].run(items, out)
             elif isinstance(stage.op, nodes.MapBatch):
                 assert stage.site is not None
                 items = yield from self._map_batch(stage.op, stage.site, items, out)
@@ -213,13 +252,11 @@ class SegmentTask:
                 items = yield from self._enrich(
                     stage.op, stage.site, stage.index, items, out, now_ms
                 )
-        if self.compiled.sessions:
-            self._session_updates(out)
+
+    def _mark_activity(self, now_ms: int) -> None:
         self.clock.mark_activity(now_ms)
-        self._queue_time()
-        if self._spill is not None:
-            self._spill.flush()
-        return out
+        for state in self.processes:
+            state.at_last_activity = state.stream_time
 
     def _spilled_index(self) -> None:
         for dedupe in self.dedupes:
@@ -343,35 +380,83 @@ class SegmentTask:
 
     def touch(self, now_ms: int) -> None:
         """Note activity at ``now_ms`` for a batch that held no valid event."""
-        self.clock.mark_activity(now_ms)
+        self._mark_activity(now_ms)
         self._queue_time()
 
-    def tick(self, now_ms: int, caught_up: bool) -> Outcome:
+    def tick(self, now_ms: int, caught_up: bool) -> CallGen:
         """Advance an idle, caught-up partition's stream time by the wall clock (the
-        reference pipeline's rule); returns the finals of the windows this closes."""
+        reference pipeline's rule), step by step from upstream: each ``.process`` fires the
+        timers this makes due, the window closes its windows; what they emit goes on down
+        the chain. Returns what that produced."""
         out = Outcome()
         if not caught_up or not self.stateful:
             return out
         clock = self.clock
-        if clock.last_activity is None:
-            clock.mark_activity(now_ms)
+        last = clock.last_activity
+        if last is None:
+            self._mark_activity(now_ms)
             self._queue_time()
             return out
-        target = clock.idle_target(now_ms, self.idle_timeout_ms)
-        if target is None or target == clock.stream_time:
+        if now_ms - last < self.idle_timeout_ms:
             return out
-        clock.stream_time = target
-        if self.windows is not None:
-            self.close_windows(target, out)
-        for d, spec in enumerate(self.compiled.dedupes):
-            if self.compiled.stages[spec.stage].terminal:
-                dedupe = self.dedupes[d]
-                dedupe.ensure_index()
-                self._pending.extend(dedupe.purge(target))
-        self._queue_time()
-        if self._spill is not None:
-            self._spill.flush()
+        compiled = self.compiled
+        post_start = compiled.post_start
+        moved = False
+        before_window = [
+            n
+            for n, spec in enumerate(compiled.processes)
+            if post_start is None or spec.stage < post_start
+        ]
+        for n in before_window:
+            moved |= yield from self._advance_process(n, now_ms, last, out)
+        target = clock.idle_target(now_ms, self.idle_timeout_ms)
+        if target is not None and target != clock.stream_time:
+            moved = True
+            clock.stream_time = target
+            if self.windows is not None:
+                self.close_windows(target, out)
+                if post_start is not None:
+                    closed, out.closed = out.closed, []
+                    yield from self._run(post_start, closed, out, now_ms, -1)
+            for d, spec in enumerate(compiled.dedupes):
+                if compiled.stages[spec.stage].terminal:
+                    dedupe = self.dedupes[d]
+                    dedupe.ensure_index()
+                    self._pending.extend(dedupe.purge(target))
+        for n in range(len(compiled.processes)):
+            if n not in before_window:
+                moved |= yield from self._advance_process(n, now_ms, last, out)
+        if moved:
+            self._queue_time()
+            if self._spill is not None:
+                self._spill.flush()
         return out
+
+    def flush_windows(self, now_ms: int = 0) -> CallGen:
+        """Close every open window, as at the end of input (the interpreter's flush: tests
+        and audits); the finals go on through the chain after the aggregation."""
+        out = Outcome()
+        if self.windows is None:
+            return out
+        self.close_windows(2**62, out)
+        post_start = self.compiled.post_start
+        if post_start is not None:
+            closed, out.closed = out.closed, []
+            yield from self._run(post_start, closed, out, now_ms, -1)
+        return out
+
+    def _advance_process(
+        self, n: int, now_ms: int, last: int, out: Outcome
+    ) -> Generator[Call, CallResult, bool]:
+        """The idle advance of ``.process`` ``n``; what its timers emit goes on."""
+        state = self.processes[n]
+        target = max(state.stream_time, now_ms, state.at_last_activity + (now_ms - last))
+        if target <= state.stream_time:
+            return False
+        items = state.advance(target, out)
+        if items:
+            yield from self._run(self.compiled.processes[n].stage + 1, items, out, now_ms, -1)
+        return True
 
     # -- called by the generated loops ------------------------------------------------
 
@@ -415,6 +500,13 @@ class SegmentTask:
         """A window's record, as JSON; None when a custom aggregator's ``result`` raised or
         returned what JSON cannot hold: a final then becomes the window's dead letter (an
         update is skipped: its window's final will say)."""
+        made = self._final_record(key, start, end, acc, final, out)
+        return None if made is None else made[1]
+
+    def _final_record(
+        self, key: str, start: int, end: int, acc: list[Any], final: bool, out: Outcome
+    ) -> tuple[dict[str, Any], bytes] | None:
+        """:meth:`_final_bytes`, with the record itself."""
         record = self._record
         assert record is not None
         try:
@@ -423,7 +515,7 @@ class SegmentTask:
             self._window_failed(key, start, end, acc, final, exc, reason(exc), out)
             return None
         try:
-            return dumps(value)
+            return value, dumps(value)
         except USER_ERRORS as exc:
             why = f"the window's record is not JSON-serialisable ({reason(exc)})"
             self._window_failed(key, start, end, acc, final, exc, why, out)
@@ -458,7 +550,7 @@ class SegmentTask:
         except USER_ERRORS:  # checked at each add: only an aggregator that broke its own
             letter["accumulators"] = {name: repr(a) for name, a in accumulators.items()}
             value = dumps(letter)
-        out.derived.append((key.encode(), value, site.stage, why, site.where))
+        out.dead[out.origin(key, value)] = (site.stage, why, site.where)
 
     def close_windows(self, stream_time: int, out: Outcome) -> None:
         """Emit and forget every window closed at ``stream_time``: finals by window end,
@@ -466,6 +558,9 @@ class SegmentTask:
         made (a custom ``result`` raised) is a dead letter instead (decision 0014)."""
         record = self._record
         assert record is not None
+        if self.compiled.post_start is not None:
+            self._close_into_chain(stream_time, out)
+            return
         outputs = out.outputs
         finals = out.finals
         pending = self._pending
@@ -502,6 +597,31 @@ class SegmentTask:
             if emitted:
                 finals[end] = finals.get(end, 0) + emitted
 
+    def _close_into_chain(self, stream_time: int, out: Outcome) -> None:
+        """Close windows as :meth:`close_windows` does, their final records going on to the
+        operators after the aggregation (``out.closed``) with event time ``window_end - 1``,
+        each registered as the origin its dead letters would carry."""
+        compiled = self.compiled
+        closed: list[tuple[str, int, int, list[Any]]] = []
+        if compiled.sessions:
+            gap = compiled.gap_ms
+            for key, (start, last, acc) in self.windows.close_until(stream_time):
+                closed.append((key, start, last + gap, acc))
+        else:
+            size = compiled.size_ms
+            tag = compiled.window_tag
+            assert tag is not None
+            for start, users in self.windows.close_until(stream_time):
+                prefix = tag + b"%d:" % start
+                for key in sorted(users):
+                    self._pending.append((prefix + key.encode(), None))
+                    closed.append((key, start, start + size, users[key]))
+        for key, start, end, acc in closed:
+            made = self._final_record(key, start, end, acc, True, out)
+            if made is not None:
+                final, value = made
+                out.closed.append((out.origin(key, value), final, key, end - 1))
+
     def _session_updates(self, out: Outcome) -> None:
         store: SessionStore = self.windows
         touched = store.touched
@@ -536,6 +656,9 @@ class SegmentTask:
             self._drain_windows(records)
         elif self.compiled.sessions and self.windows.changed:
             self._drain_sessions(records)
+        for state in self.processes:
+            if state.changed:
+                state.drain(records)
         records.extend(self._pending)
         self._pending = []
         return records
@@ -608,6 +731,12 @@ class SegmentTask:
         )
         for stage, value in self.stage_times.items():
             self._pending.append((STAGE_TIME_TAG + b"%d" % stage, b"%d" % value))
+        for state in self.processes:
+            times = [
+                None if state.stream_time == NO_TIME else state.stream_time,
+                None if state.at_last_activity == NO_TIME else state.at_last_activity,
+            ]
+            self._pending.append((PROCESS_TIME_TAG + state.tag[1:], dumps(times)))
 
     # -- restore -------------------------------------------------------------------------
 
@@ -627,6 +756,16 @@ class SegmentTask:
                 self.dedupes[n].apply(seq, None if value is None else changelog.decode_ids(value))
             else:
                 self._foreign.add(dtag)
+        elif tag in (PROCESS_TAG, PROCESS_TIME_TAG):
+            end = key.index(b":") + 1
+            ptag = PROCESS_TAG + key[1:end]
+            n = self._process_by_tag.get(ptag)
+            if n is None or not self._active.get(ptag):
+                self._foreign.add(ptag)
+            elif tag == PROCESS_TAG:
+                self.processes[n].apply(key[end:], value)
+            else:
+                self._apply_process_time(self.processes[n], value)
         elif tag == FINGERPRINT_TAG:
             self._apply_fingerprint(key[1:], value)
         elif key == changelog.TIME_KEY:
@@ -659,6 +798,11 @@ class SegmentTask:
         else:
             self.windows.put(start, name, decode(orjson.loads(value)))
 
+    def _apply_process_time(self, state: ProcessState, value: bytes | None) -> None:
+        stream_time, at_last = (None, None) if value is None else orjson.loads(value)
+        state.stream_time = NO_TIME if stream_time is None else stream_time
+        state.at_last_activity = NO_TIME if at_last is None else at_last
+
     def _apply_time(self, value: bytes | None) -> None:
         if value is None:
             self.clock = StreamClock()
@@ -672,6 +816,7 @@ class SegmentTask:
     def _declared_fingerprints(self) -> dict[bytes, str]:
         compiled = self.compiled
         prints = {spec.tag: spec.fingerprint for spec in compiled.dedupes}
+        prints.update((spec.tag, spec.fingerprint) for spec in compiled.processes)
         if compiled.window_tag is not None:
             assert compiled.window_fingerprint is not None
             prints[compiled.window_tag] = compiled.window_fingerprint
@@ -691,6 +836,10 @@ class SegmentTask:
         self._active[tag] = text == self._fingerprints[tag]
 
     def _clear(self, tag: bytes) -> None:
+        process = self._process_by_tag.get(tag)
+        if process is not None:
+            self.processes[process].clear()
+            return
         n = self._dedupe_by_tag.get(tag)
         if n is not None:
             dedupe = self.dedupes[n]
@@ -749,6 +898,8 @@ class SegmentTask:
             dedupe.ensure_index()
         if isinstance(self.windows, SpilledWindowStore):
             self.windows.ensure_index()
+        for state in self.processes:
+            state.finish_restore()
         if self._spill is not None:
             self._spill.flush()
         self._pending = []

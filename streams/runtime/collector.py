@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 
 from streams.broker.batches import Headers, Poison, partition_for
 from streams.compat import observe_many
-from streams.core.outcome import Derived, Outcome
+from streams.core.outcome import Outcome
 from streams.core.segment import SegmentTask
 from streams.dlq import (
     HEADER_MESSAGE,
@@ -131,12 +131,13 @@ class Collector:
         sender: Sink,
         dlq: str,
         tp: TopicPartition,
-        letters: list[Derived],
+        letters: list[tuple[bytes | None, bytes, str, str, str]],
         wall: int,
         pipeline: str,
     ) -> None:
         """Dead letters with no input record of their own (a window whose final could not
-        be made): their key and JSON value, with the source partition but no offset."""
+        be made, a timer, a final record that failed further on): their key and JSON value,
+        with the source partition but no offset."""
         parts = self.partitions[dlq]
         for key, value, stage, reason, where in letters:
             headers = [
@@ -149,10 +150,8 @@ class Collector:
                 (HEADER_PIPELINE, pipeline.encode()),
             ]
             sender.append(dlq, tp.partition % parts, key, value, headers=headers)
-            self.metrics.failed.labels(pipeline, stage).inc()
         self.metrics.dlq_writes.labels(dlq).inc(len(letters))
         self.metrics.produced.labels(dlq).inc(len(letters))
-        self.stats.failed += len(letters)
 
     def outcome(
         self,
@@ -179,13 +178,19 @@ class Collector:
             failures: list[tuple[int, str, str, str | None]] = [
                 (index, stage, reason, where)
                 for index, (stage, reason, where) in sorted(outcome.dead.items())
+                if index >= 0
             ]
             self.dead_letters(sender, segment.dlq, tp, records, failures, wall, name)
-            for _, stage, _, _ in failures:
+            derived = [
+                (*outcome.origins[-1 - index], stage, reason, where)
+                for index, (stage, reason, where) in sorted(outcome.dead.items(), reverse=True)
+                if index < 0
+            ]
+            if derived:
+                self.derived(sender, segment.dlq, tp, derived, wall, name)
+            for stage, _, _ in outcome.dead.values():
                 metrics.failed.labels(name, stage).inc()
-            self.stats.failed += len(failures)
-        if outcome.derived:
-            self.derived(sender, segment.dlq, tp, outcome.derived, wall, name)
+            self.stats.failed += len(outcome.dead)
         if outcome.late:
             late = segment.late
             assert late is not None

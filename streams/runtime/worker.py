@@ -33,6 +33,7 @@ from streams.config import Settings
 from streams.errors import StreamsError
 from streams.lag.timelag import HeadHistory, estimate_time_lag
 from streams.runtime import topics
+from streams.runtime.calls import drive
 from streams.runtime.collector import Collector, now_ms
 from streams.runtime.committer import AtLeastOnce, Batch, Committer, ExactlyOnce
 from streams.runtime.health import Health, RunStats
@@ -583,7 +584,7 @@ class Worker:
             self._record_lag(tp, position, end)
             outputs, changelog = batch.senders(tp)
             for segment in task.segments:
-                outcome = segment.tick(wall, caught_up=position >= end)
+                outcome = await drive(segment.tick(wall, caught_up=position >= end))
                 if outcome.outputs:
                     produced = True
                     self.last_work = time.monotonic()

@@ -40,6 +40,7 @@ from streams.core.failures import Site
 from streams.core.segment import SegmentTask
 from streams.dlq import header_map
 from streams.errors import StreamsError
+from streams.runtime.calls import drive
 from streams.runtime.collector import Collector
 from streams.runtime.health import RunStats
 from streams.runtime.metrics import WorkerMetrics
@@ -378,7 +379,7 @@ class TestDriver:
         for (topic, partition), task in self._tasks.items():
             tp = TopicPartition(topic, partition)
             for segment in task.segments:
-                outcome = segment.tick(self.now_ms, caught_up=True)
+                outcome = await drive(segment.tick(self.now_ms, caught_up=True))
                 self._collector.outcome(self._topics, segment, tp, (), outcome, self.now_ms)
                 self._collector.changelog(self._topics, segment, partition)
         await self._drain()

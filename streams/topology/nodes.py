@@ -121,10 +121,23 @@ class Enrich(Op):
 
 
 @dataclass(frozen=True)
+class Process(Op):
+    """The user's stateful processor: ``fn(value, state)`` per event, ``on_timer(key, state,
+    at_ms)`` per due event-time timer, state per key (``ttl_ms``: forgotten when untouched
+    for that much stream time)."""
+
+    fn: UserFn = print
+    on_timer: UserFn | None = None
+    ttl_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class GroupBy(Op):
-    """Re-key by a field or ``fn(value)``, through a repartition topic."""
+    """Re-key by a field or ``fn(value)``, through a repartition topic; ``keep_key`` keeps
+    the key as it is (a second window after an aggregation needs a topic in between)."""
 
     by: str | UserFn = ""
+    keep_key: bool = False
 
     @property
     def stage(self) -> str:

@@ -2,7 +2,10 @@
 
 A pipeline splits into **segments** at each ``group_by``: a segment reads one topic (the
 pipeline's source, or a repartition topic), runs its operators per input partition, and ends
-in the pipeline's output or in the next repartition topic. Every check that needs the whole
+in the pipeline's output or in the next repartition topic. A segment holds at most one
+window: its operators before it (``ops``), the window and its aggregation, and the operators
+its final records go through (``post``); a second window after an aggregation starts a new
+segment behind a repartition topic keyed as the records are. Every check that needs the whole
 app happens here, before a worker touches Kafka, each failing with one line that names the
 declaring line and the fix.
 """
@@ -31,6 +34,7 @@ SEGMENT_OPS = (
     nodes.Dedupe,
     nodes.Join,
     nodes.Enrich,
+    nodes.Process,
 )
 
 
@@ -70,6 +74,7 @@ class Segment:
     stores: tuple[Store, ...]
     key_from_message: bool = False
     where: str = field(default="", compare=False)
+    post: tuple[nodes.Op, ...] = ()
 
     @property
     def name(self) -> str:
@@ -87,7 +92,23 @@ class Segment:
     @property
     def emit_updates(self) -> bool:
         """True when the windowed output also carries ``"final": false`` updates."""
-        return self.sink is not None and self.window is not None and self.sink.emit == "updates"
+        return (
+            self.sink is not None
+            and self.window is not None
+            and not self.post
+            and self.sink.emit == "updates"
+        )
+
+    @property
+    def after_window(self) -> bool:
+        """True when the window's final records go on through operators (``post``) or a
+        ``group_by`` instead of straight to the output."""
+        return self.window is not None and (bool(self.post) or self.group_by is not None)
+
+    @property
+    def emits_finals(self) -> bool:
+        """True when the output is the window's final records themselves."""
+        return self.window is not None and not self.after_window
 
 
 @dataclass(frozen=True)
@@ -180,13 +201,46 @@ def _segments(pipeline: nodes.PipelineDecl, app_id: str, app: nodes.AppDecl) -> 
     for topic in (pipeline.source.name, pipeline.sink.topic):
         _check_name(pipeline.where, "topic", topic)
     segments: list[Segment] = []
-    ops: list[nodes.Op] = []
+    ops: list[nodes.Op] = []  # before the window (all of them without one)
+    post: list[nodes.Op] = []  # after the aggregation
     index = 0
     topic = pipeline.source.name
     key: str | None = pipeline.key
     key_desc = f"field {pipeline.key!r}" if pipeline.key else "message key"
     window: nodes.Window | None = None
     aggregate: nodes.Aggregate | None = None
+
+    def end(group_by: nodes.GroupBy) -> None:
+        """The segment so far ends in a repartition topic; the next one reads it."""
+        nonlocal index, topic, ops, post, key, key_desc, window, aggregate
+        repartition = f"{app_id}-{pipeline.name}-repartition"
+        if index:
+            repartition += f"-{index + 1}"
+        segments.append(
+            _segment(
+                pipeline,
+                app_id,
+                index,
+                topic,
+                key,
+                tuple(ops),
+                window,
+                aggregate,
+                tuple(post),
+                group_by,
+                repartition,
+                key_desc,
+            )
+        )
+        index += 1
+        topic = repartition
+        ops, post = [], []
+        window = aggregate = None
+        key = None
+        if not group_by.keep_key:
+            by = group_by.by if isinstance(group_by.by, str) else _fn_name(group_by.by)
+            key_desc = f"group_by {by}"
+
     for op in pipeline.ops:
         if isinstance(op, SEGMENT_OPS):
             if isinstance(op, nodes.Join) and op.table.name not in app.tables:
@@ -194,33 +248,20 @@ def _segments(pipeline: nodes.PipelineDecl, app_id: str, app: nodes.AppDecl) -> 
                     f"{op.where}: .join() uses table {op.table.name!r} of another app; "
                     "declare it with this app's app.table(...)"
                 )
-            ops.append(op)
-        elif isinstance(op, nodes.GroupBy):
-            repartition = f"{app_id}-{pipeline.name}-repartition"
-            if index:
-                repartition += f"-{index + 1}"
-            segments.append(
-                _segment(
-                    pipeline,
-                    app_id,
-                    index,
-                    topic,
-                    key,
-                    tuple(ops),
-                    None,
-                    None,
-                    op,
-                    repartition,
-                    key_desc,
+            if isinstance(op, nodes.Process) and key is None and index == 0:
+                raise DeclarationError(
+                    f"{op.where}: .process() keeps state per key and needs one: declare "
+                    "app.stream(topic, key=FIELD) or re-key with .group_by(...) first"
                 )
-            )
-            index += 1
-            topic = repartition
-            ops = []
-            key = None
-            by = op.by if isinstance(op.by, str) else _fn_name(op.by)
-            key_desc = f"group_by {by}"
+            (post if aggregate is not None else ops).append(op)
+        elif isinstance(op, nodes.GroupBy):
+            end(op)
         elif isinstance(op, nodes.Window):
+            if aggregate is not None:
+                # A second window over the first one's results: the first segment's records
+                # go through a repartition topic keyed as they are, and a new segment
+                # windows them (one window per segment).
+                end(nodes.GroupBy(where=op.where, keep_key=True))
             if key is None and index == 0:
                 raise DeclarationError(
                     f"{op.where}: .window() needs a key to aggregate by: declare "
@@ -232,7 +273,18 @@ def _segments(pipeline: nodes.PipelineDecl, app_id: str, app: nodes.AppDecl) -> 
     sink = pipeline.sink
     segments.append(
         _segment(
-            pipeline, app_id, index, topic, key, tuple(ops), window, aggregate, sink, None, key_desc
+            pipeline,
+            app_id,
+            index,
+            topic,
+            key,
+            tuple(ops),
+            window,
+            aggregate,
+            tuple(post),
+            sink,
+            None,
+            key_desc,
         )
     )
     return segments
@@ -247,11 +299,12 @@ def _segment(
     ops: tuple[nodes.Op, ...],
     window: nodes.Window | None,
     aggregate: nodes.Aggregate | None,
+    post: tuple[nodes.Op, ...],
     end: nodes.To | nodes.GroupBy,
     repartition: str | None,
     key_desc: str,
 ) -> Segment:
-    stores = _stores(ops, window, aggregate, key_desc)
+    stores = _stores(ops, window, aggregate, post, key_desc)
     changelog = None
     if stores:
         if index == 0 and pipeline.changelog:
@@ -282,6 +335,7 @@ def _segment(
         stores=stores,
         key_from_message=index > 0,
         where=pipeline.where,
+        post=post,
     )
 
 
@@ -297,20 +351,36 @@ def _stores(
     ops: tuple[nodes.Op, ...],
     window: nodes.Window | None,
     aggregate: nodes.Aggregate | None,
+    post: tuple[nodes.Op, ...],
     key_desc: str,
 ) -> tuple[Store, ...]:
     """Each stateful operator with its changelog tag and fingerprint.
 
     The fingerprint holds what its stored state depends on, so a changed declaration is
-    never fed state it did not build (decision 0009).
+    never fed state it did not build (decision 0009). Tags: ``d`` / ``D<n>:`` for dedupes,
+    ``w`` or ``s`` for the window, ``p<n>:`` for the ``n``-th ``.process``.
     """
     stores: list[Store] = []
     dedupes = 0
-    for op in ops:
+    processes = 0
+    for op in (*ops, *post):
         if isinstance(op, nodes.Dedupe):
             tag = b"d" if dedupes == 0 else b"D%d:" % dedupes
             dedupes += 1
             fingerprint = _fingerprint({"op": "dedupe", "field": op.field, "key": key_desc})
+            stores.append(Store(tag, op, fingerprint))
+        elif isinstance(op, nodes.Process):
+            tag = b"p%d:" % processes
+            processes += 1
+            fingerprint = _fingerprint(
+                {
+                    "op": "process",
+                    "fn": _function_id(op.fn),
+                    "on_timer": None if op.on_timer is None else _function_id(op.on_timer),
+                    "ttl_ms": op.ttl_ms,
+                    "key": key_desc,
+                }
+            )
             stores.append(Store(tag, op, fingerprint))
     if window is not None:
         assert window.spec is not None
@@ -327,6 +397,16 @@ def _stores(
         tag = b"s" if isinstance(window.spec, Session) else b"w"
         stores.append(Store(tag, window, fingerprint))
     return tuple(stores)
+
+
+def _function_id(fn: Any) -> str:
+    """A function as a fingerprint names it: module and qualified name (a lambda, which has
+    no name of its own, with the line it starts on)."""
+    name = _fn_name(fn)
+    code = getattr(fn, "__code__", None)
+    if "<lambda>" in name and code is not None:
+        name += f"@{code.co_firstlineno}"
+    return name
 
 
 def _check_unique(app: nodes.AppDecl, segments: list[Segment]) -> None:

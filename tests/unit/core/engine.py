@@ -120,7 +120,8 @@ class PartitionProcessor:
 
     def tick(self, now_ms: int, caught_up: bool) -> list[dict[str, Any]]:
         self._ready()
-        return [orjson.loads(v) for _, v, _ in self.task.tick(now_ms, caught_up).outputs]
+        outcome = run_sync(self.task.tick(now_ms, caught_up))
+        return [orjson.loads(v) for _, v, _ in outcome.outputs]
 
     def drain_changelog(self) -> list[Record]:
         self._ready()

@@ -74,7 +74,9 @@ def test_the_reference_segments_changelog_and_finals_are_right_sized() -> None:
 
     def finals() -> list[Any]:
         # Idle past every window's end: the 2,000 finals (and their tombstones) come out.
-        outputs = task.tick(BASE_TS + 10 * settings.window_size_ms, caught_up=True).outputs
+        outputs = run_sync(
+            task.tick(BASE_TS + 10 * settings.window_size_ms, caught_up=True)
+        ).outputs
         assert len(outputs) == len(events)
         return outputs
 

@@ -1,0 +1,470 @@
+"""``.process``: the user's stateful processor on one partition — per-key state, event-time
+timers, a TTL — and the ``state`` object its functions get.
+
+Values are kept as their JSON bytes (``state.set`` encodes, ``state.get`` decodes a fresh
+copy), so a value is JSON when it is set, a caller can never change stored state behind the
+operator's back, and the changelog record of a key is one orjson call over bytes already
+made. A call's changes are staged in the :class:`State` and applied only when it returns
+what it may (atomic per call); a raise, a bad return or a bad use of ``state`` leaves no
+trace.
+
+Timers live per key and in one heap per partition ordered by ``(at_ms, key)``: firing one
+costs O(log n), whatever the number of keys. Each heap entry carries the generation of the
+timer it was pushed for; cancelled or cleared timers stay in the heap and are skipped when
+popped, and so is an entry whose timer was cleared and set again (it has a newer one). A
+firing round fires every timer due at the operator's stream time, in ``(at_ms, key)``
+order; a timer call may cancel or clear its key's timers at once, but a timer it sets (a
+cleared one set again included) is pushed after the round, so it fires at the next event
+or idle tick: a timer that re-arms itself cannot loop. With ``ttl_ms`` the keys are kept in
+order of their last touch (stream time only grows, so that is also the order of expiry):
+each call touches its key, and after each round the keys untouched for ``ttl_ms`` are
+forgotten, timers included.
+
+Changelog records (decision 0015): ``p<n>:<key>`` -> ``{"s": {name: value}, "t": [timers],
+"u": last touch}`` (a tombstone when the key holds nothing), and ``q<n>`` -> the operator's
+``[stream time, stream time at the last activity]``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from streams.core.failures import USER_ERRORS, Site, reason
+from streams.core.jsonbytes import dumps
+from streams.core.outcome import Item, Outcome
+from streams.core.streamtime import NO_TIME
+
+_loads = orjson.loads
+_Fragment = orjson.Fragment
+_DELETED = object()
+_NO_VALUE = object()
+
+
+class StateUseError(ValueError):
+    """A function used ``state`` in a way it may not (a value that is not JSON, a timer that
+    is not an integer >= 0, a timer with no ``on_timer``): the call fails whatever the
+    function does with this exception."""
+
+
+class KeyState:
+    """What one key holds: values (name -> JSON bytes), pending timers (at_ms -> the
+    generation of its heap entry), last touch."""
+
+    __slots__ = ("timers", "touched", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.timers: dict[int, int] = {}
+        self.touched = NO_TIME
+
+    def __bool__(self) -> bool:
+        return bool(self.values or self.timers)
+
+    def encode(self, with_touch: bool) -> bytes:
+        """The key's changelog value."""
+        record: dict[str, Any] = {
+            "s": {name: _Fragment(value) for name, value in self.values.items()},
+            "t": sorted(self.timers),
+        }
+        if with_touch:
+            record["u"] = self.touched
+        return orjson.dumps(record)
+
+    @classmethod
+    def decode(cls, value: bytes) -> KeyState:
+        """Inverse of :meth:`encode`."""
+        record = _loads(value)
+        held = cls()
+        held.values = {name: dumps(v) for name, v in record["s"].items()}
+        held.timers = dict.fromkeys(record["t"], 0)  # generations are given at finish
+        held.touched = record.get("u", NO_TIME)
+        return held
+
+
+class State:
+    """The state of one key for one call of ``fn`` or ``on_timer`` (see the module doc).
+
+    ``get(name, default=None)``, ``set(name, value)``, ``delete(name)``, ``clear()`` (every
+    name and timer of the key), ``timer(at_ms)`` (one timer per ``at_ms``), ``cancel(at_ms)``;
+    ``key`` is the key.
+    """
+
+    __slots__ = ("_bad", "_cleared", "_held", "_key", "_timed", "_timers", "_writes")
+
+    def __init__(self, timed: bool) -> None:
+        self._timed = timed
+        self._key: str | None = None
+        self._held: KeyState | None = None
+        self._writes: dict[str, Any] = {}
+        self._timers: dict[int, bool] = {}  # at_ms -> set (True) or cancelled (False)
+        self._cleared = False
+        self._bad: str | None = None
+
+    def _bind(self, key: str | None, held: KeyState | None) -> None:
+        self._key = key
+        self._held = held
+        if self._writes:
+            self._writes = {}
+        if self._timers:
+            self._timers = {}
+        self._cleared = False
+        self._bad = None
+
+    @property
+    def key(self) -> str | None:
+        """The key this state belongs to."""
+        return self._key
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of ``name`` (a fresh copy), or ``default``."""
+        staged = self._writes.get(name, _NO_VALUE)
+        if staged is not _NO_VALUE:
+            return default if staged is _DELETED else _loads(staged)
+        held = self._held
+        if held is None or self._cleared:
+            return default
+        value = held.values.get(name)
+        return default if value is None else _loads(value)
+
+    def set(self, name: str, value: Any) -> None:
+        """Set ``name`` to ``value``, which must be JSON (it lives in the changelog)."""
+        if name.__class__ is not str:
+            self._refuse(f"state.set(name, ...) needs a string name, got {name!r}")
+        try:
+            self._writes[name] = dumps(value)
+        except USER_ERRORS as exc:
+            self._refuse(
+                f"state.set({name!r}, ...): the value is not JSON-serialisable ({reason(exc)})"
+            )
+
+    def delete(self, name: str) -> None:
+        """Forget ``name``."""
+        self._writes[name] = _DELETED
+
+    def clear(self) -> None:
+        """Forget every name and timer of the key."""
+        self._cleared = True
+        self._writes = {}
+        self._timers = {}
+
+    def timer(self, at_ms: int) -> None:
+        """Call ``on_timer(key, state, at_ms)`` once stream time reaches ``at_ms``."""
+        self._check_time("timer", at_ms)
+        if not self._timed:
+            self._refuse(
+                f"state.timer({at_ms}) in a .process without on_timer: declare "
+                ".process(fn, on_timer=...) to use timers"
+            )
+        self._timers[at_ms] = True
+
+    def cancel(self, at_ms: int) -> None:
+        """Cancel the key's timer at ``at_ms`` (if any)."""
+        self._check_time("cancel", at_ms)
+        self._timers[at_ms] = False
+
+    def timers(self) -> list[int]:
+        """The key's pending timers, as this call would leave them."""
+        held = self._held
+        pending: set[int] = set() if held is None or self._cleared else set(held.timers)
+        for at, on in self._timers.items():
+            if on:
+                pending.add(at)
+            else:
+                pending.discard(at)
+        return sorted(pending)
+
+    def _check_time(self, what: str, at_ms: Any) -> None:
+        if at_ms.__class__ is not int or at_ms < 0:
+            self._refuse(
+                f"state.{what}({at_ms!r}): a timer is an integer >= 0 (epoch ms of event time)"
+            )
+
+    def _refuse(self, why: str) -> None:
+        if self._bad is None:
+            self._bad = why
+        raise StateUseError(why)
+
+    def __repr__(self) -> str:
+        return f"State(key={self._key!r})"
+
+
+def _not_emittable(what: str, returned: Any) -> str:
+    return f"{what} must return None, a dict or a list of dicts, got {type(returned).__name__}"
+
+
+def _emitted(returned: Any) -> list[Any] | None:
+    """What a call returned, as the values to emit; None when it may not be emitted."""
+    if returned is None:
+        return []
+    if returned.__class__ is dict or isinstance(returned, dict):
+        return [returned]
+    if isinstance(returned, list) and all(
+        x.__class__ is dict or isinstance(x, dict) for x in returned
+    ):
+        return returned
+    return None
+
+
+class ProcessState:
+    """One ``.process`` operator on one partition: its keys, timers, stream time and the
+    keys changed since the last changelog drain."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        on_timer: Callable[..., Any] | None,
+        ttl_ms: int | None,
+        tag: bytes,
+        site: Site,
+        timer_site: Site,
+    ) -> None:
+        self.fn = fn
+        self.on_timer = on_timer
+        self.ttl_ms = ttl_ms
+        self.tag = tag
+        self.site = site
+        self.timer_site = timer_site
+        self.keys: dict[str, KeyState] = OrderedDict() if ttl_ms is not None else {}
+        self.heap: list[tuple[int, str, int]] = []
+        self.generation = 0  # of the last timer pushed
+        self.pending = 0  # timers held
+        self.stream_time = NO_TIME
+        self.at_last_activity = NO_TIME
+        self.changed: dict[str, None] = {}
+        self.state = State(on_timer is not None)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    # -- a chunk's items ---------------------------------------------------------------
+
+    def run(self, items: list[Item], out: Outcome) -> list[Item]:
+        """Call ``fn`` for each item in order, firing due timers after each; returns what
+        the calls emitted, in order (timers' values with their key and ``at_ms``)."""
+        fn = self.fn
+        state = self.state
+        keys = self.keys
+        site = self.site
+        dead = out.dead
+        emitted: list[Item] = []
+        st = self.stream_time
+        for item in items:
+            i, v, k, t = item
+            if k is None:  # a repartitioned record that lost its key
+                site.bad(dead, i, "the event has no key to keep state by")
+                continue
+            held = keys.get(k)
+            state._bind(k, held)
+            try:
+                returned = fn(v, state)
+            except USER_ERRORS as exc:
+                site.fail(dead, i, exc)
+                continue
+            if state._bad is not None:
+                site.bad(dead, i, state._bad)
+                continue
+            values = _emitted(returned)
+            if values is None:
+                site.bad(dead, i, _not_emittable("process", returned))
+                continue
+            if t > st:
+                st = t
+            self._commit(k, held, st)
+            for value in values:
+                emitted.append((i, value, k, t))
+            if self.heap and self.heap[0][0] <= st:
+                self._fire(st, emitted, out)
+            if self.ttl_ms is not None:
+                self._expire(st)
+        self.stream_time = st
+        return emitted
+
+    def advance(self, target: int, out: Outcome) -> list[Item]:
+        """Stream time moves to ``target`` (idle advance): fire what is due, expire."""
+        emitted: list[Item] = []
+        if target <= self.stream_time:
+            return emitted
+        self.stream_time = target
+        if self.heap and self.heap[0][0] <= target:
+            self._fire(target, emitted, out)
+        if self.ttl_ms is not None:
+            self._expire(target)
+        return emitted
+
+    # -- inside ------------------------------------------------------------------------
+
+    def _commit(self, key: str, held: KeyState | None, st: int) -> None:
+        """Apply the bound call's staged changes to ``key`` and touch it."""
+        state = self.state
+        writes = state._writes
+        timers = state._timers
+        if held is None:
+            if not writes and not timers:
+                return  # nothing held, nothing to hold: no entry to touch
+            held = self.keys[key] = KeyState()
+        elif self.ttl_ms is not None:
+            self.keys.move_to_end(key)  # type: ignore[attr-defined]
+        held.touched = st
+        if not writes and not timers and not state._cleared:
+            if self.ttl_ms is not None:
+                self.changed[key] = None  # the touch itself is state (it decides expiry)
+            return
+        values = held.values
+        if state._cleared:
+            values.clear()
+            self.pending -= len(held.timers)
+            held.timers.clear()
+        for name, value in writes.items():
+            if value is _DELETED:
+                values.pop(name, None)
+            else:
+                values[name] = value
+        if timers:
+            mine = held.timers
+            heap = self.heap
+            for at, on in timers.items():
+                if on:
+                    if at not in mine:
+                        self.generation += 1
+                        mine[at] = self.generation
+                        self.pending += 1
+                        heapq.heappush(heap, (at, key, self.generation))
+                elif at in mine:
+                    del mine[at]
+                    self.pending -= 1
+        if not held:
+            del self.keys[key]
+        self.changed[key] = None
+
+    def _fire(self, st: int, emitted: list[Item], out: Outcome) -> None:
+        """Fire every timer due at ``st`` in ``(at_ms, key)`` order."""
+        on_timer = self.on_timer
+        assert on_timer is not None
+        heap = self.heap
+        keys = self.keys
+        state = self.state
+        site = self.timer_site
+        later: list[tuple[int, str, int]] = []
+        pop = heapq.heappop
+        while heap and heap[0][0] <= st:
+            at, key, generation = pop(heap)
+            held = keys.get(key)
+            if held is None or held.timers.get(at) != generation:
+                continue  # cancelled, cleared or expired (or set again) since it was pushed
+            del held.timers[at]
+            self.pending -= 1
+            self.changed[key] = None
+            out.timers_fired += 1
+            state._bind(key, held)
+            failure: str | None = None
+            error: BaseException | None = None
+            try:
+                returned = on_timer(key, state, at)
+            except USER_ERRORS as exc:
+                failure, error = reason(exc), exc
+            else:
+                values = _emitted(returned)
+                if state._bad is not None:
+                    failure = state._bad
+                elif values is None:
+                    failure = _not_emittable("on_timer", returned)
+            if failure is not None:
+                origin = out.origin(key, b'{"timer_ms":%d}' % at)
+                if error is not None:
+                    site.fail(out.dead, origin, error)
+                else:
+                    site.bad(out.dead, origin, failure)
+                if not held:
+                    del keys[key]
+                continue
+            # Timers set now go in after the round (the heap push would let them fire in it).
+            pushed = self.heap
+            self.heap = later
+            try:
+                self._commit(key, held, st)
+            finally:
+                self.heap = pushed
+            if values:
+                origin = out.origin(key, b'{"timer_ms":%d}' % at)
+                for value in values:
+                    emitted.append((origin, value, key, at))
+            if key in keys and not keys[key]:
+                del keys[key]
+        for entry in later:
+            heapq.heappush(heap, entry)
+
+    def _expire(self, st: int) -> None:
+        """Forget the keys no call touched for ``ttl_ms`` of stream time."""
+        keys = self.keys
+        assert self.ttl_ms is not None
+        horizon = st - self.ttl_ms
+        while keys:
+            key = next(iter(keys))
+            held = keys[key]
+            if held.touched > horizon:
+                return
+            keys.popitem(last=False)  # type: ignore[call-arg]
+            self.pending -= len(held.timers)
+            self.changed[key] = None
+
+    # -- changelog ---------------------------------------------------------------------
+
+    def drain(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        """The changelog records of the keys changed since the last drain."""
+        tag = self.tag
+        keys = self.keys
+        with_touch = self.ttl_ms is not None
+        for key in self.changed:
+            held = keys.get(key)
+            records.append((tag + key.encode(), None if held is None else held.encode(with_touch)))
+        self.changed = {}
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        """Restore one record of this operator's (its tag stripped off)."""
+        name = key.decode()
+        if value is None:
+            self.keys.pop(name, None)
+        else:
+            self.keys[name] = KeyState.decode(value)
+
+    def finish_restore(self) -> None:
+        """After the last record: the timer heap, the count, the keys in touch order."""
+        keys = self.keys
+        if self.ttl_ms is not None:
+            ordered = sorted(keys.items(), key=lambda item: item[1].touched)
+            keys.clear()
+            keys.update(ordered)
+        heap = []
+        for key, held in keys.items():
+            for at in held.timers:
+                self.generation += 1
+                held.timers[at] = self.generation
+                heap.append((at, key, self.generation))
+        heapq.heapify(heap)
+        self.heap = heap
+        self.pending = len(heap)
+        self.changed = {}
+
+    def clear(self) -> None:
+        """Forget everything (a changed declaration starts afresh)."""
+        self.keys.clear()
+        self.heap = []
+        self.pending = 0
+        self.changed = {}
+        self.stream_time = NO_TIME
+        self.at_last_activity = NO_TIME
+
+    def snapshot(self, key: str) -> dict[str, Any]:
+        """A key's values, decoded (the test driver's ``state``)."""
+        held = self.keys.get(key)
+        return {} if held is None else {name: _loads(v) for name, v in held.values.items()}
+
+    def timers_of(self, key: str) -> list[int]:
+        """A key's pending timers."""
+        held = self.keys.get(key)
+        return [] if held is None else sorted(held.timers)
