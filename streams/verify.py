@@ -11,9 +11,12 @@ closes every window at the end of input. Outputs are read ``read_committed``. Co
   topic, partition and offset), as sets, with duplicates counted.
 
 A segment after a ``group_by`` is recomputed from its actual repartition topic, so the
-interleaving of upstream partitions (which no recomputation can know) does not matter.
-User functions must be deterministic for the audit to mean anything; enrichment functions
-are called again, and tables are read as they are now (decision 0009).
+interleaving of upstream partitions (which no recomputation can know) does not matter. A
+repartition topic a worker purged (records deleted below its committed offsets) cannot be
+recomputed from its beginning: that segment's audit says so and does not pass.
+User functions (``.process`` ones included) must be deterministic for the audit to mean
+anything: a report that differs on a segment with user functions says so. Enrichment
+functions are called again, and tables are read as they are now (decision 0009).
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from typing import Any
 
 import orjson
 
-from streams.broker.reading import read_topic
+from streams.broker.reading import log_starts, read_topic
 from streams.config import KafkaSettings, Settings
 from streams.core.interpreter import Batch, interpret, same_value
 from streams.dlq import header_map
 from streams.errors import BrokerError
+from streams.topology import nodes
 from streams.topology.plan import Plan, Segment
 
 WindowKey = tuple[str, int, int]
@@ -65,6 +69,9 @@ class VerifyReport:
     late_extra: int = 0
     late_duplicates: int = 0
     poison: int = 0
+    # Records deleted from the input (a purged repartition topic): no recomputation.
+    purged: dict[int, int] = field(default_factory=dict)
+    user_functions: bool = False
     samples: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
 
     def exact(self, *, allow_duplicates: bool = False) -> bool:
@@ -74,7 +81,8 @@ class VerifyReport:
         if dupes and not allow_duplicates:
             return False
         return not (
-            self.missing
+            self.purged
+            or self.missing
             or self.extra
             or self.wrong
             or self.unreadable
@@ -166,11 +174,16 @@ async def _verify_segment(
     idle_timeout_ms: int,
     max_bytes: int,
 ) -> VerifyReport:
-    report = VerifyReport(pipeline=segment.name)
+    report = VerifyReport(pipeline=segment.name, user_functions=_has_user_functions(segment))
+    if segment.key_from_message:
+        starts = await log_starts(reader.kafka, segment.input)
+        report.purged = {p: start for p, start in starts.items() if start > 0}
+        if report.purged:
+            return report
     inputs = await reader.read(segment.input)
     expected_outputs: list[tuple[bytes | None, Any, int | None]] = []
     expected_dead: set[tuple[Any, ...]] = set()
-    expected_late: set[tuple[int, int]] = set()
+    expected_late: set[tuple[Any, ...]] = set()
     for partition, records in inputs.items():
         result = await asyncio.to_thread(
             interpret,
@@ -191,11 +204,14 @@ async def _verify_segment(
             expected_dead.add(_derived(partition, stage, key, value))
         for index in result.late:
             expected_late.add((partition, records[index].offset))
+        for late_key, late_value in result.late_derived:
+            raw_key = None if late_key is None else late_key.encode()
+            expected_late.add((partition, raw_key, _canonical(late_value)))
     report.expected_late = len(expected_late)
     report.expected_dead = len(expected_dead)
     output = segment.output
     actual = await reader.read(output)
-    if segment.window is not None:
+    if segment.emits_finals:
         _compare_finals(report, expected_outputs, actual)
     else:
         _compare_records(report, expected_outputs, actual)
@@ -294,6 +310,13 @@ def _show(item: tuple[bytes | None, str]) -> dict[str, Any]:
     return {"key": None if key is None else key.decode("utf-8", "replace"), "value": value}
 
 
+def _has_user_functions(segment: Segment) -> bool:
+    return any(
+        isinstance(op, nodes.Filter | nodes.Map | nodes.FlatMap | nodes.MapBatch | nodes.Process)
+        for op in (*segment.ops, *segment.post)
+    ) or (segment.group_by is not None and callable(segment.group_by.by))
+
+
 def _derived(partition: int, stage: str, key: bytes | None, value: Any) -> tuple[Any, ...]:
     """How a dead letter of no input record is known: its partition, stage, key, and its
     value without the accumulators (a session's custom accumulator may have merged in
@@ -344,17 +367,22 @@ async def _compare_dead(
 
 
 async def _compare_late(
-    report: VerifyReport, reader: _Reader, segment: Segment, expected: set[tuple[int, int]]
+    report: VerifyReport, reader: _Reader, segment: Segment, expected: set[tuple[Any, ...]]
 ) -> None:
     assert segment.late is not None
     records = await _read_optional(reader, segment.late)
-    seen: Counter[tuple[int, int]] = Counter()
+    seen: Counter[tuple[Any, ...]] = Counter()
     total = 0
     for record in (r for rs in records.values() for r in rs):
         headers = header_map(record.headers)
         if headers.get("source.topic") != segment.input:
             continue
         try:
+            if "source.offset" not in headers:  # an event no input record made (a timer's)
+                value = _canonical(orjson.loads(record.value or b""))
+                seen[(int(headers["source.partition"]), record.key, value)] += 1
+                total += 1
+                continue
             seen[(int(headers["source.partition"]), int(headers["source.offset"]))] += 1
         except (KeyError, ValueError):
             continue

@@ -31,6 +31,19 @@ async def bulk_reader(
     return consumer
 
 
+async def log_starts(kafka: KafkaSettings, topic: str) -> dict[int, int]:
+    """Each partition's first offset (above 0 once records were deleted below it)."""
+    consumer = await bulk_reader(kafka, read_committed=False, raw=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
+        starts = await consumer.beginning_offsets(tps)
+        return {tp.partition: offset for tp, offset in starts.items()}
+    except OSError:
+        raise unreachable(kafka) from None
+    finally:
+        await consumer.stop()
+
+
 async def read_topic(
     kafka: KafkaSettings,
     topic: str,

@@ -83,6 +83,14 @@ def _print(report: AppReport) -> None:
 
 
 def _print_one(report: VerifyReport, indent: str) -> None:
+    if report.purged:
+        click.echo(
+            f"{indent}not audited: its input, a repartition topic, was purged by the workers "
+            f"(records deleted below offsets {report.purged}), so it cannot be recomputed from "
+            "its beginning; to audit a pipeline with group_by, run its workers with "
+            "STREAMS_REPARTITION_PURGE_INTERVAL_MS=-1"
+        )
+        return
     lines = [
         f"input {report.input_messages} messages: {report.invalid} invalid, "
         f"{report.expected_duplicates} duplicates, {report.expected_late} late",
@@ -98,6 +106,11 @@ def _print_one(report: VerifyReport, indent: str) -> None:
     ]
     if report.poison:
         lines.append(f"outputs refused by the broker, in the dead-letter topic: {report.poison}")
+    if report.user_functions and not report.exact(allow_duplicates=True):
+        lines.append(
+            "this pipeline runs your functions: the audit assumes they are deterministic "
+            "(the same result for the same input, with no clock, randomness or outside state)"
+        )
     for line in lines:
         click.echo(indent + line)
     for kind, items in report.samples.items():

@@ -190,6 +190,16 @@ class SegmentTask:
         return 0 if self.windows is None else len(self.windows)
 
     @property
+    def process_keys(self) -> int:
+        """Keys holding ``.process`` state."""
+        return sum(len(state) for state in self.processes)
+
+    @property
+    def timers_pending(self) -> int:
+        """Timers of the segment's ``.process`` operators waiting to fire."""
+        return sum(state.pending for state in self.processes)
+
+    @property
     def dedupe_size(self) -> int:
         """Event ids held by the segment's dedupes."""
         return sum(len(d) for d in self.dedupes)

@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 
 from streams.broker.batches import Headers, Poison, partition_for
 from streams.compat import observe_many
+from streams.core.jsonbytes import dumps
 from streams.core.outcome import Outcome
 from streams.core.segment import SegmentTask
 from streams.dlq import (
@@ -206,6 +207,10 @@ class Collector:
             metrics.late.labels(name).inc(len(outcome.late))
             metrics.produced.labels(late).inc(len(outcome.late))
             self.stats.late += len(outcome.late)
+        if outcome.late_derived:
+            self._late_derived(sender, segment, tp, outcome.late_derived)
+        if outcome.timers_fired:
+            metrics.timers_fired.labels(name).inc(outcome.timers_fired)
         if outcome.duplicates:
             metrics.duplicates.labels(name).inc(len(outcome.duplicates))
             self.stats.duplicates += len(outcome.duplicates)
@@ -220,6 +225,29 @@ class Collector:
             metrics.enrich_misses.labels(name).inc(outcome.enrich_misses)
             for seconds in outcome.enrich_seconds:
                 metrics.enrich_seconds.labels(name).observe(seconds)
+
+    def _late_derived(
+        self, sender: Sink, segment: Any, tp: TopicPartition, late: list[tuple[str | None, Any]]
+    ) -> None:
+        """Late events no input record made (a timer's values): key and JSON value, with the
+        source partition but no offset."""
+        topic = segment.late
+        assert topic is not None
+        parts = self.partitions[topic]
+        headers = [
+            (HEADER_TOPIC, tp.topic.encode()),
+            (HEADER_PARTITION, str(tp.partition).encode()),
+        ]
+        for key, value in late:
+            try:
+                encoded = dumps(value)
+            except Exception:  # a value JSON cannot hold: its repr, rather than nothing
+                encoded = dumps(repr(value))
+            raw_key = None if key is None else key.encode()
+            sender.append(topic, tp.partition % parts, raw_key, encoded, headers=list(headers))
+        self.metrics.late.labels(segment.name).inc(len(late))
+        self.metrics.produced.labels(topic).inc(len(late))
+        self.stats.late += len(late)
 
     def _outputs(
         self,

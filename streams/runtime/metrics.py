@@ -54,8 +54,9 @@ class WorkerMetrics:
         self.failed = Counter(
             "streams_events_failed_total",
             "Events dead-lettered by the pipeline, by stage (key, timestamp, filter, map, "
-            "flat_map, map_batch, dedupe, join, enrich, aggregate, group_by, to, produce); "
-            "aggregate includes windows whose custom result failed.",
+            "flat_map, map_batch, dedupe, join, enrich, process, timer, aggregate, group_by, "
+            "to, produce); aggregate includes windows whose custom result failed, timer the "
+            "calls of on_timer that failed.",
             ["pipeline", "stage"],
             registry=r,
         )
@@ -165,6 +166,25 @@ class WorkerMetrics:
             ["pipeline"],
             registry=r,
         )
+        self.process_keys = Gauge(
+            "streams_process_keys",
+            "Keys holding .process state (values or timers).",
+            ["pipeline"],
+            registry=r,
+        )
+        self.timers_pending = Gauge(
+            "streams_process_timers_pending",
+            "Event-time timers of .process waiting for stream time to reach them.",
+            ["pipeline"],
+            registry=r,
+        )
+        self.timers_fired = Counter(
+            "streams_process_timers_fired_total",
+            "Timers of .process fired (on_timer called; its failures count in "
+            'streams_events_failed_total{stage="timer"}).',
+            ["pipeline"],
+            registry=r,
+        )
         self.commits = Counter("streams_commits_total", "Offset commits.", registry=r)
         self.commit_failures = Counter(
             "streams_commit_failures_total", "Offset commits that failed.", registry=r
@@ -213,6 +233,9 @@ class WorkerMetrics:
                 self.emitted,
                 self.open_windows,
                 self.dedupe_ids,
+                self.process_keys,
+                self.timers_pending,
+                self.timers_fired,
             ):
                 metric.labels(name)
         for topic in topics:

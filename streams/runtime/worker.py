@@ -683,14 +683,22 @@ class Worker:
     def _update_state_gauges(self) -> None:
         windows: dict[str, int] = {}
         ids: dict[str, int] = {}
+        keys: dict[str, int] = {}
+        timers: dict[str, int] = {}
         for task in self.tasks.active.values():
             for segment in task.segments:
                 name = segment.segment.name
                 windows[name] = windows.get(name, 0) + segment.open_windows
                 ids[name] = ids.get(name, 0) + segment.dedupe_size
+                keys[name] = keys.get(name, 0) + segment.process_keys
+                timers[name] = timers.get(name, 0) + segment.timers_pending
+        m = self.metrics
         for planned in self.plan.segments:
-            self.metrics.open_windows.labels(planned.name).set(windows.get(planned.name, 0))
-            self.metrics.dedupe_ids.labels(planned.name).set(ids.get(planned.name, 0))
+            name = planned.name
+            m.open_windows.labels(name).set(windows.get(name, 0))
+            m.dedupe_ids.labels(name).set(ids.get(name, 0))
+            m.process_keys.labels(name).set(keys.get(name, 0))
+            m.timers_pending.labels(name).set(timers.get(name, 0))
 
     def _log_progress(self) -> None:
         now = time.monotonic()

@@ -37,6 +37,7 @@ from streams.api.app import App
 from streams.broker.batches import Headers, partition_for
 from streams.config import Settings
 from streams.core.failures import Site
+from streams.core.process import ProcessState
 from streams.core.segment import SegmentTask
 from streams.dlq import header_map
 from streams.errors import StreamsError
@@ -48,6 +49,7 @@ from streams.runtime.processing import compile_plan, run_partition
 from streams.runtime.tables import apply_records
 from streams.runtime.tasks import PartitionTask
 from streams.runtime.topics import TopicLayout
+from streams.topology.nodes import Process
 from streams.topology.plan import plan
 
 T = TypeVar("T")
@@ -297,6 +299,40 @@ class TestDriver:
             if s.late and (s.source is not None and s.source.name == topic)
         ]
         return [r for name in dict.fromkeys(names) for r in self.records(name)]
+
+    def state(self, pipeline: str, key: str, *, operator: int = 0) -> dict[str, Any]:
+        """The state a ``.process`` of ``pipeline`` holds for ``key`` (names to values; empty
+        when it holds none): the pipeline's first ``.process`` unless ``operator`` says which
+        (0, 1, ... in declaration order)."""
+        state = self._process_state(pipeline, key, operator)
+        return {} if state is None else state.snapshot(key)
+
+    def timers(self, pipeline: str, key: str, *, operator: int = 0) -> list[int]:
+        """The timers pending for ``key`` in a ``.process`` of ``pipeline`` (see :meth:`state`)."""
+        state = self._process_state(pipeline, key, operator)
+        return [] if state is None else state.timers_of(key)
+
+    def _process_state(self, pipeline: str, key: str, operator: int) -> ProcessState | None:
+        declared = [
+            (segment.index, n)
+            for segment in self.plan.segments
+            if segment.pipeline == pipeline
+            for n, _ in enumerate(
+                op for op in (*segment.ops, *segment.post) if isinstance(op, Process)
+            )
+        ]
+        if not declared:
+            raise StreamsError(f"pipeline {pipeline!r} has no .process (or there is no such one)")
+        if not 0 <= operator < len(declared):
+            raise StreamsError(f"pipeline {pipeline!r} has .process 0..{len(declared) - 1}")
+        index, n = declared[operator]
+        for task in self._tasks.values():
+            for segment in task.segments:
+                if segment.segment.pipeline == pipeline and segment.segment.index == index:
+                    state = segment.processes[n]
+                    if key in state.keys:
+                        return state
+        return None
 
     @property
     def topics(self) -> list[str]:
