@@ -184,6 +184,7 @@ async def _verify_segment(
     expected_outputs: list[tuple[bytes | None, Any, int | None]] = []
     expected_dead: set[tuple[Any, ...]] = set()
     expected_late: set[tuple[Any, ...]] = set()
+    process_times = await _process_times(reader, segment)
     for partition, records in inputs.items():
         result = await asyncio.to_thread(
             interpret,
@@ -192,6 +193,7 @@ async def _verify_segment(
             tables=tables,
             idle_timeout_ms=idle_timeout_ms,
             max_message_bytes=max_bytes,
+            process_times=process_times.get(partition),
         )
         report.input_messages += len(records)
         report.expected_duplicates += len(result.duplicates)
@@ -308,6 +310,24 @@ def _compare_records(
 def _show(item: tuple[bytes | None, str]) -> dict[str, Any]:
     key, value = item
     return {"key": None if key is None else key.decode("utf-8", "replace"), "value": value}
+
+
+async def _process_times(reader: _Reader, segment: Segment) -> dict[int, dict[int, int]]:
+    """Where the workers left each ``.process``'s stream time, per partition (the last
+    ``q<n>:`` record of the changelog): their idle advance fired the timers up to there."""
+    if segment.changelog is None or not any(
+        isinstance(op, nodes.Process) for op in (*segment.ops, *segment.post)
+    ):
+        return {}
+    times: dict[int, dict[int, int]] = {}
+    for partition, records in (await _read_optional(reader, segment.changelog)).items():
+        for record in records:
+            key = record.key or b""
+            if key[:1] == b"q" and record.value is not None:
+                stream_time = orjson.loads(record.value)[0]
+                if stream_time is not None:
+                    times.setdefault(partition, {})[int(key[1 : key.index(b":")])] = stream_time
+    return times
 
 
 def _has_user_functions(segment: Segment) -> bool:

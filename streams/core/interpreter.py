@@ -192,11 +192,15 @@ def interpret(
     idle_timeout_ms: int = 30_000,
     max_message_bytes: int = 1_048_576,
     flush: bool = True,
+    process_times: Mapping[int, int] | None = None,
 ) -> Interpretation:
     """Run ``segment`` over one partition's batches; with ``flush``, close every window
-    still open at the end (as if stream time had passed them all)."""
+    still open at the end (as if stream time had passed them all). ``process_times`` moves
+    the stream time of the segment's ``.process`` number ``n`` (0, 1, ...) to where a worker
+    left it at the end (its idle advance fires timers: the audit reads it from the
+    changelog)."""
     return _Interpreter(segment, tables or {}, idle_timeout_ms, max_message_bytes).run(
-        batches, flush
+        batches, flush, process_times or {}
     )
 
 
@@ -256,7 +260,9 @@ class _Interpreter:
 
     # -- driving -------------------------------------------------------------------------
 
-    def run(self, batches: Sequence[Batch | Tick], flush: bool) -> Interpretation:
+    def run(
+        self, batches: Sequence[Batch | Tick], flush: bool, process_times: Mapping[int, int]
+    ) -> Interpretation:
         for batch in batches:
             if isinstance(batch, Tick):
                 self._tick(batch)
@@ -273,8 +279,17 @@ class _Interpreter:
                     self._record(record, next(valid))
                 self.records_seen += 1
             self._mark_activity(batch.now_ms)
+        # The end, in the chain's order: the processes before the window move to where the
+        # workers left them, the windows close, then the processes after them.
+        ends = dict(enumerate(self.processes.items()))
+        for n, (position, model) in ends.items():
+            if self.post is None or position < self.post:
+                self._move_to(position, model, process_times.get(n))
         if flush:
             self._close(None)
+        for n, (position, model) in ends.items():
+            if self.post is not None and position >= self.post:
+                self._move_to(position, model, process_times.get(n))
         for index, (stage, _, where) in sorted(self._derived_dead.items(), reverse=True):
             key, value = self.origins[-1 - index]
             self.result.derived.append((key, value, stage, where))
@@ -310,6 +325,11 @@ class _Interpreter:
         for stage, model in self.processes.items():
             if self.post is not None and stage >= self.post:
                 self._idle_process(stage, model, tick.now_ms, idle)
+
+    def _move_to(self, stage: int, model: _ProcessModel, target: int | None) -> None:
+        if target is not None and (model.stream_time is None or target > model.stream_time):
+            model.stream_time = target
+            self._fire(stage, model)
 
     def _idle_process(self, stage: int, model: _ProcessModel, now_ms: int, idle: int) -> None:
         base = model.at_last_activity
