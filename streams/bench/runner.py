@@ -41,12 +41,13 @@ ALL_SCENARIOS = (
     "pipeline-alo",
     "pipeline-eos",
     "pipeline-user",
+    "pipeline-process",
     "latency",
     "state",
 )
 
 
-PIPELINES = ("pipeline-alo", "pipeline-eos", "pipeline-user")
+PIPELINES = ("pipeline-alo", "pipeline-eos", "pipeline-user", "pipeline-process")
 
 
 @dataclass
@@ -184,6 +185,7 @@ async def run_bench(
         "pipeline-alo": {"scenario": "pipeline", "guarantee": "at_least_once"},
         "pipeline-eos": {"scenario": "pipeline", "guarantee": "exactly_once"},
         "pipeline-user": {"scenario": "pipeline-user", "guarantee": "at_least_once"},
+        "pipeline-process": {"scenario": "pipeline-process", "guarantee": "at_least_once"},
     }
     for round_ in range(1, config.rounds + 1):
         for name, plan in plans.items():

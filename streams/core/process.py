@@ -20,9 +20,12 @@ order of their last touch (stream time only grows, so that is also the order of 
 each call touches its key, and after each round the keys untouched for ``ttl_ms`` are
 forgotten, timers included.
 
-Changelog records (decision 0015): ``p<n>:<key>`` -> ``{"s": {name: value}, "t": [timers],
-"u": last touch}`` (a tombstone when the key holds nothing), and ``q<n>`` -> the operator's
-``[stream time, stream time at the last activity]``.
+Changelog records (decision 0015): ``p<n>:<key>`` -> ``{"s": {name: value}, "u": last
+touch}`` (``u`` only with a TTL; a tombstone when the key holds nothing), one record per
+timer ``P<n>:<at_ms>:<key>`` -> ``1`` (a tombstone once it fired or was cancelled: a busy key
+with thousands of pending timers costs one record per change, not a rewrite of all of them
+per batch), and ``q<n>:`` -> the operator's ``[stream time, stream time at the last
+activity]``.
 """
 
 from __future__ import annotations
@@ -40,9 +43,22 @@ from streams.core.outcome import Item, Outcome
 from streams.core.streamtime import NO_TIME
 
 _loads = orjson.loads
-_Fragment = orjson.Fragment
 _DELETED = object()
+_SET = b"1"
 _NO_VALUE = object()
+
+
+_NAMES: dict[str, bytes] = {}
+
+
+def _name(name: str) -> bytes:
+    """``"name":`` as JSON bytes (a state holds few distinct names: kept once made)."""
+    encoded = _NAMES.get(name)
+    if encoded is None:
+        encoded = orjson.dumps(name) + b":"
+        if len(_NAMES) < 10_000:
+            _NAMES[name] = encoded
+    return encoded
 
 
 class StateUseError(ValueError):
@@ -66,24 +82,18 @@ class KeyState:
         return bool(self.values or self.timers)
 
     def encode(self, with_touch: bool) -> bytes:
-        """The key's changelog value."""
-        record: dict[str, Any] = {
-            "s": {name: _Fragment(value) for name, value in self.values.items()},
-            "t": sorted(self.timers),
-        }
+        """The key's changelog value (its timers have records of their own): the JSON of
+        ``{"s": {name: value}, "u": touch}``, joined from the values' bytes."""
+        body = b",".join([_name(name) + value for name, value in self.values.items()])
         if with_touch:
-            record["u"] = self.touched
-        return orjson.dumps(record)
+            return b'{"s":{%b},"u":%d}' % (body, self.touched)
+        return b'{"s":{%b}}' % body
 
-    @classmethod
-    def decode(cls, value: bytes) -> KeyState:
-        """Inverse of :meth:`encode`."""
+    def decode(self, value: bytes) -> None:
+        """Take the values and touch of a changelog value (see :meth:`encode`)."""
         record = _loads(value)
-        held = cls()
-        held.values = {name: dumps(v) for name, v in record["s"].items()}
-        held.timers = dict.fromkeys(record["t"], 0)  # generations are given at finish
-        held.touched = record.get("u", NO_TIME)
-        return held
+        self.values = {name: dumps(v) for name, v in record["s"].items()}
+        self.touched = record.get("u", NO_TIME)
 
 
 class State:
@@ -235,7 +245,10 @@ class ProcessState:
         self.pending = 0  # timers held
         self.stream_time = NO_TIME
         self.at_last_activity = NO_TIME
+        # Since the last drain: keys whose record changed, timers set (True) or gone (False).
         self.changed: dict[str, None] = {}
+        self.timer_changes: dict[tuple[str, int], bool] = {}
+        self.timer_tag = b"P" + tag[1:]
         self.state = State(on_timer is not None)
 
     def __len__(self) -> int:
@@ -248,18 +261,22 @@ class ProcessState:
         the calls emitted, in order (timers' values with their key and ``at_ms``)."""
         fn = self.fn
         state = self.state
-        keys = self.keys
+        bind = state._bind
+        get = self.keys.get
+        commit = self._commit
+        heap = self.heap
+        ttl = self.ttl_ms is not None
         site = self.site
         dead = out.dead
         emitted: list[Item] = []
+        append = emitted.append
         st = self.stream_time
-        for item in items:
-            i, v, k, t = item
+        for i, v, k, t in items:
             if k is None:  # a repartitioned record that lost its key
                 site.bad(dead, i, "the event has no key to keep state by")
                 continue
-            held = keys.get(k)
-            state._bind(k, held)
+            held = get(k)
+            bind(k, held)
             try:
                 returned = fn(v, state)
             except USER_ERRORS as exc:
@@ -268,18 +285,19 @@ class ProcessState:
             if state._bad is not None:
                 site.bad(dead, i, state._bad)
                 continue
-            values = _emitted(returned)
-            if values is None:
-                site.bad(dead, i, _not_emittable("process", returned))
-                continue
+            if returned is not None:
+                values = _emitted(returned)
+                if values is None:
+                    site.bad(dead, i, _not_emittable("process", returned))
+                    continue
+                for value in values:
+                    append((i, value, k, t))
             if t > st:
                 st = t
-            self._commit(k, held, st)
-            for value in values:
-                emitted.append((i, value, k, t))
-            if self.heap and self.heap[0][0] <= st:
+            commit(k, held, st, heap)
+            if heap and heap[0][0] <= st:
                 self._fire(st, emitted, out)
-            if self.ttl_ms is not None:
+            if ttl:
                 self._expire(st)
         self.stream_time = st
         return emitted
@@ -298,35 +316,40 @@ class ProcessState:
 
     # -- inside ------------------------------------------------------------------------
 
-    def _commit(self, key: str, held: KeyState | None, st: int) -> None:
-        """Apply the bound call's staged changes to ``key`` and touch it."""
+    def _commit(
+        self, key: str, held: KeyState | None, st: int, heap: list[tuple[int, str, int]]
+    ) -> None:
+        """Apply the bound call's staged changes to ``key`` and touch it; timers it set go
+        on ``heap``."""
         state = self.state
         writes = state._writes
         timers = state._timers
+        cleared = state._cleared
         if held is None:
             if not writes and not timers:
                 return  # nothing held, nothing to hold: no entry to touch
             held = self.keys[key] = KeyState()
         elif self.ttl_ms is not None:
             self.keys.move_to_end(key)  # type: ignore[attr-defined]
+        elif not writes and not timers and not cleared:
+            held.touched = st
+            return  # a call that changed nothing
         held.touched = st
-        if not writes and not timers and not state._cleared:
-            if self.ttl_ms is not None:
-                self.changed[key] = None  # the touch itself is state (it decides expiry)
-            return
-        values = held.values
-        if state._cleared:
-            values.clear()
-            self.pending -= len(held.timers)
-            held.timers.clear()
-        for name, value in writes.items():
-            if value is _DELETED:
-                values.pop(name, None)
-            else:
-                values[name] = value
+        if self.ttl_ms is not None or writes or cleared:
+            self.changed[key] = None  # its values changed, or its touch (which decides expiry)
+        if cleared:
+            held.values.clear()
+            self._drop_timers(key, held)
+        if writes:
+            values = held.values
+            for name, value in writes.items():
+                if value is _DELETED:
+                    values.pop(name, None)
+                else:
+                    values[name] = value
         if timers:
             mine = held.timers
-            heap = self.heap
+            changes = self.timer_changes
             for at, on in timers.items():
                 if on:
                     if at not in mine:
@@ -334,12 +357,21 @@ class ProcessState:
                         mine[at] = self.generation
                         self.pending += 1
                         heapq.heappush(heap, (at, key, self.generation))
+                        changes[(key, at)] = True
                 elif at in mine:
                     del mine[at]
                     self.pending -= 1
-        if not held:
+                    changes[(key, at)] = False
+        if not held.values and not held.timers:
             del self.keys[key]
-        self.changed[key] = None
+            self.changed[key] = None
+
+    def _drop_timers(self, key: str, held: KeyState) -> None:
+        changes = self.timer_changes
+        for at in held.timers:
+            changes[(key, at)] = False
+        self.pending -= len(held.timers)
+        held.timers.clear()
 
     def _fire(self, st: int, emitted: list[Item], out: Outcome) -> None:
         """Fire every timer due at ``st`` in ``(at_ms, key)`` order."""
@@ -350,6 +382,7 @@ class ProcessState:
         state = self.state
         site = self.timer_site
         later: list[tuple[int, str, int]] = []
+        fired = 0
         pop = heapq.heappop
         while heap and heap[0][0] <= st:
             at, key, generation = pop(heap)
@@ -358,8 +391,8 @@ class ProcessState:
                 continue  # cancelled, cleared or expired (or set again) since it was pushed
             del held.timers[at]
             self.pending -= 1
-            self.changed[key] = None
-            out.timers_fired += 1
+            self.timer_changes[(key, at)] = False
+            fired += 1
             state._bind(key, held)
             failure: str | None = None
             error: BaseException | None = None
@@ -381,20 +414,18 @@ class ProcessState:
                     site.bad(out.dead, origin, failure)
                 if not held:
                     del keys[key]
+                    self.changed[key] = None
                 continue
-            # Timers set now go in after the round (the heap push would let them fire in it).
-            pushed = self.heap
-            self.heap = later
-            try:
-                self._commit(key, held, st)
-            finally:
-                self.heap = pushed
+            # Timers set now go in after the round (on the heap they could fire in it).
+            self._commit(key, held, st, later)
             if values:
                 origin = out.origin(key, b'{"timer_ms":%d}' % at)
                 for value in values:
                     emitted.append((origin, value, key, at))
             if key in keys and not keys[key]:
                 del keys[key]
+                self.changed[key] = None
+        out.timers_fired += fired
         for entry in later:
             heapq.heappush(heap, entry)
 
@@ -409,28 +440,57 @@ class ProcessState:
             if held.touched > horizon:
                 return
             keys.popitem(last=False)  # type: ignore[call-arg]
-            self.pending -= len(held.timers)
+            self._drop_timers(key, held)
             self.changed[key] = None
 
     # -- changelog ---------------------------------------------------------------------
 
     def drain(self, records: list[tuple[bytes, bytes | None]]) -> None:
-        """The changelog records of the keys changed since the last drain."""
+        """The changelog records of the keys and timers changed since the last drain."""
         tag = self.tag
-        keys = self.keys
+        get = self.keys.get
         with_touch = self.ttl_ms is not None
+        append = records.append
         for key in self.changed:
-            held = keys.get(key)
-            records.append((tag + key.encode(), None if held is None else held.encode(with_touch)))
+            held = get(key)
+            append((tag + key.encode(), None if held is None else held.encode(with_touch)))
         self.changed = {}
+        timer_tag = self.timer_tag
+        append = records.append
+        for (key, at), on in self.timer_changes.items():
+            append((b"%b%d:%b" % (timer_tag, at, key.encode()), _SET if on else None))
+        self.timer_changes = {}
+
+    @property
+    def dirty(self) -> bool:
+        """True when changes wait for the next drain."""
+        return bool(self.changed or self.timer_changes)
 
     def apply(self, key: bytes, value: bytes | None) -> None:
-        """Restore one record of this operator's (its tag stripped off)."""
+        """Restore a key's record (its tag stripped off)."""
         name = key.decode()
         if value is None:
             self.keys.pop(name, None)
-        else:
-            self.keys[name] = KeyState.decode(value)
+            return
+        held = self.keys.get(name)
+        if held is None:
+            held = self.keys[name] = KeyState()
+        held.decode(value)
+
+    def apply_timer(self, key: bytes, value: bytes | None) -> None:
+        """Restore a timer's record (``<at_ms>:<key>``, its tag stripped off)."""
+        at_text, _, raw = key.partition(b":")
+        at, name = int(at_text), raw.decode()
+        held = self.keys.get(name)
+        if value is None:
+            if held is not None:
+                held.timers.pop(at, None)
+                if not held:
+                    del self.keys[name]
+            return
+        if held is None:
+            held = self.keys[name] = KeyState()
+        held.timers[at] = 0  # generations are given at finish_restore
 
     def finish_restore(self) -> None:
         """After the last record: the timer heap, the count, the keys in touch order."""
@@ -449,6 +509,7 @@ class ProcessState:
         self.heap = heap
         self.pending = len(heap)
         self.changed = {}
+        self.timer_changes = {}
 
     def clear(self) -> None:
         """Forget everything (a changed declaration starts afresh)."""
@@ -456,6 +517,7 @@ class ProcessState:
         self.heap = []
         self.pending = 0
         self.changed = {}
+        self.timer_changes = {}
         self.stream_time = NO_TIME
         self.at_last_activity = NO_TIME
 

@@ -54,6 +54,7 @@ from streams.topology import nodes
 
 FINGERPRINT_TAG = b"m"
 PROCESS_TAG = b"p"
+PROCESS_TIMER_TAG = b"P"
 PROCESS_TIME_TAG = b"q"
 STAGE_TIME_TAG = b"T"
 SESSION_TAG = b"s"
@@ -667,7 +668,7 @@ class SegmentTask:
         elif self.compiled.sessions and self.windows.changed:
             self._drain_sessions(records)
         for state in self.processes:
-            if state.changed:
+            if state.dirty:
                 state.drain(records)
         records.extend(self._pending)
         self._pending = []
@@ -766,7 +767,7 @@ class SegmentTask:
                 self.dedupes[n].apply(seq, None if value is None else changelog.decode_ids(value))
             else:
                 self._foreign.add(dtag)
-        elif tag in (PROCESS_TAG, PROCESS_TIME_TAG):
+        elif tag in (PROCESS_TAG, PROCESS_TIMER_TAG, PROCESS_TIME_TAG):
             end = key.index(b":") + 1
             ptag = PROCESS_TAG + key[1:end]
             n = self._process_by_tag.get(ptag)
@@ -774,6 +775,8 @@ class SegmentTask:
                 self._foreign.add(ptag)
             elif tag == PROCESS_TAG:
                 self.processes[n].apply(key[end:], value)
+            elif tag == PROCESS_TIMER_TAG:
+                self.processes[n].apply_timer(key[end:], value)
             else:
                 self._apply_process_time(self.processes[n], value)
         elif tag == FINGERPRINT_TAG:
