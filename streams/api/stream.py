@@ -113,6 +113,8 @@ class _Node:
         self._head = head
         self._ops = ops
         self._where = where
+        self._ended = False  # ended with .to(...)
+        self._joined_at: str | None = None  # the other side of a .join_stream declared there
         head.chains.opened(self, where)
 
     def _continue(self) -> tuple[nodes.Op, ...]:
@@ -129,6 +131,7 @@ class _Node:
         if emit not in EMIT_MODES:
             fail(where, f".to(..., emit={emit!r}): emit must be one of {', '.join(EMIT_MODES)}")
         ops = (*self._continue(), nodes.To(where=where, topic=name, emit=emit))
+        self._ended = True
         head = self._head
         head.chains.ended(
             nodes.PipelineDecl(
@@ -255,6 +258,74 @@ class Stream(_Node):
         if ttl_ms is not None and (type(ttl_ms) is not int or ttl_ms < 1):
             fail(where, f".process(ttl_ms) must be a positive integer of ms, got {ttl_ms!r}")
         return self._then(nodes.Process(where=where, fn=fn, on_timer=on_timer, ttl_ms=ttl_ms))
+
+    def join_stream(
+        self,
+        other: Stream,
+        within_ms: int,
+        into: str,
+        how: str = "inner",
+        grace_ms: int = 0,
+    ) -> Stream:
+        """Pair this stream's events with ``other``'s: for every two accepted events (one of
+        each side) with the same key and event times at most ``within_ms`` apart, one record,
+        this stream's value with ``value[into]`` = ``other``'s, with the later event time;
+        emitted when its second event is processed. ``how="left"`` also emits each of this
+        stream's events that found no partner, once, with ``value[into] = None``, when stream
+        time passes ``ts + within_ms + grace_ms``. An event is late when ``ts + grace_ms <
+        stream time`` (per partition, over both sides): it goes to its topic's ``.late``.
+        Both sides must be co-partitioned (same key, same partition count)."""
+        where = caller()
+        if not isinstance(other, Stream) or isinstance(other, AggregatedStream):
+            fail(where, f".join_stream(other) needs a stream from app.stream(...), got {other!r}")
+        if other._head.chains is not self._head.chains:
+            fail(
+                where,
+                ".join_stream(other): other is a stream of another app; declare it "
+                "with this app's app.stream(...)",
+            )
+        if other is self or (other._head is self._head and other._ops == self._ops):
+            fail(where, ".join_stream(other): a stream cannot be joined with itself")
+        if other._ended:
+            fail(
+                where,
+                ".join_stream(other): other already ends with .to(...); join a stream "
+                "that goes on, e.g. the app.stream(...) before its .to",
+            )
+        if other._joined_at is not None:
+            fail(
+                where,
+                f".join_stream(other): other is already joined at {other._joined_at}; "
+                "declare another app.stream(...) of its topic to join it again",
+            )
+        for op in other._ops:
+            if not isinstance(
+                op, nodes.Filter | nodes.Map | nodes.FlatMap | nodes.Join | nodes.GroupBy
+            ):
+                fail(
+                    where,
+                    f".join_stream(other): other may only have stateless operators "
+                    f"(filter, map, flat_map, join) and group_by; .{op.stage}() at {op.where} "
+                    "is not one (put it after the join)",
+                )
+        _ms(where, ".join_stream(within_ms)", within_ms)
+        _field(where, ".join_stream(into)", into)
+        if how not in ("inner", "left"):
+            fail(where, f".join_stream(how={how!r}): how must be 'inner' or 'left'")
+        _ms(where, ".join_stream(grace_ms)", grace_ms)
+        head = other._head
+        side = nodes.StreamSide(
+            source=head.source,
+            key=head.key,
+            timestamp=head.timestamp,
+            ops=other._continue(),
+            where=head.where,
+        )
+        other._joined_at = where
+        op = nodes.JoinStream(
+            where=where, other=side, within_ms=within_ms, into=into, how=how, grace_ms=grace_ms
+        )
+        return self._then(op)
 
     def group_by(self, by: str | Callable[[dict[str, Any]], Any]) -> Stream:
         """Re-key by the field ``by`` (or ``by(value)``) through a repartition topic; events

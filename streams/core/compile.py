@@ -144,8 +144,18 @@ class Guarantees:
 NONE = Guarantees()
 
 
-Barrier = nodes.MapBatch | nodes.Enrich | nodes.Process
-BARRIERS = (nodes.MapBatch, nodes.Enrich, nodes.Process)
+Barrier = nodes.MapBatch | nodes.Enrich | nodes.Process | nodes.JoinStream
+BARRIERS = (nodes.MapBatch, nodes.Enrich, nodes.Process, nodes.JoinStream)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How a loop reading records finds each event's key and event time."""
+
+    key: str | None
+    timestamp: str | None
+    key_from_message: bool
+    where: str
 
 
 @dataclass
@@ -233,6 +243,9 @@ class Compiled:
     processes: list[ProcessSpec] = field(default_factory=list)
     # The first step of the chain the window's final records go through (None: none).
     post_start: int | None = None
+    # With a join_stream: the loop reading the right side's records, and the join's stage.
+    right: Stage | None = None
+    join_stage: int | None = None
 
     @property
     def sessions(self) -> bool:
@@ -258,12 +271,21 @@ class _Code:
 
 
 def compile_segment(
-    segment: Segment, guarantees: Guarantees = NONE, *, spilled: bool = False
+    segment: Segment,
+    guarantees: Guarantees = NONE,
+    *,
+    spilled: bool = False,
+    right_guarantees: Guarantees = NONE,
 ) -> Compiled:
     """Generate and ``exec`` the loops of ``segment``; ``guarantees`` come from its topic's
-    validator (only the first segment reads the declared topic). ``spilled`` loops fetch
-    what their dicts miss from the task's key-value store (STREAMS_STORE=rocksdb)."""
-    return _Compiler(segment, guarantees if segment.index == 0 else NONE, spilled).build()
+    validator (only a segment reading a declared topic has any), ``right_guarantees`` from
+    a join's second topic's. ``spilled`` loops fetch what their dicts miss from the task's
+    key-value store (STREAMS_STORE=rocksdb)."""
+    compiler = _Compiler(segment, guarantees if segment.source is not None else NONE, spilled)
+    right = segment.right
+    if right is not None and right.source is not None:
+        compiler.right_guarantees = right_guarantees
+    return compiler.build()
 
 
 def _identifier(text: str) -> str:
@@ -303,6 +325,7 @@ class _Compiler:
             self.layout = aggregations.layout(segment.aggregate.named)
             self.ns.update(self.layout.namespace)
         self.sources: list[str] = []
+        self.right_guarantees = NONE
 
     # -- stages ------------------------------------------------------------------------
 
@@ -335,6 +358,9 @@ class _Compiler:
             nonlocal guarantees
             stage = Stage(index=len(stages), op=op, post=post)
             stage.site = self.sites.get(op.stage, op.where)
+            if isinstance(op, nodes.JoinStream):
+                join_stage.append(stage.index)
+                next(tags)  # its store's (the segment's state knows it by JOIN_TAG)
             if isinstance(op, nodes.Process):
                 tag = next(tags)
                 stage.process = len(processes)
@@ -353,6 +379,7 @@ class _Compiler:
                 guarantees.without(frozenset({op.into})) if isinstance(op, nodes.Enrich) else NONE
             )
 
+        join_stage: list[int] = []
         groups, barriers = _split(segment.ops)
         for number, ops in enumerate(groups):
             last = number == len(groups) - 1
@@ -386,6 +413,15 @@ class _Compiler:
             processes=processes,
             post_start=post_start,
         )
+        right = segment.right
+        if right is not None:
+            compiled.join_stage = join_stage[0]
+            side = Stage(index=-1, first=True, end="items")
+            source = SourceSpec(right.key, right.timestamp, right.key_from_message, right.where)
+            side.fn, _ = self._stage(
+                side, list(right.ops), self.right_guarantees, source=source, name="_right"
+            )
+            compiled.right = side
         if segment.window is not None:
             self._window_parts(compiled, fingerprints)
         compiled.source = "\n\n".join(self.sources)
@@ -418,10 +454,16 @@ class _Compiler:
         return name
 
     def _stage(
-        self, stage: Stage, ops: list[nodes.Op], guarantees: Guarantees
+        self,
+        stage: Stage,
+        ops: list[nodes.Op],
+        guarantees: Guarantees,
+        *,
+        source: SourceSpec | None = None,
+        name: str | None = None,
     ) -> tuple[Callable[..., Any], Guarantees]:
         segment = self.segment
-        name = f"_stage{stage.index}"
+        name = name or f"_stage{stage.index}"
         code = _Code()
         if stage.first:
             code.add(f"def {name}(task, recs, idxs, vals, out, now, seq):")
@@ -450,7 +492,7 @@ class _Compiler:
         if stage.first:
             code.add("for i, v in zip(idxs, vals):")
             code.depth += 1
-            self._source(code, guarantees)
+            self._source(code, guarantees, source or self._main_source())
         else:
             code.add("for i, v, k, t in items:")
             code.depth += 1
@@ -512,8 +554,11 @@ class _Compiler:
 
     # -- the source: key and event time ----------------------------------------------
 
-    def _source(self, code: _Code, guarantees: Guarantees) -> None:
+    def _main_source(self) -> SourceSpec:
         segment = self.segment
+        return SourceSpec(segment.key, segment.timestamp, segment.key_from_message, segment.where)
+
+    def _source(self, code: _Code, guarantees: Guarantees, segment: SourceSpec) -> None:
         if segment.key_from_message:
             code.add(
                 "rk = recs[i].key", "k = None if rk is None else rk.decode('utf-8', 'replace')"

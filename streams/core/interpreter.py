@@ -50,14 +50,17 @@ from streams.topology.plan import Segment
 from streams.topology.windows import Session
 
 _NONE = object()
+RIGHT_STAGE = -1  # the stage number of a join's second input's own operators
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Records that arrived together at wall-clock ``now_ms`` (a fetch)."""
+    """Records that arrived together at wall-clock ``now_ms`` (a fetch); ``right``: those of
+    a join's second input in the same fetch."""
 
     now_ms: int
     records: Sequence[Any]
+    right: Sequence[Any] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Interpretation:
     dead: dict[int, tuple[str, str, str]] = field(default_factory=dict)
     derived: list[tuple[bytes | None, Any, str, str]] = field(default_factory=list)
     late_derived: list[tuple[str | None, Any]] = field(default_factory=list)
+    # Records late for a join (indices, like ``late``; of either input).
+    late_join: list[int] = field(default_factory=list)
     derived_duplicates: int = 0
     timers_fired: int = 0
     late: list[int] = field(default_factory=list)
@@ -176,6 +181,19 @@ def _emittable(returned: Any) -> list[Any] | None:
     return None
 
 
+class _JoinModel:
+    """A join's two buffers (per key, events by event time then arrival: [ts, seq, value,
+    matched]), pending events of each side, and stream time."""
+
+    def __init__(self, op: nodes.JoinStream) -> None:
+        self.op = op
+        self.buffers: tuple[dict[str, list[list[Any]]], dict[str, list[list[Any]]]] = ({}, {})
+        self.pending: tuple[list[_Event], list[_Event]] = ([], [])
+        self.seq = 0
+        self.stream_time: int | None = None
+        self.at_last_activity: int | None = None
+
+
 class _Dead(Exception):
     def __init__(self, stage: str, why: str, where: str = "") -> None:
         super().__init__(why)
@@ -240,6 +258,20 @@ class _Interpreter:
             for stage, op in enumerate(self.barriers)
             if isinstance(op, nodes.Process)
         }
+        self.join: _JoinModel | None = None
+        self.join_stage = -1
+        for stage, op in enumerate(self.barriers):
+            if isinstance(op, nodes.JoinStream):
+                self.join, self.join_stage = _JoinModel(op), stage
+        right = segment.right
+        self.right_ops: list[nodes.Op] = [] if right is None else list(right.ops)
+        self.right_decoder = (
+            None
+            if right is None
+            else TopicDecoder(
+                right.input, None if right.source is None else right.source.schema, max_bytes
+            )
+        )
         # Events no input record made (a final record, a timer): index -1 - n is origins[n].
         self.origins: list[tuple[bytes | None, Any]] = []
         self._derived_dead: dict[int, tuple[str, str, str]] = {}
@@ -267,17 +299,14 @@ class _Interpreter:
             if isinstance(batch, Tick):
                 self._tick(batch)
                 continue
-            if not batch.records:
+            if not batch.records and not batch.right:
                 continue  # a fetch brings records: an empty one is no activity
-            _, vals, failures = self.decoder.decode([r.value for r in batch.records])
-            why = dict(failures)
-            valid = iter(vals)
-            for position, record in enumerate(batch.records):
-                if position in why:
-                    self.result.dead[self.records_seen] = ("validate", why[position], "")
-                else:
-                    self._record(record, next(valid))
-                self.records_seen += 1
+            self._records(batch.records, self.decoder, 0)
+            if batch.right:
+                assert self.right_decoder is not None
+                self._records(batch.right, self.right_decoder, RIGHT_STAGE)
+            if self.join is not None:
+                self._drain_join()
             self._mark_activity(batch.now_ms)
         # The end, in the chain's order: the processes before the window move to where the
         # workers left them, the windows close, then the processes after them.
@@ -295,11 +324,24 @@ class _Interpreter:
             self.result.derived.append((key, value, stage, where))
         return self.result
 
+    def _records(self, records: Sequence[Any], decoder: TopicDecoder, stage: int) -> None:
+        _, vals, failures = decoder.decode([r.value for r in records])
+        why = dict(failures)
+        valid = iter(vals)
+        for position, record in enumerate(records):
+            if position in why:
+                self.result.dead[self.records_seen] = ("validate", why[position], "")
+            else:
+                self._record(record, next(valid), stage)
+            self.records_seen += 1
+
     def _mark_activity(self, now_ms: int) -> None:
         self.last_activity = now_ms
         self.at_last_activity = self.stream_time
         for model in self.processes.values():
             model.at_last_activity = model.stream_time
+        if self.join is not None:
+            self.join.at_last_activity = self.join.stream_time
 
     def _tick(self, tick: Tick) -> None:
         """Idle advance, step by step from upstream: the processes before the window (their
@@ -312,9 +354,15 @@ class _Interpreter:
         idle = tick.now_ms - self.last_activity
         if idle < self.idle_timeout:
             return
-        for stage, model in self.processes.items():
-            if self.post is None or stage < self.post:
-                self._idle_process(stage, model, tick.now_ms, idle)
+        steps = sorted(
+            [stage for stage in self.processes if self.post is None or stage < self.post]
+            + ([self.join_stage] if self.join is not None else [])
+        )
+        for stage in steps:
+            if stage == self.join_stage and self.join is not None:
+                self._idle_join(tick.now_ms, idle)
+            else:
+                self._idle_process(stage, self.processes[stage], tick.now_ms, idle)
         base = self.at_last_activity
         target = tick.now_ms if base is None else max(tick.now_ms, base + idle)
         if self.stream_time is not None:
@@ -341,18 +389,24 @@ class _Interpreter:
 
     # -- one record ----------------------------------------------------------------------
 
-    def _record(self, record: Any, value: dict[str, Any]) -> None:
+    def _record(self, record: Any, value: dict[str, Any], stage: int = 0) -> None:
         index = self.records_seen
+        spec: Any = self.segment if stage == 0 else self.segment.right
         try:
-            key, ts = self._key_and_time(record, value)
+            key, ts = self._key_and_time(record, value, spec)
         except _Dead as dead:
             self.result.dead[index] = (dead.stage, dead.why, dead.where)
             return
-        event = _Event(index, record.offset, value, key, ts, _key_bytes(self.segment, key, record))
-        self._stage(0, 0, event, [])
+        if spec.key is not None and not spec.key_from_message and key is not None:
+            key_bytes = key.encode()
+        else:
+            key_bytes = record.key
+        event = _Event(index, record.offset, value, key, ts, key_bytes)
+        self._stage(stage, 0, event, [])
 
-    def _key_and_time(self, record: Any, value: dict[str, Any]) -> tuple[str | None, int]:
-        segment = self.segment
+    def _key_and_time(
+        self, record: Any, value: dict[str, Any], segment: Any
+    ) -> tuple[str | None, int]:
         if segment.key_from_message:
             key = None if record.key is None else record.key.decode("utf-8", "replace")
         elif segment.key is None:
@@ -393,7 +447,7 @@ class _Interpreter:
 
     def _stage(self, stage: int, pos: int, event: _Event, marks: list[tuple[int, Any]]) -> bool:
         """Run ``event`` from operator ``pos`` of ``stage`` on; True if it was accepted."""
-        ops = self.stages[stage]
+        ops = self.right_ops if stage == RIGHT_STAGE else self.stages[stage]
         if pos == len(ops):
             return self._stage_end(stage, event, marks)
         op = ops[pos]
@@ -481,6 +535,8 @@ class _Interpreter:
                 seen[found] = ts
 
     def _stage_end(self, stage: int, event: _Event, marks: list[tuple[int, Any]]) -> bool:
+        if stage == RIGHT_STAGE:
+            return self._arrive(1, event)
         if stage == self.main:
             return self._terminal(event, marks)
         if stage == self.last:
@@ -494,6 +550,8 @@ class _Interpreter:
             if isinstance(barrier, nodes.Process):
                 self._process(stage, self.processes[stage], event)
                 return True
+            if isinstance(barrier, nodes.JoinStream):
+                return self._arrive(0, event)
             try:
                 value = self._barrier(barrier, event.value)
             except _Dead as dead:
@@ -505,6 +563,102 @@ class _Interpreter:
             self._stage(stage + 1, 0, _with(event, value), [])
             return True
         raise AssertionError("unreachable")
+
+    # -- join_stream --------------------------------------------------------------------
+
+    def _arrive(self, side: int, event: _Event) -> bool:
+        """A side's event waits for the drain (JSON first: a value a map made that JSON
+        cannot hold is its record's dead letter here)."""
+        join = self.join
+        assert join is not None
+        try:
+            event = _with(event, orjson.loads(dumps(event.value)))
+        except USER_ERRORS as exc:
+            self._dead(event, join.op, reason(exc), 2 * self.join_stage + 1)
+            return False
+        join.pending[side].append(event)
+        return True
+
+    def _drain_join(self) -> None:
+        """Pending events in event-time order (the left one on a tie), all of them: a model
+        of a worker that has every record fetched."""
+        join = self.join
+        assert join is not None
+        left, right = join.pending
+        merged: list[tuple[int, _Event]] = []
+        a = b = 0
+        while a < len(left) or b < len(right):
+            if b == len(right) or (a < len(left) and left[a].ts <= right[b].ts):
+                merged.append((0, left[a]))
+                a += 1
+            else:
+                merged.append((1, right[b]))
+                b += 1
+        left.clear()
+        right.clear()
+        for side, event in merged:
+            self._join_event(join, side, event)
+
+    def _join_event(self, join: _JoinModel, side: int, event: _Event) -> None:
+        op = join.op
+        st = join.stream_time
+        if st is not None and event.ts + op.grace_ms < st:
+            self.result.late_join.append(event.index)
+            return
+        assert event.key is not None
+        entry = [event.ts, join.seq, event.value, False]
+        join.seq += 1
+        mine = join.buffers[side].setdefault(event.key, [])
+        mine.append(entry)
+        mine.sort(key=lambda e: (e[0], e[1]))
+        pairs = []
+        for other in join.buffers[1 - side].get(event.key, []):
+            if abs(other[0] - event.ts) <= op.within_ms:
+                left, right = (entry, other) if side == 0 else (other, entry)
+                left[3] = True
+                joined = copy_json(left[2])
+                joined[op.into] = copy_json(right[2])
+                pairs.append((joined, max(event.ts, other[0])))
+        if st is None or event.ts > st:
+            join.stream_time = event.ts
+        for joined, ts in pairs:
+            origin = self._origin(event.key, copy_json(joined), ts)
+            self._stage(self.join_stage + 1, 0, _with(origin, joined), [])
+        self._expire_join(join)
+
+    def _expire_join(self, join: _JoinModel) -> None:
+        op = join.op
+        st = join.stream_time
+        assert st is not None
+        horizon = st - op.grace_ms - op.within_ms
+        gone = sorted(
+            (entry[0], entry[1], side, key)
+            for side, buffers in enumerate(join.buffers)
+            for key, events in buffers.items()
+            for entry in events
+            if entry[0] < horizon
+        )
+        for ts, seq, side, key in gone:
+            events = join.buffers[side][key]
+            entry = next(e for e in events if e[1] == seq)
+            events.remove(entry)
+            if not events:
+                del join.buffers[side][key]
+            if side == 0 and op.how == "left" and not entry[3]:
+                joined = copy_json(entry[2])
+                joined[op.into] = None
+                origin = self._origin(key, copy_json(joined), ts)
+                self._stage(self.join_stage + 1, 0, _with(origin, joined), [])
+
+    def _idle_join(self, now_ms: int, idle: int) -> None:
+        join = self.join
+        assert join is not None
+        self._drain_join()
+        base = join.at_last_activity
+        target = now_ms if base is None else max(now_ms, base + idle)
+        if join.stream_time is None or target > join.stream_time:
+            join.stream_time = target
+            self._expire_join(join)
 
     # -- .process ------------------------------------------------------------------------
 
@@ -876,7 +1030,7 @@ def _split(ops: tuple[nodes.Op, ...]) -> tuple[list[list[nodes.Op]], list[nodes.
     stages: list[list[nodes.Op]] = [[]]
     barriers: list[nodes.Op | None] = []
     for op in ops:
-        if isinstance(op, nodes.MapBatch | nodes.Enrich | nodes.Process):
+        if isinstance(op, nodes.MapBatch | nodes.Enrich | nodes.Process | nodes.JoinStream):
             barriers.append(op)
             stages.append([])
         else:

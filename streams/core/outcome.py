@@ -29,11 +29,14 @@ class Outcome:
 
     outputs: list[Output] = field(default_factory=list)
     dead: dict[int, tuple[str, str, str]] = field(default_factory=dict)
-    origins: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    # (key, JSON value, or a function making it: made only if a dead letter is written)
+    origins: list[tuple[bytes | None, Any]] = field(default_factory=list)
     # A window's final records on their way to the operators after it.
     closed: list[Item] = field(default_factory=list)
     # Events of no input record that came late to a window: (key, value).
     late_derived: list[tuple[str | None, Any]] = field(default_factory=list)
+    # Records late for a join: (late topic, side (0 left, 1 right), offset, key, value).
+    late_raw: list[tuple[str, int, int, bytes | None, bytes | None]] = field(default_factory=list)
     timers_fired: int = 0
     late: dict[int, None] = field(default_factory=dict)
     accepted: int = 0
@@ -51,4 +54,9 @@ class Outcome:
     def origin(self, key: str | None, value: bytes) -> int:
         """Register what a dead letter of no input record would carry; its index."""
         self.origins.append((None if key is None else key.encode(), value))
+        return -len(self.origins)
+
+    def origin_made(self, key: str | None, make: Any) -> int:
+        """:meth:`origin`, its value made by ``make()`` only if a dead letter needs it."""
+        self.origins.append((None if key is None else key.encode(), make))
         return -len(self.origins)

@@ -42,6 +42,7 @@ from streams.core.compile import Compiled, canonical_key
 from streams.core.dedupe import Deduplicator
 from streams.core.enrich import MISSING, TtlCache
 from streams.core.failures import USER_ERRORS, Site, reason
+from streams.core.joins import JoinState
 from streams.core.jsonbytes import dumps
 from streams.core.outcome import Outcome
 from streams.core.process import ProcessState
@@ -53,6 +54,8 @@ from streams.errors import StateMismatchError, StreamsError
 from streams.topology import nodes
 
 FINGERPRINT_TAG = b"m"
+JOIN_TAG = b"j"
+RIGHT_POSITION_KEY = b"O"
 PROCESS_TAG = b"p"
 PROCESS_TIMER_TAG = b"P"
 PROCESS_TIME_TAG = b"q"
@@ -151,6 +154,21 @@ class SegmentTask:
             for spec in compiled.processes
         ]
         self._process_by_tag = {spec.tag: n for n, spec in enumerate(compiled.processes)}
+        join = self.segment.join
+        self.join: JoinState | None = None
+        if join is not None:
+            right = self.segment.right
+            assert right is not None
+            assert self.segment.join_late is not None
+            self.join = JoinState(
+                join.within_ms,
+                join.grace_ms,
+                join.how,
+                join.into,
+                (self.segment.join_late, right.late),
+            )
+            self._join_site = compiled.sites.get(join.stage, join.where)
+        self._right_position: int | None = None
         self._record = compiled.record
         self._encode = compiled.encode
         self._decode = compiled.decode
@@ -183,6 +201,13 @@ class SegmentTask:
     @property
     def position(self) -> int | None:
         """The next input offset the state stands at (see :meth:`note_position`)."""
+        return self._position
+
+    def position_of(self, topic: str) -> int | None:
+        """:attr:`position` in ``topic``: the input, or a join's second one."""
+        right = self.segment.right
+        if right is not None and topic == right.input:
+            return self._right_position
         return self._position
 
     @property
@@ -254,6 +279,11 @@ class SegmentTask:
                     items, out.closed = out.closed, []
             elif isinstance(stage.op, nodes.Process):
                 items = self.processes[stage.process].run(items, out)
+            elif isinstance(stage.op, nodes.JoinStream):
+                # The left side's events wait to be taken in event-time order with the
+                # right side's (drain_join): the rest of the chain runs from there.
+                self._arrive(0, items, records, out)
+                return
             elif isinstance(stage.op, nodes.MapBatch):
                 assert stage.site is not None
                 items = yield from self._map_batch(stage.op, stage.site, items, out)
@@ -264,10 +294,67 @@ class SegmentTask:
                     stage.op, stage.site, stage.index, items, out, now_ms
                 )
 
+    def process_right(
+        self, records: Sequence[Any], idxs: Sequence[int], vals: list[Any], now_ms: int
+    ) -> Outcome:
+        """A chunk of a join's second input: its own operators, then its events wait with
+        the left side's (:meth:`drain_join`). The outcome has this chunk's dead letters."""
+        out = Outcome()
+        if not records:
+            return out
+        right = self.compiled.right
+        assert right is not None
+        assert right.fn is not None
+        items = right.fn(self, records, idxs, vals, out, now_ms, records[0].offset)
+        self._arrive(1, items, records, out)
+        self._mark_activity(now_ms)
+        self._queue_time()
+        return out
+
+    def _arrive(self, side: int, items: list[Any], records: Sequence[Any], out: Outcome) -> None:
+        """A side's events into the join's pending queue, as JSON (a value JSON cannot hold,
+        from a map of that side, is its record's dead letter here)."""
+        join = self.join
+        assert join is not None
+        pending = []
+        site = self._join_site
+        for i, v, k, t in items:
+            try:
+                value = dumps(v)
+            except USER_ERRORS as exc:
+                site.bad(out.dead, i, f"value is not JSON-serialisable ({reason(exc)})")
+                continue
+            record = records[i]
+            pending.append((t, k, value, record.offset, record.key, record.value))
+        join.arrive(side, pending)
+
+    def drain_join(
+        self, now_ms: int, waiting: tuple[bool, bool] = (False, False), wait_ms: int = 0
+    ) -> CallGen:
+        """Take the join's pending events in event-time order (see
+        :meth:`~streams.core.joins.JoinState.drain`); what it pairs goes on down the chain."""
+        out = Outcome()
+        join = self.join
+        if join is None or not (join.pending[0] or join.pending[1]):
+            return out
+        items = join.drain(out, now_ms, waiting, wait_ms)
+        start = self.compiled.join_stage
+        assert start is not None
+        if items:
+            yield from self._run(start + 1, items, out, now_ms, -1)
+        if self.compiled.sessions:
+            self._session_updates(out)
+        self._queue_time()
+        if self._spill is not None:
+            self._spill.flush()
+        return out
+
     def _mark_activity(self, now_ms: int) -> None:
         self.clock.mark_activity(now_ms)
         for state in self.processes:
             state.at_last_activity = state.stream_time
+        if self.join is not None:
+            self.join.at_last_activity = self.join.stream_time
 
     def _spilled_index(self) -> None:
         for dedupe in self.dedupes:
@@ -418,8 +505,15 @@ class SegmentTask:
             for n, spec in enumerate(compiled.processes)
             if post_start is None or spec.stage < post_start
         ]
-        for n in before_window:
-            moved |= yield from self._advance_process(n, now_ms, last, out)
+        steps = sorted(
+            [(compiled.processes[n].stage, n) for n in before_window]
+            + ([] if compiled.join_stage is None else [(compiled.join_stage, -1)])
+        )
+        for _, n in steps:
+            if n < 0:
+                moved |= yield from self._advance_join(now_ms, last, out)
+            else:
+                moved |= yield from self._advance_process(n, now_ms, last, out)
         target = clock.idle_target(now_ms, self.idle_timeout_ms)
         if target is not None and target != clock.stream_time:
             moved = True
@@ -455,6 +549,23 @@ class SegmentTask:
             closed, out.closed = out.closed, []
             yield from self._run(post_start, closed, out, now_ms, -1)
         return out
+
+    def _advance_join(
+        self, now_ms: int, last: int, out: Outcome
+    ) -> Generator[Call, CallResult, bool]:
+        """An idle, caught-up join: nothing is waited for any more, and its stream time
+        follows the wall clock (left events nothing can pair any more come out alone)."""
+        join = self.join
+        assert join is not None
+        start = self.compiled.join_stage
+        assert start is not None
+        items = join.drain(out, now_ms, (False, False), 0)
+        target = max(join.stream_time, now_ms, join.at_last_activity + (now_ms - last))
+        moved = bool(items) or target > join.stream_time
+        items += join.advance(target, out)
+        if items:
+            yield from self._run(start + 1, items, out, now_ms, -1)
+        return moved
 
     def _advance_process(
         self, n: int, now_ms: int, last: int, out: Outcome
@@ -650,8 +761,15 @@ class SegmentTask:
 
     # -- changelog -----------------------------------------------------------------------
 
-    def note_position(self, offset: int) -> None:
-        """Record that the input is consumed up to ``offset`` (the next one to read)."""
+    def note_position(self, offset: int, topic: str | None = None) -> None:
+        """Record that the input (``topic``, a join's second input) is consumed up to
+        ``offset`` (the next one to read)."""
+        right = self.segment.right
+        if right is not None and topic == right.input:
+            if self._right_position is None or offset > self._right_position:
+                self._right_position = offset
+                self._pending.append((RIGHT_POSITION_KEY, b"%d" % offset))
+            return
         if not self.stateful or (self._position is not None and offset <= self._position):
             return
         self._position = offset
@@ -670,6 +788,8 @@ class SegmentTask:
         for state in self.processes:
             if state.dirty:
                 state.drain(records)
+        if self.join is not None:
+            self.join.drain_changelog(records)
         records.extend(self._pending)
         self._pending = []
         return records
@@ -783,6 +903,13 @@ class SegmentTask:
             self._apply_fingerprint(key[1:], value)
         elif key == changelog.TIME_KEY:
             self._apply_time(value)
+        elif tag == JOIN_TAG:
+            if self.join is not None and self._active.get(JOIN_TAG):
+                self.join.apply(key, value)
+            else:
+                self._foreign.add(JOIN_TAG)
+        elif key == RIGHT_POSITION_KEY:
+            self._right_position = None if value is None else int(value)
         elif key == changelog.POSITION_KEY:
             self._position = None if value is None else int(value)
         elif tag == STAGE_TIME_TAG:
@@ -830,6 +957,11 @@ class SegmentTask:
         compiled = self.compiled
         prints = {spec.tag: spec.fingerprint for spec in compiled.dedupes}
         prints.update((spec.tag, spec.fingerprint) for spec in compiled.processes)
+        prints.update(
+            (store.tag, store.fingerprint)
+            for store in compiled.segment.stores
+            if store.tag == JOIN_TAG
+        )
         if compiled.window_tag is not None:
             assert compiled.window_fingerprint is not None
             prints[compiled.window_tag] = compiled.window_fingerprint
@@ -849,6 +981,9 @@ class SegmentTask:
         self._active[tag] = text == self._fingerprints[tag]
 
     def _clear(self, tag: bytes) -> None:
+        if tag == JOIN_TAG and self.join is not None:
+            self.join.clear()
+            return
         process = self._process_by_tag.get(tag)
         if process is not None:
             self.processes[process].clear()
@@ -913,6 +1048,8 @@ class SegmentTask:
             self.windows.ensure_index()
         for state in self.processes:
             state.finish_restore()
+        if self.join is not None:
+            self.join.finish_restore()
         if self._spill is not None:
             self._spill.flush()
         self._pending = []

@@ -183,7 +183,7 @@ class Collector:
             ]
             self.dead_letters(sender, segment.dlq, tp, records, failures, wall, name)
             derived = [
-                (*outcome.origins[-1 - index], stage, reason, where)
+                (*_origin(outcome.origins[-1 - index]), stage, reason, where)
                 for index, (stage, reason, where) in sorted(outcome.dead.items(), reverse=True)
                 if index < 0
             ]
@@ -329,6 +329,11 @@ class Collector:
             sender.extend(topic, partition, records)
             self.metrics.produced.labels(topic).inc(len(records))
         return len(records)
+
+
+def _origin(origin: tuple[bytes | None, Any]) -> tuple[bytes | None, bytes]:
+    key, value = origin
+    return key, value() if callable(value) else value
 
 
 def now_ms() -> int:

@@ -121,6 +121,36 @@ class Enrich(Op):
 
 
 @dataclass(frozen=True)
+class StreamSide:
+    """The other side of a stream-stream join: its source, how its key and event time are
+    read, and its own operators (stateless ones, and ``group_by``)."""
+
+    source: TopicDecl
+    key: str | None
+    timestamp: str | None
+    ops: tuple[Op, ...]
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class JoinStream(Op):
+    """Pairs of this stream's and ``other``'s events with the same key and event times at
+    most ``within_ms`` apart: ``value[into]`` = the other's value (``None`` for a left event
+    no partner joined, with ``how="left"``); late by ``grace_ms`` as sessions are."""
+
+    other: StreamSide | None = None
+    within_ms: int = 0
+    into: str = ""
+    how: str = "inner"
+    grace_ms: int = 0
+
+    @property
+    def stage(self) -> str:
+        """``join_stream``."""
+        return "join_stream"
+
+
+@dataclass(frozen=True)
 class Process(Op):
     """The user's stateful processor: ``fn(value, state)`` per event, ``on_timer(key, state,
     at_ms)`` per due event-time timer, state per key (``ttl_ms``: forgotten when untouched

@@ -48,12 +48,32 @@ class Store:
 
 
 @dataclass(frozen=True)
+class RightSide:
+    """The second input of a segment with a ``join_stream``: its topic (the other stream's
+    source, or its repartition topic after a ``group_by``), how its key and event time are
+    read, its own stateless operators in the segment, and where its dead letters and late
+    events go."""
+
+    input: str
+    source: nodes.TopicDecl | None
+    key: str | None
+    timestamp: str | None
+    ops: tuple[nodes.Op, ...]
+    dlq: str
+    late: str
+    key_from_message: bool = False
+    where: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
 class Segment:
     """One stretch of a pipeline between topics, run per partition of ``input``.
 
     The first segment reads the declared source: ``key``/``timestamp`` name value fields.
     A later one reads its repartition topic: the key is the message key and event time the
-    record timestamp (``key_from_message``).
+    record timestamp (``key_from_message``). A segment with a ``join_stream`` among its
+    ``ops`` also reads ``right`` (co-partitioned: partition ``p`` of both is one task), and
+    its left events that come late to the join go to ``join_late``.
     """
 
     pipeline: str
@@ -75,6 +95,20 @@ class Segment:
     key_from_message: bool = False
     where: str = field(default="", compare=False)
     post: tuple[nodes.Op, ...] = ()
+    right: RightSide | None = None
+    join_late: str | None = None
+    # The topic whose partition count its repartition topic takes (None: its input).
+    repartition_like: str | None = None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The topics it reads: its input, and a join's second one."""
+        return (self.input,) if self.right is None else (self.input, self.right.input)
+
+    @property
+    def join(self) -> nodes.JoinStream | None:
+        """Its ``join_stream``, if any."""
+        return next((op for op in self.ops if isinstance(op, nodes.JoinStream)), None)
 
     @property
     def name(self) -> str:
@@ -137,7 +171,22 @@ class Plan:
     @property
     def inputs(self) -> tuple[str, ...]:
         """Topics the worker consumes, in first-use order."""
-        return tuple(dict.fromkeys(segment.input for segment in self.segments))
+        return tuple(dict.fromkeys(topic for segment in self.segments for topic in segment.inputs))
+
+    @property
+    def joined(self) -> dict[str, str]:
+        """Each input topic that a join reads with another, and the topic its tasks are
+        named after (the first of its group): partition ``p`` of a group is one task."""
+        leader: dict[str, str] = {}
+        for segment in self.segments:
+            if segment.right is None:
+                continue
+            left, right = segment.input, segment.right.input
+            group = {left, right} | {t for t, lead in leader.items() if lead in (left, right)}
+            head = leader.get(left, left)
+            for topic in group:
+                leader[topic] = head
+        return leader
 
     @property
     def pipelines(self) -> tuple[str, ...]:
@@ -146,7 +195,7 @@ class Plan:
 
     def reading(self, topic: str) -> tuple[Segment, ...]:
         """The segments that consume ``topic``."""
-        return tuple(s for s in self.segments if s.input == topic)
+        return tuple(s for s in self.segments if topic in s.inputs)
 
     def topic(self, name: str) -> PlannedTopic:
         """The planned topic called ``name``."""
@@ -200,143 +249,228 @@ def _segments(pipeline: nodes.PipelineDecl, app_id: str, app: nodes.AppDecl) -> 
     _check_name(pipeline.where, "pipeline name", pipeline.name)
     for topic in (pipeline.source.name, pipeline.sink.topic):
         _check_name(pipeline.where, "topic", topic)
-    segments: list[Segment] = []
-    ops: list[nodes.Op] = []  # before the window (all of them without one)
-    post: list[nodes.Op] = []  # after the aggregation
-    index = 0
-    topic = pipeline.source.name
-    key: str | None = pipeline.key
-    key_desc = f"field {pipeline.key!r}" if pipeline.key else "message key"
-    window: nodes.Window | None = None
-    aggregate: nodes.Aggregate | None = None
+    return _PipelinePlanner(pipeline, app_id, app).plan()
 
-    def end(group_by: nodes.GroupBy) -> None:
-        """The segment so far ends in a repartition topic; the next one reads it."""
-        nonlocal index, topic, ops, post, key, key_desc, window, aggregate
-        repartition = f"{app_id}-{pipeline.name}-repartition"
-        if index:
-            repartition += f"-{index + 1}"
-        segments.append(
-            _segment(
-                pipeline,
-                app_id,
-                index,
-                topic,
-                key,
-                tuple(ops),
-                window,
-                aggregate,
-                tuple(post),
-                group_by,
-                repartition,
-                key_desc,
-            )
-        )
-        index += 1
-        topic = repartition
-        ops, post = [], []
-        window = aggregate = None
-        key = None
-        if not group_by.keep_key:
-            by = group_by.by if isinstance(group_by.by, str) else _fn_name(group_by.by)
-            key_desc = f"group_by {by}"
 
-    for op in pipeline.ops:
+class _PipelinePlanner:
+    """One pipeline's segments: a new one at each ``group_by`` (and at a second window, or a
+    join after a window), the other side of a join planned as segments of its own up to its
+    last ``group_by``."""
+
+    def __init__(self, pipeline: nodes.PipelineDecl, app_id: str, app: nodes.AppDecl) -> None:
+        self.pipeline = pipeline
+        self.app_id = app_id
+        self.app = app
+        self.segments: list[Segment] = []
+        self.next_index = 1
+        self.index = 0
+        self.topic = pipeline.source.name
+        self.origin: nodes.TopicDecl = pipeline.source
+        self.first = True
+        self.key: str | None = pipeline.key
+        self.key_desc = f"field {pipeline.key!r}" if pipeline.key else "message key"
+        self.ops: list[nodes.Op] = []  # before the window (all of them without one)
+        self.post: list[nodes.Op] = []  # after the aggregation
+        self.window: nodes.Window | None = None
+        self.aggregate: nodes.Aggregate | None = None
+        self.right: RightSide | None = None
+
+    def plan(self) -> list[Segment]:
+        for op in self.pipeline.ops:
+            self._op(op)
+        self._emit(self.pipeline.sink, None)
+        return self.segments
+
+    def _op(self, op: nodes.Op) -> None:
         if isinstance(op, SEGMENT_OPS):
-            if isinstance(op, nodes.Join) and op.table.name not in app.tables:
+            if isinstance(op, nodes.Join) and op.table.name not in self.app.tables:
                 raise DeclarationError(
                     f"{op.where}: .join() uses table {op.table.name!r} of another app; "
                     "declare it with this app's app.table(...)"
                 )
-            if isinstance(op, nodes.Process) and key is None and index == 0:
+            if isinstance(op, nodes.Process) and self.key is None and self.first:
                 raise DeclarationError(
                     f"{op.where}: .process() keeps state per key and needs one: declare "
                     "app.stream(topic, key=FIELD) or re-key with .group_by(...) first"
                 )
-            (post if aggregate is not None else ops).append(op)
+            (self.post if self.aggregate is not None else self.ops).append(op)
         elif isinstance(op, nodes.GroupBy):
-            end(op)
+            self._end(op)
+        elif isinstance(op, nodes.JoinStream):
+            self._join(op)
         elif isinstance(op, nodes.Window):
-            if aggregate is not None:
+            if self.aggregate is not None:
                 # A second window over the first one's results: the first segment's records
                 # go through a repartition topic keyed as they are, and a new segment
                 # windows them (one window per segment).
-                end(nodes.GroupBy(where=op.where, keep_key=True))
-            if key is None and index == 0:
+                self._end(nodes.GroupBy(where=op.where, keep_key=True))
+            if self.key is None and self.first:
                 raise DeclarationError(
                     f"{op.where}: .window() needs a key to aggregate by: declare "
                     "app.stream(topic, key=FIELD) or re-key with .group_by(...) first"
                 )
-            window = op
+            self.window = op
         elif isinstance(op, nodes.Aggregate):
-            aggregate = op
-    sink = pipeline.sink
-    segments.append(
-        _segment(
-            pipeline,
-            app_id,
-            index,
-            topic,
-            key,
-            tuple(ops),
-            window,
-            aggregate,
-            tuple(post),
-            sink,
-            None,
-            key_desc,
+            self.aggregate = op
+
+    def _join(self, op: nodes.JoinStream) -> None:
+        if self.aggregate is not None or self.right is not None:
+            # One join per segment, before any window: the records so far go through a
+            # repartition topic keyed as they are, and a new segment joins them.
+            self._end(nodes.GroupBy(where=op.where, keep_key=True))
+        if self.key is None and self.first:
+            raise DeclarationError(
+                f"{op.where}: .join_stream() pairs events by key and needs one: declare "
+                "app.stream(topic, key=FIELD) or re-key with .group_by(...) first"
+            )
+        other = op.other
+        assert other is not None
+        topic, origin, first = other.source.name, other.source, True
+        key, ops = other.key, []
+        for side_op in other.ops:
+            if not isinstance(side_op, nodes.GroupBy):
+                ops.append(side_op)
+                continue
+            index = self._new_index()
+            repartition = self._repartition(index)
+            self.segments.append(
+                self._segment(
+                    index,
+                    topic,
+                    origin,
+                    first,
+                    other.timestamp if first else None,
+                    key,
+                    tuple(ops),
+                    None,
+                    None,
+                    (),
+                    side_op,
+                    repartition,
+                    f"field {key!r}" if key else "message key",
+                    repartition_like=self.topic,
+                )
+            )
+            topic, first, key, ops = repartition, False, None, []
+        if key is None and first:
+            raise DeclarationError(
+                f"{op.where}: .join_stream(other): other needs a key: declare "
+                "app.stream(topic, key=FIELD) or re-key it with .group_by(...) first"
+            )
+        self.right = RightSide(
+            input=topic,
+            source=origin if first else None,
+            key=key,
+            timestamp=other.timestamp if first else None,
+            ops=tuple(ops),
+            dlq=origin.dlq_topic,
+            late=f"{origin.name}.late",
+            key_from_message=not first,
+            where=other.where,
         )
-    )
-    return segments
+        self.ops.append(op)
 
+    def _new_index(self) -> int:
+        index = self.next_index
+        self.next_index += 1
+        return index
 
-def _segment(
-    pipeline: nodes.PipelineDecl,
-    app_id: str,
-    index: int,
-    topic: str,
-    key: str | None,
-    ops: tuple[nodes.Op, ...],
-    window: nodes.Window | None,
-    aggregate: nodes.Aggregate | None,
-    post: tuple[nodes.Op, ...],
-    end: nodes.To | nodes.GroupBy,
-    repartition: str | None,
-    key_desc: str,
-) -> Segment:
-    stores = _stores(ops, window, aggregate, post, key_desc)
-    changelog = None
-    if stores:
-        if index == 0 and pipeline.changelog:
-            changelog = pipeline.changelog.replace("{app_id}", app_id)
-            _check_name(pipeline.where, "changelog topic", changelog)
-        else:
-            suffix = "" if index == 0 else f"-{index}"
-            changelog = f"{app_id}-{pipeline.name}{suffix}-changelog"
-    late = None
-    if window is not None:
-        late = window.late_topic or f"{pipeline.source.name}.late"
-    return Segment(
-        pipeline=pipeline.name,
-        index=index,
-        input=topic,
-        source=pipeline.source if index == 0 else None,
-        key=key,
-        timestamp=pipeline.timestamp if index == 0 else None,
-        ops=ops,
-        window=window,
-        aggregate=aggregate,
-        sink=end if isinstance(end, nodes.To) else None,
-        group_by=end if isinstance(end, nodes.GroupBy) else None,
-        repartition=repartition,
-        dlq=pipeline.source.dlq_topic,
-        late=late,
-        changelog=changelog,
-        stores=stores,
-        key_from_message=index > 0,
-        where=pipeline.where,
-        post=post,
-    )
+    def _repartition(self, index: int) -> str:
+        name = f"{self.app_id}-{self.pipeline.name}-repartition"
+        return name if index == 0 else f"{name}-{index + 1}"
+
+    def _end(self, group_by: nodes.GroupBy) -> None:
+        """The segment so far ends in a repartition topic; the next one reads it."""
+        repartition = self._repartition(self.index)
+        self._emit(group_by, repartition)
+        self.index = self._new_index()
+        self.topic = repartition
+        self.first = False
+        self.ops, self.post = [], []
+        self.window = self.aggregate = None
+        self.right = None
+        self.key = None
+        if not group_by.keep_key:
+            by = group_by.by if isinstance(group_by.by, str) else _fn_name(group_by.by)
+            self.key_desc = f"group_by {by}"
+
+    def _emit(self, end: nodes.To | nodes.GroupBy, repartition: str | None) -> None:
+        self.segments.append(
+            self._segment(
+                self.index,
+                self.topic,
+                self.origin,
+                self.first,
+                self.pipeline.timestamp if self.first else None,
+                self.key,
+                tuple(self.ops),
+                self.window,
+                self.aggregate,
+                tuple(self.post),
+                end,
+                repartition,
+                self.key_desc,
+                right=self.right,
+            )
+        )
+
+    def _segment(
+        self,
+        index: int,
+        topic: str,
+        origin: nodes.TopicDecl,
+        first: bool,
+        timestamp: str | None,
+        key: str | None,
+        ops: tuple[nodes.Op, ...],
+        window: nodes.Window | None,
+        aggregate: nodes.Aggregate | None,
+        post: tuple[nodes.Op, ...],
+        end: nodes.To | nodes.GroupBy,
+        repartition: str | None,
+        key_desc: str,
+        *,
+        right: RightSide | None = None,
+        repartition_like: str | None = None,
+    ) -> Segment:
+        pipeline = self.pipeline
+        app_id = self.app_id
+        stores = _stores(ops, window, aggregate, post, key_desc)
+        changelog = None
+        if stores:
+            if index == 0 and pipeline.changelog:
+                changelog = pipeline.changelog.replace("{app_id}", app_id)
+                _check_name(pipeline.where, "changelog topic", changelog)
+            else:
+                suffix = "" if index == 0 else f"-{index}"
+                changelog = f"{app_id}-{pipeline.name}{suffix}-changelog"
+        late = None
+        if window is not None:
+            late = window.late_topic or f"{pipeline.source.name}.late"
+        return Segment(
+            pipeline=pipeline.name,
+            index=index,
+            input=topic,
+            source=origin if first else None,
+            key=key,
+            timestamp=timestamp,
+            ops=ops,
+            window=window,
+            aggregate=aggregate,
+            sink=end if isinstance(end, nodes.To) else None,
+            group_by=end if isinstance(end, nodes.GroupBy) else None,
+            repartition=repartition,
+            dlq=origin.dlq_topic,
+            late=late,
+            changelog=changelog,
+            stores=stores,
+            key_from_message=not first,
+            where=pipeline.where,
+            post=post,
+            right=right,
+            join_late=None if right is None else f"{origin.name}.late",
+            repartition_like=repartition_like,
+        )
 
 
 def _fn_name(fn: Any) -> str:
@@ -364,7 +498,21 @@ def _stores(
     dedupes = 0
     processes = 0
     for op in (*ops, *post):
-        if isinstance(op, nodes.Dedupe):
+        if isinstance(op, nodes.JoinStream):
+            assert op.other is not None
+            fingerprint = _fingerprint(
+                {
+                    "op": "join_stream",
+                    "within_ms": op.within_ms,
+                    "grace_ms": op.grace_ms,
+                    "how": op.how,
+                    "into": op.into,
+                    "other": _describe_side(op.other),
+                    "key": key_desc,
+                }
+            )
+            stores.append(Store(JOIN_TAG, op, fingerprint))
+        elif isinstance(op, nodes.Dedupe):
             tag = b"d" if dedupes == 0 else b"D%d:" % dedupes
             dedupes += 1
             fingerprint = _fingerprint({"op": "dedupe", "field": op.field, "key": key_desc})
@@ -397,6 +545,24 @@ def _stores(
         tag = b"s" if isinstance(window.spec, Session) else b"w"
         stores.append(Store(tag, window, fingerprint))
     return tuple(stores)
+
+
+JOIN_TAG = b"j"
+
+
+def _describe_side(side: nodes.StreamSide) -> dict[str, Any]:
+    """What a join's state depends on of its other side: topic, key, time, operators."""
+    return {
+        "topic": side.source.name,
+        "key": side.key,
+        "timestamp": side.timestamp,
+        "ops": [
+            f"{op.stage}:{_function_id(op.fn) if hasattr(op, 'fn') else ''}"
+            if not isinstance(op, nodes.GroupBy)
+            else f"group_by:{op.by if isinstance(op.by, str) else _function_id(op.by)}"
+            for op in side.ops
+        ],
+    }
 
 
 def _function_id(fn: Any) -> str:
@@ -435,7 +601,16 @@ def _check_unique(app: nodes.AppDecl, segments: list[Segment]) -> None:
         pipelines[pipeline.name] = pipeline.where
     internal: dict[str, str] = {}
     for segment in segments:
-        for topic in (segment.dlq, segment.late, segment.changelog, segment.repartition):
+        right = segment.right
+        for topic in (
+            segment.dlq,
+            segment.late,
+            segment.changelog,
+            segment.repartition,
+            segment.join_late,
+            None if right is None else right.dlq,
+            None if right is None else right.late,
+        ):
             if topic is not None:
                 internal[topic] = segment.pipeline
     for name, where in outputs.items():
@@ -465,16 +640,23 @@ def _topics(segments: list[Segment], app: nodes.AppDecl) -> tuple[PlannedTopic, 
     for segment in segments:
         if segment.source is not None:
             add(PlannedTopic(segment.input, "input"))
+        if segment.right is not None and segment.right.source is not None:
+            add(PlannedTopic(segment.right.input, "input"))
     for segment in segments:
         add(PlannedTopic(segment.dlq, "dlq"))
         if segment.late is not None:
             add(PlannedTopic(segment.late, "late"))
+        if segment.join_late is not None:
+            add(PlannedTopic(segment.join_late, "late"))
+        if segment.right is not None:
+            add(PlannedTopic(segment.right.dlq, "dlq"))
+            add(PlannedTopic(segment.right.late, "late"))
         if segment.repartition is not None:
             add(
                 PlannedTopic(
                     segment.repartition,
                     "repartition",
-                    partitions_like=segment.input,
+                    partitions_like=segment.repartition_like or segment.input,
                     configs=dict(REPARTITION_CONFIGS),
                 )
             )

@@ -339,9 +339,11 @@ class Engine:
         self.derived_duplicates = 0
         self.timers_fired = 0
         self.late: list[int] = []
+        self.late_join: list[int] = []
         self.counts = {"accepted": 0, "filtered": 0, "join_misses": 0}
         self.duplicates: list[int] = []
         self.seen = 0
+        self.index_of: dict[int, int] = {}  # record offset -> index over all batches
 
     def _new(self) -> SegmentTask:
         task = SegmentTask(self.compiled, idle_timeout_ms=7, tables={"products": TABLE})
@@ -354,12 +356,26 @@ class Engine:
         else:
             records = list(item.records)
             values = [orjson.loads(r.value) for r in records]
+            self._index(records)
             outcome = drive(self.task.process(records, range(len(values)), values, item.now_ms))
             self._take(outcome, self.seen)
             self.seen += len(records)
             if records:
                 self.task.note_position(records[-1].offset + 1)
+            right = list(item.right)
+            if right:  # a join's second input in the same fetch
+                self._index(right)
+                values = [orjson.loads(r.value) for r in right]
+                outcome = self.task.process_right(right, range(len(values)), values, item.now_ms)
+                self._take(outcome, self.seen)
+                self.seen += len(right)
+            if self.task.join is not None:
+                self._take(drive(self.task.drain_join(item.now_ms)), 0)
         self.changelog.extend(self.task.drain_changelog())
+
+    def _index(self, records: list[Any]) -> None:
+        for n, record in enumerate(records):
+            self.index_of[record.offset] = self.seen + n
 
     def _take(self, outcome: Outcome, base: int) -> None:
         for key, value, ts in outcome.outputs:
@@ -372,8 +388,10 @@ class Engine:
                 self.dead[base + index] = (stage, where)
             else:
                 key, value = outcome.origins[-1 - index]
-                self.derived.append((key, orjson.loads(value), stage, where))
+                made = value() if callable(value) else value
+                self.derived.append((key, orjson.loads(made), stage, where))
         self.late.extend(base + index for index in outcome.late)
+        self.late_join.extend(self.index_of[offset] for _, _, offset, _, _ in outcome.late_raw)
         self.late_derived.extend(outcome.late_derived)
         self.duplicates.extend(base + index for index in outcome.duplicates if index >= 0)
         self.derived_duplicates += sum(1 for index in outcome.duplicates if index < 0)
@@ -413,6 +431,7 @@ def _check(segment: Segment, items: list[Batch | Tick], engine: Engine) -> None:
     assert engine.derived_duplicates == expected.derived_duplicates
     assert engine.timers_fired == expected.timers_fired
     assert engine.late == expected.late
+    assert engine.late_join == expected.late_join
     assert sorted(engine.duplicates) == sorted(expected.duplicates)  # stages reorder them
     assert engine.counts["accepted"] == expected.accepted
     assert engine.counts["filtered"] == expected.filtered
