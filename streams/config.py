@@ -195,6 +195,7 @@ class Settings:
     session_timeout_ms: int = 10_000
     metadata_refresh_ms: int = 30_000
     commit_interval_ms: int = 1_000
+    join_wait_ms: int = 1_000
     # How often repartition records below the committed offsets are deleted; -1: never.
     repartition_purge_interval_ms: int = 30_000
     store: str = "memory"
@@ -236,6 +237,7 @@ class Settings:
             session_timeout_ms=_int(env, "STREAMS_SESSION_TIMEOUT_MS", 10_000, minimum=6_000),
             metadata_refresh_ms=_int(env, "STREAMS_METADATA_REFRESH_MS", 30_000, minimum=1_000),
             commit_interval_ms=_int(env, "STREAMS_COMMIT_INTERVAL_MS", 1_000),
+            join_wait_ms=_int(env, "STREAMS_JOIN_WAIT_MS", 1_000),
             repartition_purge_interval_ms=_int(
                 env, "STREAMS_REPARTITION_PURGE_INTERVAL_MS", 30_000, minimum=-1
             ),

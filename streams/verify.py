@@ -181,31 +181,37 @@ async def _verify_segment(
         if report.purged:
             return report
     inputs = await reader.read(segment.input)
+    right = await reader.read(segment.right.input) if segment.right is not None else {}
     expected_outputs: list[tuple[bytes | None, Any, int | None]] = []
     expected_dead: set[tuple[Any, ...]] = set()
     expected_late: set[tuple[Any, ...]] = set()
     process_times = await _process_times(reader, segment)
+    join_times = await _join_times(reader, segment)
     for partition, records in inputs.items():
+        # A join's second input in the same fetch: taken in event-time order with the first.
+        seconds = right.get(partition, [])
         result = await asyncio.to_thread(
             interpret,
             segment,
-            [Batch(0, records)],
+            [Batch(0, records, seconds)],
             tables=tables,
             idle_timeout_ms=idle_timeout_ms,
             max_message_bytes=max_bytes,
             process_times=process_times.get(partition),
+            join_time=join_times.get(partition),
         )
-        report.input_messages += len(records)
+        report.input_messages += len(records) + len(seconds)
         report.expected_duplicates += len(result.duplicates)
         expected_outputs.extend(result.outputs)
+        where = _Sources(segment, records, seconds)
         for index, (stage, _, _) in result.dead.items():
             if stage == "validate":
                 report.invalid += 1
-            expected_dead.add((partition, records[index].offset, stage))
+            expected_dead.add((*where.of(index, partition), stage))
         for key, value, stage, _ in result.derived:
             expected_dead.add(_derived(partition, stage, key, value))
-        for index in result.late:
-            expected_late.add((partition, records[index].offset))
+        for index in (*result.late, *result.late_join):
+            expected_late.add(where.of(index, partition))
         for late_key, late_value in result.late_derived:
             raw_key = None if late_key is None else late_key.encode()
             expected_late.add((partition, raw_key, _canonical(late_value)))
@@ -218,9 +224,36 @@ async def _verify_segment(
     else:
         _compare_records(report, expected_outputs, actual)
     await _compare_dead(report, reader, segment, expected_dead)
-    if segment.late is not None:
+    if _late_topics(segment):
         await _compare_late(report, reader, segment, expected_late)
     return report
+
+
+class _Sources:
+    """Where the interpreter's record ``index`` of one partition came from: the first input's
+    records, then a join's second input's."""
+
+    def __init__(self, segment: Segment, records: list[Any], seconds: list[Any]) -> None:
+        self.segment = segment
+        self.records = records
+        self.seconds = seconds
+
+    def of(self, index: int, partition: int) -> tuple[str, int, int]:
+        if index < len(self.records):
+            return (self.segment.input, partition, self.records[index].offset)
+        assert self.segment.right is not None
+        return (self.segment.right.input, partition, self.seconds[index - len(self.records)].offset)
+
+
+def _late_topics(segment: Segment) -> list[str]:
+    right = segment.right
+    topics = [segment.late, segment.join_late, None if right is None else right.late]
+    return list(dict.fromkeys(t for t in topics if t is not None))
+
+
+def _dlq_topics(segment: Segment) -> list[str]:
+    right = segment.right
+    return list(dict.fromkeys([segment.dlq] + ([] if right is None else [right.dlq])))
 
 
 def _compare_finals(
@@ -330,6 +363,21 @@ async def _process_times(reader: _Reader, segment: Segment) -> dict[int, dict[in
     return times
 
 
+async def _join_times(reader: _Reader, segment: Segment) -> dict[int, int]:
+    """Where the workers left a join's stream time, per partition (its changelog's last
+    ``jt`` record): their idle advance emitted the left events nothing joined up to there."""
+    if segment.changelog is None or segment.join is None:
+        return {}
+    times: dict[int, int] = {}
+    for partition, records in (await _read_optional(reader, segment.changelog)).items():
+        for record in records:
+            if record.key == b"jt" and record.value is not None:
+                stream_time = orjson.loads(record.value)[0]
+                if stream_time is not None:
+                    times[partition] = stream_time
+    return times
+
+
 def _has_user_functions(segment: Segment) -> bool:
     return any(
         isinstance(op, nodes.Filter | nodes.Map | nodes.FlatMap | nodes.MapBatch | nodes.Process)
@@ -352,17 +400,23 @@ async def _compare_dead(
     """This segment's dead letters: validation ones of its input (once per topic, whoever
     reads it) and its own operators' (named by ``error.pipeline``), those of no input record
     (a window's failed result) by their key and value."""
-    records = await _read_optional(reader, segment.dlq)
+    letters = [
+        letter
+        for topic in _dlq_topics(segment)
+        for rs in (await _read_optional(reader, topic)).values()
+        for letter in rs
+    ]
     seen: Counter[tuple[Any, ...]] = Counter()
     total = 0
-    for letter in (r for rs in records.values() for r in rs):
+    for letter in letters:
         headers = header_map(letter.headers)
         stage = headers.get("error.stage", "")
         if stage == _PRODUCE:
             if headers.get("error.pipeline") == segment.name:
                 report.poison += 1
             continue
-        if headers.get("source.topic") != segment.input:
+        source = headers.get("source.topic")
+        if source not in segment.inputs:
             continue
         pipeline = headers.get("error.pipeline")
         if pipeline is not None and pipeline != segment.name:
@@ -377,7 +431,12 @@ async def _compare_dead(
             seen[where] += 1
             continue
         try:
-            where = (int(headers["source.partition"]), int(headers["source.offset"]), stage)
+            where = (
+                source,
+                int(headers["source.partition"]),
+                int(headers["source.offset"]),
+                stage,
+            )
         except (KeyError, ValueError):
             continue
         total += 1
@@ -389,13 +448,18 @@ async def _compare_dead(
 async def _compare_late(
     report: VerifyReport, reader: _Reader, segment: Segment, expected: set[tuple[Any, ...]]
 ) -> None:
-    assert segment.late is not None
-    records = await _read_optional(reader, segment.late)
+    records = [
+        record
+        for topic in _late_topics(segment)
+        for rs in (await _read_optional(reader, topic)).values()
+        for record in rs
+    ]
     seen: Counter[tuple[Any, ...]] = Counter()
     total = 0
-    for record in (r for rs in records.values() for r in rs):
+    for record in records:
         headers = header_map(record.headers)
-        if headers.get("source.topic") != segment.input:
+        source = headers.get("source.topic")
+        if source not in segment.inputs:
             continue
         try:
             if "source.offset" not in headers:  # an event no input record made (a timer's)
@@ -403,7 +467,7 @@ async def _compare_late(
                 seen[(int(headers["source.partition"]), record.key, value)] += 1
                 total += 1
                 continue
-            seen[(int(headers["source.partition"]), int(headers["source.offset"]))] += 1
+            seen[(source, int(headers["source.partition"]), int(headers["source.offset"]))] += 1
         except (KeyError, ValueError):
             continue
         total += 1

@@ -211,14 +211,16 @@ def interpret(
     max_message_bytes: int = 1_048_576,
     flush: bool = True,
     process_times: Mapping[int, int] | None = None,
+    join_time: int | None = None,
 ) -> Interpretation:
     """Run ``segment`` over one partition's batches; with ``flush``, close every window
     still open at the end (as if stream time had passed them all). ``process_times`` moves
     the stream time of the segment's ``.process`` number ``n`` (0, 1, ...) to where a worker
     left it at the end (its idle advance fires timers: the audit reads it from the
-    changelog)."""
+    changelog); ``join_time`` does the same for a join's stream time (its idle advance
+    emits the left events nothing joined)."""
     return _Interpreter(segment, tables or {}, idle_timeout_ms, max_message_bytes).run(
-        batches, flush, process_times or {}
+        batches, flush, process_times or {}, join_time
     )
 
 
@@ -293,7 +295,11 @@ class _Interpreter:
     # -- driving -------------------------------------------------------------------------
 
     def run(
-        self, batches: Sequence[Batch | Tick], flush: bool, process_times: Mapping[int, int]
+        self,
+        batches: Sequence[Batch | Tick],
+        flush: bool,
+        process_times: Mapping[int, int],
+        join_time: int | None = None,
     ) -> Interpretation:
         for batch in batches:
             if isinstance(batch, Tick):
@@ -311,6 +317,14 @@ class _Interpreter:
         # The end, in the chain's order: the processes before the window move to where the
         # workers left them, the windows close, then the processes after them.
         ends = dict(enumerate(self.processes.items()))
+        join = self.join
+        if (
+            join is not None
+            and join_time is not None
+            and (join.stream_time is None or join_time > join.stream_time)
+        ):
+            join.stream_time = join_time
+            self._expire_join(join)
         for n, (position, model) in ends.items():
             if self.post is None or position < self.post:
                 self._move_to(position, model, process_times.get(n))

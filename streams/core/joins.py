@@ -19,7 +19,9 @@ found a partner is then emitted once with ``value[into] = None`` (``how="left"``
 Values are kept as their JSON bytes, so a value a downstream operator changes in place can
 never change the buffers, and a pair's value is two fresh decodes. Changelog records:
 ``j<side>:<ts>:<seq>:<key>`` -> ``[matched, value]`` per buffered event (a tombstone once
-dropped), ``jq:<side>`` -> the pending queue, ``jt`` -> ``[stream time, at last activity]``.
+dropped); ``jq<side>:<offset>:<n>`` -> a pending event (written only if it is still pending
+when the changelog is drained, a tombstone once taken); ``jt`` -> ``[stream time, at last
+activity]``.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ SIDES = (b"l", b"r")
 _loads = orjson.loads
 _TIME = operator.itemgetter(0)
 
-# An event waiting in a pending queue: (event time, key, value as JSON bytes, and the
-# record it came from: offset, raw key, raw value, for the late topic).
-Pending = tuple[int, str, bytes, int, bytes | None, bytes | None]
+# An event waiting in a pending queue: (event time, key, value as JSON bytes, the record it
+# came from: offset, raw key, raw value (for the late topic), and its number among the events
+# of that record (a flat_map may make several)).
+Pending = tuple[int, str, bytes, int, bytes | None, bytes | None, int]
 
 
 class JoinState:
@@ -67,13 +70,16 @@ class JoinState:
         self.buffers: tuple[dict[str, list[list[Any]]], dict[str, list[list[Any]]]] = ({}, {})
         self.expiry: list[tuple[int, int, int, str]] = []  # (ts, seq, side, key)
         self.seq = 0
+        self.restored_pending: dict[tuple[int, int, int], Pending] = {}
         self.stream_time = NO_TIME
         self.at_last_activity = NO_TIME
         self.blocked_since: int | None = None
         self.held = 0  # events buffered
-        # Since the last drain: buffered events changed (None: dropped), queues changed.
+        # Since the last drain: buffered events changed (None: dropped); pending events
+        # arrived (the event) or taken (None), and those written to the changelog.
         self.changes: dict[tuple[int, int, int, str], list[Any] | None] = {}
-        self.queues_changed = [False, False]
+        self.pending_changes: dict[tuple[int, int, int], Pending | None] = {}
+        self.logged: set[tuple[int, int, int]] = set()
 
     # -- arriving ------------------------------------------------------------------------
 
@@ -81,7 +87,9 @@ class JoinState:
         """A side's events, in offset order, to take when the other side allows."""
         if events:
             self.pending[side].extend(events)
-            self.queues_changed[side] = True
+            changes = self.pending_changes
+            for event in events:
+                changes[(side, event[3], event[6])] = event
 
     def drain(
         self, out: Outcome, now_ms: int, waiting: tuple[bool, bool], wait_ms: int
@@ -103,9 +111,13 @@ class JoinState:
                     if now_ms - self.blocked_since < wait_ms:
                         blocked = True
                         break
-            queue = self.pending[side]
-            self.queues_changed[side] = True
-            self._take(side, queue.popleft(), emitted, out)
+            event = self.pending[side].popleft()
+            ident = (side, event[3], event[6])
+            if ident in self.logged:
+                self.pending_changes[ident] = None  # its record becomes a tombstone
+            else:
+                self.pending_changes.pop(ident, None)  # never written: nothing to undo
+            self._take(side, event, emitted, out)
         if not blocked:
             self.blocked_since = None
         return emitted
@@ -113,7 +125,7 @@ class JoinState:
     # -- one event -----------------------------------------------------------------------
 
     def _take(self, side: int, event: Pending, emitted: list[Item], out: Outcome) -> None:
-        ts, key, value, offset, raw_key, raw_value = event
+        ts, key, value, offset, raw_key, raw_value, _ = event
         st = self.stream_time
         if ts + self.grace < st:
             out.late_raw.append((self.late_topics[side], side, offset, raw_key, raw_value))
@@ -194,11 +206,17 @@ class JoinState:
             else:
                 records.append((name, b"[%b,%b]" % (b"true" if entry[3] else b"false", entry[2])))
         self.changes = {}
-        for side in (LEFT, RIGHT):
-            if self.queues_changed[side]:
-                self.queues_changed[side] = False
-                queue = self.pending[side]
-                records.append((b"jq:" + SIDES[side], _encode_queue(queue) if queue else None))
+        logged = self.logged
+        for ident, event in self.pending_changes.items():
+            side, offset, n = ident
+            name = b"jq%b:%d:%d" % (SIDES[side], offset, n)
+            if event is None:
+                logged.discard(ident)
+                records.append((name, None))
+            else:
+                logged.add(ident)
+                records.append((name, _encode_pending(event)))
+        self.pending_changes = {}
         times = [
             None if self.stream_time == NO_TIME else self.stream_time,
             None if self.at_last_activity == NO_TIME else self.at_last_activity,
@@ -212,11 +230,14 @@ class JoinState:
             self.stream_time = NO_TIME if stream_time is None else stream_time
             self.at_last_activity = NO_TIME if at_last is None else at_last
             return
-        if key.startswith(b"jq:"):
-            side = SIDES.index(key[3:])
-            self.pending[side].clear()
-            if value is not None:
-                self.pending[side].extend(_decode_queue(value))
+        if key.startswith(b"jq"):
+            side = SIDES.index(key[2:3])
+            offset_text, n_text = key[4:].split(b":")
+            ident = (side, int(offset_text), int(n_text))
+            if value is None:
+                self.restored_pending.pop(ident, None)
+            else:
+                self.restored_pending[ident] = _decode_pending(value)
             return
         side = SIDES.index(key[1:2])
         ts_text, seq_text, raw = key[3:].split(b":", 2)
@@ -234,7 +255,12 @@ class JoinState:
         self.seq = max(self.seq, seq + 1)
 
     def finish_restore(self) -> None:
-        """After the last record: buffers in order, the expiry queue, the count."""
+        """After the last record: pending queues in offset order, buffers in order, the
+        expiry queue, the count."""
+        for (side, _, _), event in sorted(self.restored_pending.items()):
+            self.pending[side].append(event)
+        self.logged = set(self.restored_pending)
+        self.restored_pending = {}
         expiry: list[tuple[int, int, int, str]] = []
         held = 0
         for side, buffers in enumerate(self.buffers):
@@ -246,7 +272,7 @@ class JoinState:
         self.expiry = expiry
         self.held = held
         self.changes = {}
-        self.queues_changed = [False, False]
+        self.pending_changes = {}
 
 
 def _joined_bytes(left: bytes, right: bytes, into: str) -> Any:
@@ -268,17 +294,13 @@ def _unb64(text: str | None) -> bytes | None:
     return None if text is None else base64.b64decode(text)
 
 
-def _encode_queue(queue: deque[Pending]) -> bytes:
+def _encode_pending(event: Pending) -> bytes:
+    ts, key, value, offset, raw_key, raw_value, n = event
     return orjson.dumps(
-        [
-            [ts, key, orjson.Fragment(value), offset, _b64(raw_key), _b64(raw_value)]
-            for ts, key, value, offset, raw_key, raw_value in queue
-        ]
+        [ts, key, orjson.Fragment(value), offset, _b64(raw_key), _b64(raw_value), n]
     )
 
 
-def _decode_queue(value: bytes) -> list[Pending]:
-    return [
-        (ts, key, orjson.dumps(held), offset, _unb64(raw_key), _unb64(raw_value))
-        for ts, key, held, offset, raw_key, raw_value in _loads(value)
-    ]
+def _decode_pending(value: bytes) -> Pending:
+    ts, key, held, offset, raw_key, raw_value, n = _loads(value)
+    return (ts, key, orjson.dumps(held), offset, _unb64(raw_key), _unb64(raw_value), n)

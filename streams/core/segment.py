@@ -318,6 +318,7 @@ class SegmentTask:
         assert join is not None
         pending = []
         site = self._join_site
+        made: dict[int, int] = {}  # events made of each record so far (a flat_map's)
         for i, v, k, t in items:
             try:
                 value = dumps(v)
@@ -325,7 +326,9 @@ class SegmentTask:
                 site.bad(out.dead, i, f"value is not JSON-serialisable ({reason(exc)})")
                 continue
             record = records[i]
-            pending.append((t, k, value, record.offset, record.key, record.value))
+            n = made.get(i, 0)
+            made[i] = n + 1
+            pending.append((t, k, value, record.offset, record.key, record.value, n))
         join.arrive(side, pending)
 
     def drain_join(

@@ -167,6 +167,10 @@ class Collector:
         segment = task.segment
         name = segment.name
         metrics = self.metrics
+        dlq = segment.dlq
+        right = segment.right
+        if right is not None and tp.topic == right.input:  # a join's second input's records
+            dlq = right.dlq
         if outcome.outputs:
             self._outputs(sender, segment.output, tp.partition, outcome.outputs, wall)
             metrics.emitted.labels(name).inc(len(outcome.outputs))
@@ -181,7 +185,7 @@ class Collector:
                 for index, (stage, reason, where) in sorted(outcome.dead.items())
                 if index >= 0
             ]
-            self.dead_letters(sender, segment.dlq, tp, records, failures, wall, name)
+            self.dead_letters(sender, dlq, tp, records, failures, wall, name)
             derived = [
                 (*_origin(outcome.origins[-1 - index]), stage, reason, where)
                 for index, (stage, reason, where) in sorted(outcome.dead.items(), reverse=True)
@@ -209,6 +213,8 @@ class Collector:
             self.stats.late += len(outcome.late)
         if outcome.late_derived:
             self._late_derived(sender, segment, tp, outcome.late_derived)
+        if outcome.late_raw:
+            self._late_joined(sender, segment, tp, outcome.late_raw)
         if outcome.timers_fired:
             metrics.timers_fired.labels(name).inc(outcome.timers_fired)
         if outcome.duplicates:
@@ -225,6 +231,31 @@ class Collector:
             metrics.enrich_misses.labels(name).inc(outcome.enrich_misses)
             for seconds in outcome.enrich_seconds:
                 metrics.enrich_seconds.labels(name).observe(seconds)
+
+    def _late_joined(
+        self,
+        sender: Sink,
+        segment: Any,
+        tp: TopicPartition,
+        late: list[tuple[str, int, int, bytes | None, bytes | None]],
+    ) -> None:
+        """Records late for a join, unchanged, to their input's late topic (once each, even
+        when a flat_map of their side made several events of one)."""
+        inputs = segment.inputs
+        done: set[tuple[int, int]] = set()
+        for topic, side, offset, key, value in late:
+            if (side, offset) in done:
+                continue
+            done.add((side, offset))
+            headers = [
+                (HEADER_TOPIC, inputs[side].encode()),
+                (HEADER_PARTITION, str(tp.partition).encode()),
+                (HEADER_OFFSET, str(offset).encode()),
+            ]
+            sender.append(topic, tp.partition % self.partitions[topic], key, value, headers=headers)
+            self.metrics.produced.labels(topic).inc()
+        self.metrics.late.labels(segment.name).inc(len(done))
+        self.stats.late += len(done)
 
     def _late_derived(
         self, sender: Sink, segment: Any, tp: TopicPartition, late: list[tuple[str | None, Any]]

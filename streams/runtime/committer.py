@@ -70,24 +70,37 @@ class Backpressure:
             self._metrics.paused.set(0)
 
 
-class Batch:
-    """One batch's records, per input partition: ``senders(tp)`` gives its outputs' and its
-    changelog records' senders (the same one under exactly_once: one transaction)."""
+def alone(tp: TopicPartition) -> TopicPartition:
+    """An input partition that is a task of its own (its task is named after it)."""
+    return tp
 
-    def __init__(self, make: Callable[[TopicPartition], tuple[BatchSender, BatchSender]]) -> None:
+
+class Batch:
+    """One batch's records, per task: ``senders(tp)`` gives the outputs' and the changelog
+    records' senders of the task of input partition ``tp`` (the same one under exactly_once:
+    one transaction). A task is one input partition, or partition ``p`` of the topics a join
+    reads together, named after the first (``task_of``)."""
+
+    def __init__(
+        self,
+        make: Callable[[TopicPartition], tuple[BatchSender, BatchSender]],
+        task_of: Callable[[TopicPartition], TopicPartition] = alone,
+    ) -> None:
         self._make = make
+        self.task_of = task_of
         self.by_tp: dict[TopicPartition, tuple[BatchSender, BatchSender]] = {}
 
     def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
-        """``tp``'s outputs and changelog senders in this batch."""
-        pair = self.by_tp.get(tp)
+        """``tp``'s task's outputs and changelog senders in this batch."""
+        task = self.task_of(tp)
+        pair = self.by_tp.get(task)
         if pair is None:
-            pair = self.by_tp[tp] = self._make(tp)
+            pair = self.by_tp[task] = self._make(task)
         return pair
 
     def has_records(self, tp: TopicPartition) -> bool:
-        """True when ``tp`` appended anything to this batch."""
-        pair = self.by_tp.get(tp)
+        """True when ``tp``'s task appended anything to this batch."""
+        pair = self.by_tp.get(self.task_of(tp))
         return pair is not None and bool(pair[0].records or pair[1].records)
 
 
@@ -102,12 +115,14 @@ class _Committer:
         metrics: WorkerMetrics,
         limits: dict[str, int],
         on_committed: Callable[[Mapping[TopicPartition, int]], None],
+        task_of: Callable[[TopicPartition], TopicPartition] = alone,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
         self.metrics = metrics
         self.limits = limits
         self.on_committed = on_committed
+        self.task_of = task_of
         self._backpressure = Backpressure(consumer, metrics)
         # The last flush the broker refused for good (the worker learns poison from it).
         self.refused: Refused | None = None
@@ -131,7 +146,7 @@ class AtLeastOnce(_Committer):
         assert producer is not None
         outputs = BatchSender(producer, limits=self.limits)
         changelog = BatchSender(producer, limits=self.limits, retain=True)
-        return Batch(lambda tp: (outputs, changelog))
+        return Batch(lambda tp: (outputs, changelog), self.task_of)
 
     async def open(self, tps: set[TopicPartition]) -> None:
         """Nothing to do per partition."""
@@ -233,8 +248,11 @@ class ExactlyOnce(_Committer):
         metrics: WorkerMetrics,
         limits: dict[str, int],
         on_committed: Callable[[Mapping[TopicPartition, int]], None],
+        task_of: Callable[[TopicPartition], TopicPartition] = alone,
     ) -> None:
-        super().__init__(settings, consumer, metrics, limits, on_committed)
+        super().__init__(settings, consumer, metrics, limits, on_committed, task_of)
+        # One producer per task (an input partition; a join's partition pair), named after
+        # the task: the transaction of a join holds both inputs' offsets.
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         # A partition's producer whose transaction failed, until the partition is opened
         # again. The worker goes on processing its next fetch while a commit runs, so it
@@ -252,9 +270,9 @@ class ExactlyOnce(_Committer):
         return f"{self.settings.app_id}-{tp.topic}-{tp.partition}"
 
     async def open(self, tps: set[TopicPartition]) -> None:
-        """Start the partitions' producers: fences previous owners, aborts their open
+        """Start the partitions' tasks' producers: fences previous owners, aborts their open
         transactions (so the changelog's last stable offset moves and restores finish)."""
-        for tp in tps:
+        for tp in sorted({self.task_of(tp) for tp in tps}):
             self._voided.pop(tp, None)
             old = self.producers.pop(tp, None)
             if old is not None:
@@ -268,8 +286,8 @@ class ExactlyOnce(_Committer):
             self.producers[tp] = producer
 
     async def close(self, tps: Iterable[TopicPartition]) -> None:
-        """Stop the partitions' producers."""
-        for tp in tps:
+        """Stop the partitions' tasks' producers."""
+        for tp in {self.task_of(tp) for tp in tps}:
             self._voided.pop(tp, None)
             producer = self.producers.pop(tp, None)
             if producer is not None:
@@ -285,26 +303,34 @@ class ExactlyOnce(_Committer):
             sender = BatchSender(producer, limits=self.limits)
             return sender, sender
 
-        return Batch(make)
+        return Batch(make, self.task_of)
 
     async def commit(
         self, batch: Batch, offsets: dict[TopicPartition, int], stopping: Callable[[], bool]
     ) -> set[TopicPartition]:
-        """One transaction per partition with records or offsets; returns the partitions
-        whose transaction failed (aborted: to rebuild and replay)."""
-        wanted = {tp for tp in batch.by_tp if batch.has_records(tp)} | set(offsets)
-        # A partition whose producer a rebalance closed meanwhile: its next owner replays it.
-        gone = {tp for tp in wanted if tp not in self.producers}
-        parts = [tp for tp in wanted if tp not in gone]
+        """One transaction per task with records or offsets; returns the partitions whose
+        transaction failed (aborted: to rebuild and replay)."""
+        task_of = self.task_of
+        by_task: dict[TopicPartition, dict[TopicPartition, int]] = {
+            task: {} for task in batch.by_tp if batch.has_records(task)
+        }
+        for tp, offset in offsets.items():
+            by_task.setdefault(task_of(tp), {})[tp] = offset
+        # A task whose producer a rebalance closed meanwhile: its next owner replays it.
+        gone = {task for task in by_task if task not in self.producers}
+        tasks = [task for task in by_task if task not in gone]
         results = await asyncio.gather(
-            *(self._commit(tp, batch.senders(tp)[0], offsets.get(tp)) for tp in parts)
+            *(self._commit(task, batch.senders(task)[0], by_task[task]) for task in tasks)
         )
-        return gone | {tp for tp, ok in zip(parts, results, strict=True) if not ok}
+        failed = gone | {task for task, ok in zip(tasks, results, strict=True) if not ok}
+        return failed | {tp for task in failed for tp in by_task[task]}
 
-    async def _commit(self, tp: TopicPartition, sender: BatchSender, offset: int | None) -> bool:
+    async def _commit(
+        self, tp: TopicPartition, sender: BatchSender, offsets: dict[TopicPartition, int]
+    ) -> bool:
         producer = self.producers[tp]
         try:
-            await asyncio.wait_for(self._transaction(tp, producer, sender, offset), TXN_TIMEOUT_S)
+            await asyncio.wait_for(self._transaction(producer, sender, offsets), TXN_TIMEOUT_S)
         except Exception as exc:
             if isinstance(exc, Refused):
                 self.refused = exc
@@ -331,23 +357,22 @@ class ExactlyOnce(_Committer):
             return False
         self.metrics.transactions.labels("committed").inc()
         self.metrics.commits.inc()
-        if offset is not None:
-            self.on_committed({tp: offset})
+        if offsets:
+            self.on_committed(offsets)
         return True
 
     async def _transaction(
         self,
-        tp: TopicPartition,
         producer: AIOKafkaProducer,
         sender: BatchSender,
-        offset: int | None,
+        offsets: dict[TopicPartition, int],
     ) -> None:
         await producer.begin_transaction()
         # A refused batch raises before the commit: the transaction is abandoned (the next
         # producer of the transactional id aborts it), never committed with a hole in it.
         await self._backpressure.wait(sender.flush())
-        if offset is not None:
-            await producer.send_offsets_to_transaction({tp: offset}, self.settings.app_id)
+        if offsets:
+            await producer.send_offsets_to_transaction(offsets, self.settings.app_id)
         await producer.commit_transaction()
 
     def clients(self) -> list[AIOKafkaProducer]:

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from streams.core.compile import Compiled, compile_segment
+from streams.core.compile import NONE, Compiled, compile_segment
 from streams.core.decode import TopicDecoder
 from streams.runtime.calls import drive
 from streams.runtime.collector import Collector, Sink
@@ -31,16 +31,28 @@ def compile_plan(
     ``spilled`` compiles stateful segments for a key-value store (STREAMS_STORE=rocksdb)."""
     decoders: dict[str, TopicDecoder] = {}
     compiled: dict[str, list[Compiled]] = {}
-    for segment in plan.segments:
-        decoder = decoders.get(segment.input)
+
+    def decoder_of(topic: str, source: Any) -> TopicDecoder:
+        decoder = decoders.get(topic)
         if decoder is None:
-            schema = segment.source.schema if segment.source is not None else None
-            decoder = decoders[segment.input] = TopicDecoder(
-                segment.input, schema, max_message_bytes
-            )
-        compiled.setdefault(segment.input, []).append(
-            compile_segment(segment, decoder.guarantees, spilled=spilled and bool(segment.stores))
+            schema = source.schema if source is not None else None
+            decoder = decoders[topic] = TopicDecoder(topic, schema, max_message_bytes)
+        return decoder
+
+    for segment in plan.segments:
+        decoder = decoder_of(segment.input, segment.source)
+        right = segment.right
+        right_guarantees = (
+            NONE if right is None else decoder_of(right.input, right.source).guarantees
         )
+        done = compile_segment(
+            segment,
+            decoder.guarantees,
+            spilled=spilled and bool(segment.stores),
+            right_guarantees=right_guarantees,
+        )
+        for topic in segment.inputs:  # a join's task runs under both of its topics
+            compiled.setdefault(topic, []).append(done)
     return decoders, compiled
 
 
@@ -73,10 +85,14 @@ async def run_partition(
         for n, segment in enumerate(task.segments):
             if n:  # each pipeline gets values of its own (user functions may change them)
                 _, vals, _ = decoder.decode(values)
-            seg_idxs, seg_vals = _from_position(segment.position, chunk, idxs, vals)
+            seg_idxs, seg_vals = _from_position(segment.position_of(tp.topic), chunk, idxs, vals)
             if seg_idxs is None:
                 continue
-            outcome = await drive(segment.process(chunk, seg_idxs, seg_vals, wall))
+            right = segment.segment.right
+            if right is not None and right.input == tp.topic:  # a join's second input
+                outcome = segment.process_right(chunk, seg_idxs, seg_vals, wall)
+            else:
+                outcome = await drive(segment.process(chunk, seg_idxs, seg_vals, wall))
             collector.outcome(outputs, segment, tp, chunk, outcome, wall)
         # Let the event loop run between chunks: the previous batch's commit (its sends and
         # acknowledgements) progresses while this one is processed.
@@ -89,7 +105,7 @@ def drain_partition(task: PartitionTask, end: int, collector: Collector, changel
     """The state of ``task`` stands at input offset ``end``: its segments' changelog records
     since the last drain (ending with that position) to ``changelog``."""
     for segment in task.segments:
-        segment.note_position(end)
+        segment.note_position(end, task.tp.topic)
         collector.changelog(changelog, segment, task.tp.partition)
 
 

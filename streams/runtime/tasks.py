@@ -73,7 +73,7 @@ class PartitionTask:
         """Where to fetch from: the committed offset, or further if every stateful segment's
         state already stands there (it was written with outputs acknowledged, or in the same
         transaction as them; the group's offset can lag behind, KIP-447)."""
-        positions = [s.position for s in self.segments if s.stateful]
+        positions = [s.position_of(self.tp.topic) for s in self.segments if s.stateful]
         if (
             positions
             and all(p is not None for p in positions)
@@ -117,6 +117,8 @@ class TaskManager:
         )
         # One cache per enrich step per process, shared by the partitions' tasks.
         self._caches: dict[str, dict[int, TtlCache]] = {}
+        # Tasks made for the adoption under way, while it makes them (joins share).
+        self._building: dict[TopicPartition, PartitionTask] = {}
         self._attempt = 0
         self._retry_at = 0.0
         self.kept = 0
@@ -134,6 +136,11 @@ class TaskManager:
         segments = []
         for compiled in self.compiled[tp.topic]:
             name = compiled.segment.name
+            if compiled.segment.right is not None:
+                shared = self._join_task(compiled, tp)
+                if shared is not None:  # the partner topic's task made it: one state
+                    segments.append(shared)
+                    continue
             caches = self._caches.setdefault(name, {})
             store = None
             if compiled.spilled:
@@ -148,6 +155,23 @@ class TaskManager:
                 )
             )
         return PartitionTask(tp, self.decoders[tp.topic], segments)
+
+    def _join_task(self, compiled: Compiled, tp: TopicPartition) -> SegmentTask | None:
+        """The join's segment task of partition ``tp.partition`` if the task of its other
+        input topic has it (adopted, being adopted, or set aside): a join's two inputs share
+        one state."""
+        segment = compiled.segment
+        for topic in segment.inputs:
+            if topic == tp.topic:
+                continue
+            other = TopicPartition(topic, tp.partition)
+            for tasks in (self._building, self.restoring, self.active, self.suspended):
+                task = tasks.get(other)
+                if task is not None:
+                    for each in task.segments:
+                        if each.compiled is compiled:
+                            return each
+        return None
 
     # -- the rebalance callbacks ---------------------------------------------------------
 
@@ -240,16 +264,19 @@ class TaskManager:
         kept, fresh = await self._tasks_for(mine, consumer)
         self.restoring = {t.tp: t for t in kept + fresh}
         self.pending = set()
-        restores = [
-            Restore(s, TopicPartition(s.segment.changelog, t.tp.partition), t.tp)
-            for t in fresh
-            for s in t.segments
-            if s.segment.changelog is not None
-        ]
-        for task in fresh:
-            for s in task.segments:
+        restores = []
+        seen: set[int] = set()  # a join's segment task is in two partitions' tasks
+        kept_segments = {id(s) for t in kept for s in t.segments}
+        for t in fresh:
+            for s in t.segments:
+                if id(s) in seen or id(s) in kept_segments:
+                    continue
+                seen.add(id(s))
                 if s.segment.changelog is None:
                     s.finish_restore()
+                else:
+                    changelog = TopicPartition(s.segment.changelog, t.tp.partition)
+                    restores.append(Restore(s, changelog, t.tp))
         await self.reader.start(restores)
 
     async def _retry_later(self, exc: BaseException) -> None:
@@ -296,7 +323,11 @@ class TaskManager:
                     kept.append(task)
                 else:
                     fresh.append(self._new(task.tp))
-        fresh.extend(self._new(tp) for tp in tps if tp not in {t.tp for t in kept + fresh})
+        self._building = {t.tp: t for t in kept + fresh}
+        for tp in sorted(tps - set(self._building), key=lambda tp: (tp.partition, tp.topic)):
+            self._building[tp] = task = self._new(tp)
+            fresh.append(task)
+        self._building = {}
         if kept:
             self.kept += len(kept)
             self.metrics.kept_partitions.inc(len(kept))

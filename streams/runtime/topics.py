@@ -20,6 +20,7 @@ from streams.broker.admin import (
     topic_limits,
 )
 from streams.config import KafkaSettings
+from streams.errors import StreamsError
 from streams.topology.plan import Plan, PlannedTopic
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,25 @@ async def follow_growth(kafka: KafkaSettings, plan: Plan, counts: dict[str, int]
         )
         await grow_partitions(kafka, topic.name, counts[like])
         counts[topic.name] = counts[like]
+
+
+def check_copartitioned(plan: Plan, counts: dict[str, int]) -> None:
+    """A join reads partition ``p`` of its two inputs as one task: they must have as many
+    partitions (and be keyed alike, which no broker can tell). One line otherwise."""
+    for segment in plan.segments:
+        right = segment.right
+        join = segment.join
+        if right is None or join is None:
+            continue
+        left_count, right_count = counts.get(segment.input), counts.get(right.input)
+        if left_count != right_count:
+            raise StreamsError(
+                f"{join.where}: .join_stream() reads {segment.input!r} ({left_count} "
+                f"partitions) with {right.input!r} ({right_count}): they are not "
+                "co-partitioned; re-key one side with .group_by(...) first (its repartition "
+                "topic takes the other's partition count), or give both topics as many "
+                "partitions"
+            )
 
 
 def _only(plan: Plan, topic: PlannedTopic) -> Plan:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from streams import compat
@@ -30,6 +32,7 @@ from streams.broker.batches import Refused
 from streams.broker.records import RawRecordsConsumer
 from streams.broker.uncommitted import Uncommitted
 from streams.config import Settings
+from streams.core.segment import SegmentTask
 from streams.errors import StreamsError
 from streams.lag.timelag import HeadHistory, estimate_time_lag
 from streams.runtime import topics
@@ -126,6 +129,13 @@ class Worker:
         self._commit_interval_s = settings.commit_interval_ms / 1000
         self._processed = 0  # records run through the tasks, committed or not
         self._dlq_of_input = {segment.input: segment.dlq for segment in plan.segments}
+        self._dlq_of_input.update(
+            (s.right.input, s.right.dlq) for s in plan.segments if s.right is not None
+        )
+        # A join's inputs are read together: partition p of them is one task, named after
+        # the first (one transaction under exactly_once; the same member by range assignment).
+        self._task_topic = plan.joined
+        self._joins = [s for s in plan.segments if s.right is not None]
         purge_ms = settings.repartition_purge_interval_ms
         self._purger = RepartitionPurger(
             [t.name for t in plan.topics if t.role == "repartition"],
@@ -157,6 +167,7 @@ class Worker:
         s = self.settings
         kafka = s.kafka
         self._layout = layout = await topics.prepare(kafka, self.plan, s.partitions)
+        topics.check_copartitioned(self.plan, layout.partitions)
         await self._tables.load()
         self._collector = Collector(self.plan, layout, self.metrics, self.stats)
         self._tasks = TaskManager(
@@ -183,10 +194,20 @@ class Worker:
             max_poll_interval_ms=300_000,
             # How soon partitions added to the input are noticed (and a deleted topic).
             metadata_max_age_ms=s.metadata_refresh_ms,
+            # A join's inputs are co-partitioned: ranges give partition p of both to one
+            # member (round robin, the default, would split them).
+            partition_assignment_strategy=(
+                (RangePartitionAssignor,) if self._joins else (RoundRobinPartitionAssignor,)
+            ),
         )
         committer_type = ExactlyOnce if self.eos else AtLeastOnce
         self._committer = committer_type(
-            s, self._consumer, self.metrics, layout.limits, self._purger.committed
+            s,
+            self._consumer,
+            self.metrics,
+            layout.limits,
+            self._purger.committed,
+            self._task_of,
         )
         await self._committer.start()
         self._consumer.subscribe(list(self.plan.inputs), listener=_Rebalance(self))
@@ -201,6 +222,11 @@ class Worker:
             ),
             s.guarantee,
         )
+
+    def _task_of(self, tp: TopicPartition) -> TopicPartition:
+        """The task (named after its first input partition) ``tp`` belongs to."""
+        topic = self._task_topic.get(tp.topic)
+        return tp if topic is None else TopicPartition(topic, tp.partition)
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to return after the batch in hand (a signal handler)."""
@@ -391,6 +417,8 @@ class Worker:
             last_ts = records[-1].timestamp
             if last_ts > open_.newest_append:
                 open_.newest_append = last_ts
+        if self._joins:
+            await self._drain_joins(batch, wall, {tp.partition for tp in batches})
         open_.fetches += 1
         behind = self._behind(batches)
         if (
@@ -400,6 +428,48 @@ class Worker:
             or self._stop_requested
         ):
             await self._submit_open()
+
+    async def _drain_joins(self, batch: Batch, wall: int, partitions: set[int]) -> None:
+        """After a fetch: each join of these partitions takes its pending events in event
+        time order as far as it can (waiting, up to STREAMS_JOIN_WAIT_MS, for a side whose
+        records are on the broker and not fetched yet)."""
+        collector = self._collector
+        assert collector is not None
+        for task, segment in self._join_tasks(partitions):
+            waiting = await self._join_waiting(segment, task.tp.partition)
+            outcome = await drive(segment.drain_join(wall, waiting, self.settings.join_wait_ms))
+            outputs, _ = batch.senders(task.tp)
+            collector.outcome(outputs, segment, task.tp, (), outcome, wall)
+
+    def _join_tasks(self, partitions: set[int] | None = None) -> list[tuple[Any, SegmentTask]]:
+        """Each join's segment task (once, with a partition task holding it) of these
+        partitions (all with None)."""
+        found: dict[int, tuple[Any, SegmentTask]] = {}
+        for tp, task in self.tasks.active.items():
+            if partitions is not None and tp.partition not in partitions:
+                continue
+            for segment in task.segments:
+                if segment.join is not None and segment.segment.input == tp.topic:
+                    found[id(segment)] = (task, segment)
+        return list(found.values())
+
+    async def _join_waiting(self, segment: SegmentTask, partition: int) -> tuple[bool, bool]:
+        """For each input of a join: True when records of it exist that the worker has not
+        taken yet (prefetched, or on the broker): its log end, as the last fetch response
+        reported it, past the consumer's position."""
+        consumer = self._consumer
+        assert consumer is not None
+        end_of = consumer.last_stable_offset if self.eos else consumer.highwater
+        flags = []
+        for topic in segment.segment.inputs:
+            tp = TopicPartition(topic, partition)
+            try:
+                end = end_of(tp)
+            except (AssertionError, KeyError):
+                end = None
+            position = None if end is None else await self._position(tp)
+            flags.append(end is not None and position is not None and end > position)
+        return flags[0], flags[1]
 
     def _behind(self, batches: dict[TopicPartition, list[Any]]) -> bool:
         """True when at least a full fetch more is waiting past this one in its partitions
@@ -567,6 +637,7 @@ class Worker:
         # Into the open batch if there is one (it commits these records with its own).
         open_ = self._open
         batch = committer.batch() if open_ is None else open_.batch
+        caught_up: dict[TopicPartition, bool] = {}
         for tp, task in list(self.tasks.active.items()):
             end = self._fresh_end(tp)
             if end is None:
@@ -582,9 +653,28 @@ class Worker:
                 for segment in task.segments:
                     segment.touch(wall)
             self._record_lag(tp, position, end)
+            caught_up[tp] = position >= end
+        for tp, task in list(self.tasks.active.items()):
+            if tp not in caught_up:
+                continue
             outputs, changelog = batch.senders(tp)
             for segment in task.segments:
-                outcome = await drive(segment.tick(wall, caught_up=position >= end))
+                up = caught_up[tp]
+                if segment.join is not None:
+                    if tp.topic != segment.segment.input:
+                        continue  # a join's task ticks once, with its first input
+                    up = all(
+                        caught_up.get(TopicPartition(topic, tp.partition), False)
+                        for topic in segment.segment.inputs
+                    )
+                    # Its wait for a side's records may be over.
+                    waiting = await self._join_waiting(segment, tp.partition)
+                    drained = await drive(
+                        segment.drain_join(wall, waiting, self.settings.join_wait_ms)
+                    )
+                    produced |= bool(drained.outputs)
+                    collector.outcome(outputs, segment, tp, (), drained, wall)
+                outcome = await drive(segment.tick(wall, caught_up=up))
                 if outcome.outputs:
                     produced = True
                     self.last_work = time.monotonic()

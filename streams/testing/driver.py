@@ -168,6 +168,9 @@ class TestDriver:
         for site in self._sites():
             site.capture = raise_errors
         self._dlq_of_input = {segment.input: segment.dlq for segment in self.plan.segments}
+        self._dlq_of_input.update(
+            (s.right.input, s.right.dlq) for s in self.plan.segments if s.right is not None
+        )
         # How far each input partition has been processed.
         self._consumed: dict[tuple[str, int], int] = {}
         self._tasks: dict[tuple[str, int], PartitionTask] = {}
@@ -292,12 +295,15 @@ class TestDriver:
         return self.records(self._decl_dlq(topic))
 
     def late(self, topic: str) -> list[Record]:
-        """Late records of windows over ``topic`` (``<topic>.late`` unless declared)."""
+        """Late records of ``topic``'s events: those of its windows (``<topic>.late`` unless
+        declared) and of its joins (``<topic>.late``)."""
         names = [
             s.late
             for s in self.plan.segments
             if s.late and (s.source is not None and s.source.name == topic)
         ]
+        if f"{topic}.late" in self._topics.logs:
+            names.append(f"{topic}.late")
         return [r for name in dict.fromkeys(names) for r in self.records(name)]
 
     def state(self, pipeline: str, key: str, *, operator: int = 0) -> dict[str, Any]:
@@ -359,6 +365,7 @@ class TestDriver:
 
     def _start_tasks(self) -> None:
         self._tasks = {}
+        self._joined: dict[tuple[int, int], SegmentTask] = {}  # a join's, for both inputs
         for topic in self.plan.inputs:
             for partition in range(self._topics.partitions[topic]):
                 self._tasks[(topic, partition)] = self._task(topic, partition)
@@ -367,6 +374,10 @@ class TestDriver:
         segments = []
         for compiled in self._compiled[topic]:
             name = compiled.segment.name
+            shared = self._joined.get((id(compiled), partition))
+            if shared is not None:
+                segments.append(shared)
+                continue
             task = SegmentTask(
                 compiled,
                 idle_timeout_ms=self.settings.idle_timeout_ms,
@@ -378,9 +389,12 @@ class TestDriver:
                 for stored in self._topics.logs[changelog][partition]:
                     task.apply_changelog(stored.key or b"", stored.value)
             task.finish_restore(self.settings.on_state_change)
+            if compiled.segment.right is not None:
+                self._joined[(id(compiled), partition)] = task
             segments.append(task)
         task_of = PartitionTask(TopicPartition(topic, partition), self._decoders[topic], segments)
-        position = min((s.position for s in segments if s.position is not None), default=None)
+        positions = [s.position_of(topic) for s in segments]
+        position = min((p for p in positions if p is not None), default=None)
         if position is not None and all(s.stateful for s in segments):
             self._consumed[(topic, partition)] = position
         else:
@@ -408,13 +422,24 @@ class TestDriver:
                     self._dlq_of_input[topic],
                 )
                 progressed = True
+            # A join takes what both its inputs brought, in event-time order.
+            for segment, partition in self._joins():
+                outcome = await drive(segment.drain_join(self.now_ms))
+                tp = TopicPartition(segment.segment.input, partition)
+                self._collector.outcome(self._topics, segment, tp, (), outcome, self.now_ms)
+                self._collector.changelog(self._topics, segment, partition)
             if not progressed:
                 return
+
+    def _joins(self) -> list[tuple[SegmentTask, int]]:
+        return [(segment, p) for (_, p), segment in self._joined.items()]
 
     async def _tick(self) -> None:
         for (topic, partition), task in self._tasks.items():
             tp = TopicPartition(topic, partition)
             for segment in task.segments:
+                if segment.join is not None and topic != segment.segment.input:
+                    continue  # a join's task ticks once, with its first input
                 outcome = await drive(segment.tick(self.now_ms, caught_up=True))
                 self._collector.outcome(self._topics, segment, tp, (), outcome, self.now_ms)
                 self._collector.changelog(self._topics, segment, partition)
