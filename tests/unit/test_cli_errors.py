@@ -61,3 +61,11 @@ def test_bad_setting_is_one_line_naming_it(name: str, value: str, says: str) -> 
     assert lines[0].startswith(f"error: {name}") or name in lines[0]
     assert says in lines[0]
 
+
+def test_bad_process_count_option_is_one_line() -> None:
+    done = _streams("worker", "--processes", "many")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --processes='many' is neither a whole number nor auto; set the number of "
+        "worker processes (e.g. 2), or auto for one per CPU the container may use"
+    ]
