@@ -116,7 +116,8 @@ class Slot:
 
 class Supervisor:
     """Runs N worker processes (``launch`` makes their command lines) and serves their
-    metrics and health on ``port``."""
+    metrics and health on ``port``. With ``idle_exits`` (``--exit-when-idle``) a process that
+    exits 0 is done; otherwise only the stop ends a process for good."""
 
     def __init__(
         self,
@@ -124,6 +125,7 @@ class Supervisor:
         launch: Launch,
         port: int,
         *,
+        idle_exits: bool = False,
         backoff: Backoff = Backoff(),
         deadline_s: float = STOP_DEADLINE_S,
         scrape_interval_s: float = SCRAPE_INTERVAL_S,
@@ -131,6 +133,7 @@ class Supervisor:
         self.slots = [Slot(i) for i in range(processes)]
         self._launch = launch
         self._port = port
+        self._idle_exits = idle_exits
         self._backoff = backoff
         self._deadline_s = deadline_s
         self._scrape_interval_s = scrape_interval_s
@@ -204,18 +207,19 @@ class Supervisor:
             _signal(slot, signum)
 
     async def _keep(self, slot: Slot) -> None:
-        """Run a process in ``slot``; restart it after a backoff whenever it dies, until the
-        supervisor stops or the process exits 0 (``--exit-when-idle``)."""
+        """Run a process in ``slot``; restart it after a backoff whenever it ends, until the
+        supervisor stops or the process exits idle."""
         restart = False
         while not self._stopping:
             if restart:
                 self.restarts.inc()
             await self._start(slot)
             code = await self._wait(slot)
-            if self._stopping or code == 0:
+            if self._stopping or (code == 0 and self._idle_exits):
                 # One that died of the signal passed on (it came before the worker's handlers
                 # were in place) stopped as asked.
                 slot.exit_code = 0 if code in _STOP_SIGNALS else code
+                log.info("worker process %d %s", slot.index, _describe(code))
                 return
             if not slot.ever_ready:
                 self._failed = code
@@ -268,8 +272,6 @@ class Supervisor:
         slot.ready, slot.ended = False, True
         self.exposition.forget(slot.index)
         slot.stats = _stats(out)
-        if code == 0:
-            log.info("worker process %d exited 0", slot.index)
         return code
 
     def _watch(self) -> None:
@@ -484,7 +486,12 @@ def supervise(
     launch = worker_launch(settings, app, exit_when_idle_s, os.environ)
 
     async def main() -> tuple[RunStats, int]:
-        supervisor = Supervisor(settings.processes, launch, settings.metrics_port)
+        supervisor = Supervisor(
+            settings.processes,
+            launch,
+            settings.metrics_port,
+            idle_exits=exit_when_idle_s is not None,
+        )
         code = await supervisor.run()
         return supervisor.totals(), code
 

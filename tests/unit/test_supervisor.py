@@ -98,13 +98,18 @@ class Children:
 
 
 def supervisor(
-    children: Children, *, backoff: Backoff = BACKOFF, deadline_s: float = 30.0
+    children: Children,
+    *,
+    idle_exits: bool = False,
+    backoff: Backoff = BACKOFF,
+    deadline_s: float = 30.0,
 ) -> tuple[Supervisor, int]:
     port = free_port()
     sup = Supervisor(
         len(children.modes),
         children.launch,
         port,
+        idle_exits=idle_exits,
         backoff=backoff,
         deadline_s=deadline_s,
         scrape_interval_s=0.05,
@@ -219,10 +224,20 @@ async def test_a_process_that_cannot_start_stops_the_others(tmp_path: Path) -> N
 
 async def test_processes_that_exit_when_idle_end_the_supervisor(tmp_path: Path) -> None:
     children = Children(tmp_path, "idle", "idle")
-    sup, _ = supervisor(children)
+    sup, _ = supervisor(children, idle_exits=True)
     assert await asyncio.wait_for(sup.run(), 30) == 0
     assert sup.totals().consumed == 30
     assert restarts(sup) == 0
+
+
+async def test_a_process_that_exits_unasked_is_restarted(tmp_path: Path) -> None:
+    # Not run with --exit-when-idle, a worker exits 0 only when stopped: by someone else.
+    children = Children(tmp_path, "idle")
+    sup, _ = supervisor(children)
+    running = asyncio.ensure_future(sup.run())
+    await _until(lambda: restarts(sup) == 1)
+    sup.stop()
+    assert await running == 0
 
 
 async def test_the_supervisor_serves_the_processes_metrics_once(tmp_path: Path) -> None:
