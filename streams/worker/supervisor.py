@@ -4,10 +4,12 @@ A worker is one Python process, so it uses one core. With N > 1 the process the 
 runs no pipeline: it starts N ``streams worker`` processes of the same app (one consumer
 group, each an ordinary worker) and
 
-- restarts one that dies, after a backoff (1 s, doubling to 30 s; a process that ran a minute
-  starts over at 1 s), counted in ``streams_worker_restarts_total``. One that fails before any
-  process of its slot was ever ready (no broker, state that does not match) is not restarted:
-  the supervisor stops the others and exits with its code, as a single worker would;
+- restarts one that dies (or that someone else stopped), after a backoff (1 s, doubling to
+  30 s; a process that ran a minute starts over at 1 s), counted in
+  ``streams_worker_restarts_total``; under ``--exit-when-idle`` one that exits 0 is done. One
+  that fails before any process of its slot was ever ready (no broker, state that does not
+  match) is not restarted: the supervisor stops the others and exits with its code, as a
+  single worker would;
 - passes SIGTERM and SIGINT on to them (they run in process groups of their own, so a
   terminal's Ctrl-C reaches them once, through here) and exits when they have stopped; one
   still running a second before the worker stop deadline (30 s) is killed, so the
