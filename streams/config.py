@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import ssl
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streams.cpus import available_cpus
 from streams.errors import ConfigError
 from streams.state import ROCKSDB_MISSING
 
@@ -23,6 +25,12 @@ ON_STATE_CHANGE = ("stop", "fresh")
 DEFAULT_STATE_DIR = os.path.join(tempfile.gettempdir(), "streams-state")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# Kafka's rule for group.instance.id (249 characters), less room for the "-<slot>" that
+# `--processes N` appends.
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,240}")
+# A StatefulSet pod's name: its set's name, a dash, its ordinal. A pod of a Deployment (or any
+# ReplicaSet, Job, DaemonSet) ends in five random characters instead, never in 1 to 4 digits.
+_STATEFULSET_POD = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?-(0|[1-9][0-9]{0,3})")
 
 
 def _int(
@@ -49,6 +57,43 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}; pick one of them")
     return value
+
+
+def parse_processes(raw: str, name: str = "STREAMS_PROCESSES") -> int:
+    """A worker process count: a whole number from 1, or ``auto`` (the CPUs the container may
+    use, :func:`streams.cpus.available_cpus`). ``name`` is what a bad value is called."""
+    if raw.strip().lower() == "auto":
+        return available_cpus()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is neither a whole number nor auto; set the number of worker "
+            "processes (e.g. 2), or auto for one per CPU the container may use"
+        ) from None
+    if value < 1:
+        raise ConfigError(f"{name}={value} is below the minimum 1; raise it")
+    return value
+
+
+def resolve_group_instance_id(env: Mapping[str, str]) -> str | None:
+    """The consumer's ``group.instance.id`` (static membership, KIP-345):
+    ``STREAMS_GROUP_INSTANCE_ID``; else, in a Kubernetes pod whose name is a StatefulSet's
+    (``<set>-<ordinal>``, stable across restarts), the pod name; else None (dynamic
+    membership). A Deployment's pod names are new at every restart: as ids they would only
+    leave members behind that the group waits for."""
+    raw = env.get("STREAMS_GROUP_INSTANCE_ID")
+    if raw:
+        if not _INSTANCE_ID.fullmatch(raw):
+            raise ConfigError(
+                f"STREAMS_GROUP_INSTANCE_ID={raw!r} is not a valid group instance id; use up to "
+                "240 letters, digits, '.', '_' and '-'"
+            )
+        return raw
+    pod = env.get("HOSTNAME", "")
+    if env.get("KUBERNETES_SERVICE_HOST") and _STATEFULSET_POD.fullmatch(pod):
+        return pod
+    return None
 
 
 @dataclass(frozen=True)
@@ -202,6 +247,10 @@ class Settings:
     state_dir: str = DEFAULT_STATE_DIR
     on_state_change: str = "stop"
     app: str | None = None
+    # Worker processes of `streams worker` (1: no supervisor, the worker is the process).
+    processes: int = 1
+    # The consumer's group.instance.id; None: dynamic membership.
+    group_instance_id: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -245,6 +294,8 @@ class Settings:
             state_dir=env.get("STREAMS_STATE_DIR") or DEFAULT_STATE_DIR,
             on_state_change=_choice(env, "STREAMS_ON_STATE_CHANGE", "stop", ON_STATE_CHANGE),
             app=env.get("STREAMS_APP") or None,
+            processes=parse_processes(env.get("STREAMS_PROCESSES") or "1"),
+            group_instance_id=resolve_group_instance_id(env),
         )
 
     def open_store(self, name: str) -> RocksStore | None:

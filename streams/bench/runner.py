@@ -63,6 +63,9 @@ class BenchConfig:
     latency_rate: float | None = None
     users: int = 100_000
     rounds: int = 1
+    # pipeline-alo again through `streams worker --processes N`, once per N here (rows
+    # pipeline-alo-p<N>).
+    processes: tuple[int, ...] = ()
 
 
 @dataclass
@@ -186,10 +189,19 @@ async def run_bench(
         "pipeline-eos": {"scenario": "pipeline", "guarantee": "exactly_once"},
         "pipeline-user": {"scenario": "pipeline-user", "guarantee": "at_least_once"},
         "pipeline-process": {"scenario": "pipeline-process", "guarantee": "at_least_once"},
+        **{
+            f"pipeline-alo-p{n}": {
+                "scenario": "pipeline-processes",
+                "guarantee": "at_least_once",
+                "processes": n,
+            }
+            for n in config.processes
+        },
     }
+    wanted = set(config.scenarios) | {f"pipeline-alo-p{n}" for n in config.processes}
     for round_ in range(1, config.rounds + 1):
         for name, plan in plans.items():
-            if name not in config.scenarios or (name == "faust-naive" and round_ > 1):
+            if name not in wanted or (name == "faust-naive" and round_ > 1):
                 continue  # faust-naive is slow and far from every ratio: once is enough
             progress(f"running {name} (round {round_} of {config.rounds})")
             args = {**base, **plan, "app_id": f"bench-{run_id}-{name}-{round_}"}
@@ -201,7 +213,7 @@ async def run_bench(
                 out = run_scenario({**args, "app_id": f"{args['app_id']}-retry"}, timeout_s=1800)
                 out["retried_after"] = args["app_id"]
             results.append(_row(name, out, round_))
-        if "limit" in config.scenarios and set(PIPELINES) & set(config.scenarios):
+        if "limit" in config.scenarios and (set(PIPELINES) & wanted or config.processes):
             # The ceiling drifts on a shared machine (the same loop measured 230k-440k events/s
             # in runs an hour apart): measure it again after the pipelines, compare to the mean.
             progress(f"running limit again (round {round_})")

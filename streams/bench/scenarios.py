@@ -12,6 +12,7 @@ import contextlib
 import gc
 import os
 import resource
+import subprocess
 import sys
 import threading
 import time
@@ -101,24 +102,73 @@ async def decode(args: Args) -> dict[str, Any]:
     return await _consume(args, decode_chunks)
 
 
+def _pipeline_env(args: Args) -> dict[str, str]:
+    """The reference app's settings on the bench's input, with topics of the run's own."""
+    return {
+        **_kafka_env(args),
+        "STREAMS_APP_ID": args["app_id"],
+        "STREAMS_INPUT_TOPIC": args["topic"],
+        "STREAMS_OUTPUT_TOPIC": f"{args['app_id']}-aggregates",
+        "STREAMS_DLQ_TOPIC": f"{args['app_id']}-dlq",
+        "STREAMS_LATE_TOPIC": f"{args['app_id']}-late",
+        "STREAMS_PARTITIONS": str(args["partitions"]),
+        "STREAMS_GUARANTEE": args["guarantee"],
+        "STREAMS_EMIT": args.get("emit", "final"),
+    }
+
+
 async def pipeline(args: Args) -> dict[str, Any]:
     """The worker's pipeline, in process, until it has consumed every event."""
     from streams.worker.app import create_worker
 
-    settings = Settings.from_env(
-        {
-            **_kafka_env(args),
-            "STREAMS_APP_ID": args["app_id"],
-            "STREAMS_INPUT_TOPIC": args["topic"],
-            "STREAMS_OUTPUT_TOPIC": f"{args['app_id']}-aggregates",
-            "STREAMS_DLQ_TOPIC": f"{args['app_id']}-dlq",
-            "STREAMS_LATE_TOPIC": f"{args['app_id']}-late",
-            "STREAMS_PARTITIONS": str(args["partitions"]),
-            "STREAMS_GUARANTEE": args["guarantee"],
-            "STREAMS_EMIT": args.get("emit", "final"),
-        }
-    )
+    settings = Settings.from_env(_pipeline_env(args))
     return await _run_worker(create_worker(settings), args)
+
+
+def pipeline_processes(args: Args) -> dict[str, Any]:
+    """``pipeline``'s app and settings run by ``streams worker --processes N`` (a supervisor and
+    N worker processes) until every process is idle; throughput from the first batch of any
+    process to the last batch of all (their ``--json`` totals).
+
+    That span includes the group's forming: on a broker without an initial rebalance delay (the
+    local one) the first process to join starts alone, and the others join one heartbeat
+    later (~2 s). CPU is the whole process tree's; peak RSS the largest process's.
+    """
+    from streams.broker.local import free_port
+
+    env = {
+        **os.environ,
+        **_pipeline_env(args),
+        # Windows close once the input ends, so the processes exit soon after (not measured).
+        "STREAMS_IDLE_TIMEOUT_MS": "1000",
+        "STREAMS_METRICS_PORT": str(free_port()),
+    }
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "streams", "worker", "--processes", str(args["processes"])),
+            *("--exit-when-idle", "1", "--json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"streams worker --processes failed: {done.stderr[-3000:]}")
+    totals = orjson.loads(done.stdout.strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "events": totals["consumed"],
+        "seconds": totals["last_batch_at"] - totals["first_batch_at"],
+        "bytes": args["input_bytes"],
+        "emitted": totals["emitted"],
+        "invalid": totals["invalid"],
+        "processes": args["processes"],
+        "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+        "peak_rss_mb": after.ru_maxrss / 1024,
+    }
 
 
 async def pipeline_user(args: Args) -> dict[str, Any]:
@@ -393,6 +443,7 @@ SCENARIOS: dict[str, Callable[[Args], Any]] = {
     "pipeline": pipeline,
     "pipeline-user": pipeline_user,
     "pipeline-process": pipeline_process,
+    "pipeline-processes": pipeline_processes,
     "faust-naive": faust_naive,
 }
 

@@ -45,6 +45,13 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     type=click.IntRange(1, 20),
     help="Run the scenarios this many times on the same input; report each one's median.",
 )
+@click.option(
+    "--processes",
+    multiple=True,
+    type=click.IntRange(1, 64),
+    help="Also run pipeline-alo through `streams worker --processes N` (row pipeline-alo-pN), "
+    "in every round; repeatable, e.g. --processes 1 --processes 2.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
 def command(
     events: int,
@@ -54,6 +61,7 @@ def command(
     latency_seconds: float,
     latency_rate: float | None,
     rounds: int,
+    processes: tuple[int, ...],
     as_json: bool,
 ) -> None:
     """Measure publish, raw consume (limit), decode, naive Faust and our pipeline.
@@ -70,6 +78,7 @@ def command(
         latency_seconds=latency_seconds,
         latency_rate=latency_rate,
         rounds=rounds,
+        processes=processes,
     )
     err = Console(stderr=True)
     # SIGTERM (from `timeout`, a CI runner) ends the bench through its clean-up, which kills

@@ -56,6 +56,8 @@ FRESH_END_S = 1.0
 PROGRESS_EVERY_S = 10.0
 POSITION_WAIT_S = 0.2
 CLOSE_TIMEOUT_S = 10.0
+# How long a client may take to connect (streams.broker.admin.start_client's default).
+CLIENT_START_S = 20.0
 FETCH_TIMEOUT_MS = 200
 MAX_RECORDS = 20_000
 # An open batch is submitted once it holds this many records, whatever its age.
@@ -190,6 +192,9 @@ class Worker:
             fetch_max_bytes=8 * 1024 * 1024,
             fetch_max_wait_ms=100,
             session_timeout_ms=s.session_timeout_ms,
+            # Static membership (KIP-345): a member that comes back under its id within the
+            # session timeout gets its partitions back without a rebalance of the group.
+            group_instance_id=s.group_instance_id,
             heartbeat_interval_ms=max(1_000, s.session_timeout_ms // 5),
             max_poll_interval_ms=300_000,
             # How soon partitions added to the input are noticed (and a deleted topic).
@@ -211,16 +216,25 @@ class Worker:
         )
         await self._committer.start()
         self._consumer.subscribe(list(self.plan.inputs), listener=_Rebalance(self))
-        await start_client(self._consumer, kafka)
+        # start() returns with the first assignment, and a join waits for each member the
+        # group still counts, a dead one until its session times out: the default bound
+        # failed a worker joining a group with a dead member and a session timeout over 20 s,
+        # saying the broker was unreachable.
+        await start_client(
+            self._consumer, kafka, timeout_s=CLIENT_START_S + s.session_timeout_ms / 1000
+        )
         self.health.started = True
         log.info(
-            "worker %s started: %s (guarantee=%s)",
+            "worker %s started: %s (guarantee=%s, %s)",
             s.app_id,
             "; ".join(
                 f"{segment.name}: {segment.input} -> {segment.output}"
                 for segment in self.plan.segments
             ),
             s.guarantee,
+            f"group instance {s.group_instance_id}"
+            if s.group_instance_id
+            else "dynamic group membership",
         )
 
     def _task_of(self, tp: TopicPartition) -> TopicPartition:
@@ -292,12 +306,22 @@ class Worker:
                     await self._submit_open()
                     await self._settle(replay=not self._stop_requested)
             if self._stop_requested:
-                log.info("stop requested: leaving the group after the last batch")
+                log.info("stop requested: %s after the last batch", self._leaving())
                 return self.stats
             if exit_when_idle_s is not None and await self._idle_for(exit_when_idle_s):
                 return self.stats
             if stop_after is not None and self.stats.consumed >= stop_after:
                 return self.stats
+
+    def _leaving(self) -> str:
+        s = self.settings
+        if s.group_instance_id is None:
+            return "leaving the group"
+        # aiokafka sends no LeaveGroup for a static member (KIP-345), as Kafka's own clients.
+        return (
+            f"stopping as group instance {s.group_instance_id}: the group keeps its "
+            f"partitions for it until its session times out ({s.session_timeout_ms} ms)"
+        )
 
     # -- rebalancing -----------------------------------------------------------------------
 

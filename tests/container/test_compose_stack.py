@@ -113,7 +113,7 @@ def test_the_image_runs_as_kubernetes_runs_it(
     exposed = {int(port.split("/")[0]) for port in config["ExposedPorts"]}
     image_uid = int(config["User"].split(":")[0])
     assert image_uid != 0
-    deployments = [d for d in render(K8S_BASE) if d["kind"] == "Deployment"]
+    deployments = [d for d in render(K8S_BASE) if d["kind"] in ("Deployment", "StatefulSet")]
     assert deployments
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]

@@ -134,3 +134,24 @@ def _is_worker(pid: int) -> bool:
         return b"\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def test_bench_runs_pipeline_alo_with_processes(project_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "streams", "bench", "--events", "20000"),
+            *("--scenario", "limit", "--processes", "1", "--processes", "2", "--json"),
+        ],
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["scenario"]: row for row in orjson.loads(done.stdout)["results"]}
+    assert set(rows) == {"limit", "pipeline-alo-p1", "pipeline-alo-p2", "limit-again"}
+    for processes in (1, 2):
+        row = rows[f"pipeline-alo-p{processes}"]
+        assert (row["events"], row["processes"]) == (20_000, processes)
+        assert row["ratio_to_limit"] > 0

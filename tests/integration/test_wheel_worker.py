@@ -117,7 +117,7 @@ def _wait_until_healthy(
     healthcheck = dockerfile_healthcheck()
     assert healthcheck[0] == "python"
     healthcheck[0] = str(installed / "python")
-    deployment = yaml.safe_load((K8S_BASE / "worker-deployment.yaml").read_text())
+    deployment = yaml.safe_load((K8S_BASE / "worker-statefulset.yaml").read_text())
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     paths = {container[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")}
     paths.add(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"])

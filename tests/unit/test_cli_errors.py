@@ -48,6 +48,9 @@ def test_missing_broker_is_one_line(args: tuple[str, ...]) -> None:
         ("STREAMS_METADATA_REFRESH_MS", "10", "is below the minimum 1000"),
         ("STREAMS_REPLICATION_FACTOR", "three", "is not an integer"),
         ("STREAMS_REPLICATION_FACTOR", "0", "is below the minimum 1"),
+        ("STREAMS_PROCESSES", "0", "is below the minimum 1"),
+        ("STREAMS_PROCESSES", "many", "is neither a whole number nor auto"),
+        ("STREAMS_GROUP_INSTANCE_ID", "pod 1", "is not a valid group instance id"),
     ],
 )
 def test_bad_setting_is_one_line_naming_it(name: str, value: str, says: str) -> None:
@@ -57,3 +60,12 @@ def test_bad_setting_is_one_line_naming_it(name: str, value: str, says: str) -> 
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: {name}") or name in lines[0]
     assert says in lines[0]
+
+
+def test_bad_process_count_option_is_one_line() -> None:
+    done = _streams("worker", "--processes", "many")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --processes='many' is neither a whole number nor auto; set the number of "
+        "worker processes (e.g. 2), or auto for one per CPU the container may use"
+    ]

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from streams.broker.local import KAFKA_VERSION, LocalKafka
+from streams.config import Settings
 from tests.unit.test_deploy_tools import (
     COMPOSE_FILE,
     DOCKERFILE,
@@ -207,6 +208,13 @@ def test_workers_scale_out() -> None:
     assert "ports" not in worker
     assert worker["command"] == ["worker"]
     assert "deploy" not in worker or "replicas" not in worker["deploy"]
+
+
+def test_each_worker_runs_a_process_per_cpu_it_may_use() -> None:
+    worker = _services()["worker"]
+    settings = Settings.from_env({k: str(v) for k, v in worker["environment"].items()})
+    assert settings.processes > 1
+    assert float(worker["deploy"]["resources"]["limits"]["cpus"]) == settings.processes
 
 
 def test_the_lag_exporter_serves_on_its_port() -> None:

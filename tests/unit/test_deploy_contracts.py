@@ -35,6 +35,8 @@ ENV_NAME = re.compile(r"(?:STREAMS|KAFKA)_[A-Z0-9_]+")
 INTERPRETER_ENV = re.compile(r"PYTHON[A-Z]+|PIP_[A-Z_]+|PATH")
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
+# Kubernetes objects that run pods of the image.
+WORKLOADS = {"Deployment", "StatefulSet"}
 
 
 @functools.cache
@@ -60,7 +62,7 @@ def _k8s_env(docs: list[dict[str, Any]]) -> dict[str, str]:
     for doc in docs:
         if doc["kind"] == "ConfigMap":
             env |= doc["data"]
-        if doc["kind"] == "Deployment":
+        if doc["kind"] in WORKLOADS:
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 env |= {e["name"]: e.get("value", "") for e in container.get("env", [])}
     return env
@@ -133,7 +135,7 @@ def test_compose_runs_real_cli_commands(service: str) -> None:
 @pytest.mark.parametrize("directory", [K8S_BASE, K8S_OVERLAY], ids=["base", "overlay"])
 def test_kubernetes_runs_real_cli_commands(directory: Path) -> None:
     for doc in render(directory):
-        if doc["kind"] == "Deployment":
+        if doc["kind"] in WORKLOADS:
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 _check_cli(doc["metadata"]["name"], container["args"])
 
@@ -143,7 +145,7 @@ def test_compose_and_kubernetes_run_one_image() -> None:
     k8s_images = {
         c["image"]
         for d in render(K8S_BASE)
-        if d["kind"] == "Deployment"
+        if d["kind"] in WORKLOADS
         for c in d["spec"]["template"]["spec"]["containers"]
     }
     assert compose_images == k8s_images, (compose_images, k8s_images)

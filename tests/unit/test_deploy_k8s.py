@@ -18,6 +18,8 @@ from tests.unit.test_deploy_tools import K8S_BASE, K8S_OVERLAY, REPO, render
 
 BOTH = pytest.mark.parametrize("directory", [K8S_BASE, K8S_OVERLAY], ids=["base", "overlay"])
 CLUSTER_SCOPED = {"Namespace"}
+# Objects that run pods of the image: the lag exporter's Deployment, the workers' StatefulSet.
+WORKLOADS = {"Deployment", "StatefulSet"}
 
 # What the worker's web server answers (streams/worker/app.py); DESIGN.md's health contract.
 LIVE, READY, METRICS = "/health/live", "/health/ready", "/metrics"
@@ -78,12 +80,12 @@ def test_renders_the_expected_objects(directory: Path) -> None:
     expected = [
         "ConfigMap",
         "Deployment",
-        "Deployment",
         "PodDisruptionBudget",
         "ScaledObject",
         "Service",
         "Service",
         "ServiceAccount",
+        "StatefulSet",
     ]
     if directory == K8S_OVERLAY:
         expected = sorted([*expected, "Namespace"])
@@ -91,9 +93,9 @@ def test_renders_the_expected_objects(directory: Path) -> None:
 
 
 @BOTH
-def test_deployments_are_complete_and_locked_down(directory: Path) -> None:
+def test_workloads_are_complete_and_locked_down(directory: Path) -> None:
     docs = render(directory)
-    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+    for deployment in (d for d in docs if d["kind"] in WORKLOADS):
         name = deployment["metadata"]["name"]
         spec = deployment["spec"]
         pod = spec["template"]["spec"]
@@ -128,7 +130,7 @@ def test_deployments_are_complete_and_locked_down(directory: Path) -> None:
 @BOTH
 def test_worker_probes_hit_what_the_worker_serves(directory: Path) -> None:
     docs = render(directory)
-    worker = _one(docs, "Deployment", "streams-worker")
+    worker = _one(docs, "StatefulSet", "streams-worker")
     container = _container(worker)
     port = _settings(docs).metrics_port
     assert container["args"] == ["worker"]
@@ -142,7 +144,7 @@ def test_worker_probes_hit_what_the_worker_serves(directory: Path) -> None:
 
 @BOTH
 def test_workers_get_time_to_shut_down_and_a_writable_workdir(directory: Path) -> None:
-    worker = _one(render(directory), "Deployment", "streams-worker")
+    worker = _one(render(directory), "StatefulSet", "streams-worker")
     pod = worker["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] >= 60
     # Faust writes its app data directory into the image's WORKDIR (deploy/Dockerfile).
@@ -154,7 +156,7 @@ def test_workers_get_time_to_shut_down_and_a_writable_workdir(directory: Path) -
 @BOTH
 def test_services_select_pods_and_target_declared_ports(directory: Path) -> None:
     docs = render(directory)
-    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    deployments = [d for d in docs if d["kind"] in WORKLOADS]
     for service in (d for d in docs if d["kind"] == "Service"):
         selected = [
             d
@@ -168,10 +170,39 @@ def test_services_select_pods_and_target_declared_ports(directory: Path) -> None
 
 
 @BOTH
+def test_workers_are_static_members_with_a_cpu_per_process(directory: Path) -> None:
+    docs = render(directory)
+    worker = _one(docs, "StatefulSet", "streams-worker")
+    spec = worker["spec"]
+    # Its governing Service is the headless one that lists the worker pods.
+    service = _one(docs, "Service", spec["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert _selects(service["spec"]["selector"], spec["template"]["metadata"]["labels"])
+    # A pod takes its name (<set>-<ordinal>) as its group instance id: stable across restarts.
+    name = worker["metadata"]["name"]
+    in_pod = {
+        **_config(docs),
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "HOSTNAME": f"{name}-3",
+    }
+    if in_pod.get("KAFKA_SECURITY_PROTOCOL", "").startswith("SASL"):
+        in_pod |= {"KAFKA_SASL_USERNAME": "from-secret", "KAFKA_SASL_PASSWORD": "from-secret"}
+    settings = Settings.from_env(in_pod)
+    assert settings.group_instance_id == f"{name}-3"
+    # One CPU per worker process, requested and capped alike.
+    resources = _container(worker)["resources"]
+    assert settings.processes > 1
+    for kind in ("requests", "limits"):
+        assert int(resources[kind]["cpu"]) == settings.processes, kind
+    # A restarted pod rejoins within the session timeout (its stop and start take seconds).
+    assert settings.session_timeout_ms >= 30_000
+
+
+@BOTH
 def test_disruption_budget_covers_the_workers(directory: Path) -> None:
     docs = render(directory)
     pdb = _one(docs, "PodDisruptionBudget", "streams-worker")
-    worker = _one(docs, "Deployment", "streams-worker")
+    worker = _one(docs, "StatefulSet", "streams-worker")
     assert _selects(
         pdb["spec"]["selector"]["matchLabels"], worker["spec"]["template"]["metadata"]["labels"]
     )
@@ -184,11 +215,12 @@ def test_autoscaler_scales_the_workers_on_the_exporters_lag(directory: Path) -> 
     scaled = _one(docs, "ScaledObject", "streams-worker")
     spec = scaled["spec"]
     target = spec["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", "streams-worker")
-    _one(docs, "Deployment", target["name"])
+    assert (target["kind"], target["name"]) == ("StatefulSet", "streams-worker")
+    _one(docs, "StatefulSet", target["name"])
     settings = _settings(docs)
-    # More workers than input partitions would sit idle in the group.
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= settings.partitions
+    # More worker processes than input partitions would sit idle in the group.
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    assert spec["maxReplicaCount"] * settings.processes <= settings.partitions
     assert spec["minReplicaCount"] <= spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
 
     (trigger,) = spec["triggers"]
@@ -231,13 +263,13 @@ def test_settings_parse_as_the_app_reads_them(directory: Path) -> None:
 
 
 def test_base_image_is_the_project_image() -> None:
-    for deployment in (d for d in render(K8S_BASE) if d["kind"] == "Deployment"):
+    for deployment in (d for d in render(K8S_BASE) if d["kind"] in WORKLOADS):
         assert _container(deployment)["image"] == f"streams:{_project_version()}"
 
 
 def test_overlay_changes_image_replicas_and_brokers() -> None:
     base, overlay = render(K8S_BASE), render(K8S_OVERLAY)
-    images = {_container(d)["image"] for d in overlay if d["kind"] == "Deployment"}
+    images = {_container(d)["image"] for d in overlay if d["kind"] in WORKLOADS}
     assert len(images) == 1
     (image,) = images
     assert image != f"streams:{_project_version()}"
