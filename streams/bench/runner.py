@@ -42,12 +42,19 @@ ALL_SCENARIOS = (
     "pipeline-eos",
     "pipeline-user",
     "pipeline-process",
+    "pipeline-join-stream",
     "latency",
     "state",
 )
 
 
-PIPELINES = ("pipeline-alo", "pipeline-eos", "pipeline-user", "pipeline-process")
+PIPELINES = (
+    "pipeline-alo",
+    "pipeline-eos",
+    "pipeline-user",
+    "pipeline-process",
+    "pipeline-join-stream",
+)
 
 
 @dataclass
@@ -167,6 +174,10 @@ async def run_bench(
     progress(f"publishing to {topic}")
     async with Publisher(kafka) as publisher:
         report = await publisher.publish(topic, messages)
+        if "pipeline-join-stream" in config.scenarios:
+            # The join's second input: the same events, keyed the same, in a topic of its own.
+            await ensure_topics(kafka, [TopicSpec(f"{topic}-b", config.partitions)])
+            await publisher.publish(f"{topic}-b", messages)
     del messages
     results: list[BenchResult] = []
     if "publish" in config.scenarios:
@@ -189,6 +200,11 @@ async def run_bench(
         "pipeline-eos": {"scenario": "pipeline", "guarantee": "exactly_once"},
         "pipeline-user": {"scenario": "pipeline-user", "guarantee": "at_least_once"},
         "pipeline-process": {"scenario": "pipeline-process", "guarantee": "at_least_once"},
+        "pipeline-join-stream": {
+            "scenario": "pipeline-join-stream",
+            "guarantee": "at_least_once",
+            "input_bytes": 2 * input_bytes,
+        },
         **{
             f"pipeline-alo-p{n}": {
                 "scenario": "pipeline-processes",

@@ -217,6 +217,29 @@ async def pipeline_process(args: Args) -> dict[str, Any]:
     return await _run_worker(worker, args)
 
 
+async def pipeline_join_stream(args: Args) -> dict[str, Any]:
+    """The bench's events joined with their twins in a second topic (``join_stream``, inner,
+    ten minutes): the rate counts the records of both topics."""
+    from streams.bench.join_app import build
+    from streams.runtime.health import Health
+    from streams.runtime.metrics import WorkerMetrics
+    from streams.runtime.worker import Worker
+    from streams.topology.plan import plan
+
+    app_id = args["app_id"]
+    settings = Settings.from_env(
+        {
+            **_kafka_env(args),
+            "STREAMS_APP_ID": app_id,
+            "STREAMS_PARTITIONS": str(args["partitions"]),
+            "STREAMS_GUARANTEE": args["guarantee"],
+        }
+    )
+    app = build(app_id, args["topic"], f"{app_id}-pairs")
+    worker = Worker(settings, plan(app.decl, app_id), WorkerMetrics(), Health())
+    return await _run_worker(worker, {**args, "events": 2 * args["events"]})
+
+
 async def _run_worker(worker: Any, args: Args) -> dict[str, Any]:
     await worker.start()
     try:
@@ -443,6 +466,7 @@ SCENARIOS: dict[str, Callable[[Args], Any]] = {
     "pipeline": pipeline,
     "pipeline-user": pipeline_user,
     "pipeline-process": pipeline_process,
+    "pipeline-join-stream": pipeline_join_stream,
     "pipeline-processes": pipeline_processes,
     "faust-naive": faust_naive,
 }
