@@ -160,7 +160,7 @@ class JoinState:
                         self.changes[(LEFT, other[0], other[1], key)] = other
                 joined = _loads(left[2])
                 joined[into] = _loads(right[2])
-                origin = out.origin_made(key, _joined_bytes(left[2], right[2], into))
+                origin = out.origin_pair(key, left[2], right[2], into)
                 emitted.append((origin, joined, key, ts if ts > other[0] else other[0]))
         self.changes[(side, ts, seq, key)] = entry
         if ts > st:
@@ -183,7 +183,10 @@ class JoinState:
         while expiry and expiry[0][0] < horizon:
             ts, seq, side, key = heapq.heappop(expiry)
             events = self.buffers[side][key]
-            at = next(n for n, entry in enumerate(events) if entry[1] == seq)
+            if events[0][1] == seq:  # the oldest of its key, as a rule
+                at = 0
+            else:
+                at = next(n for n, entry in enumerate(events) if entry[1] == seq)
             entry = events.pop(at)
             if not events:
                 del self.buffers[side][key]
@@ -192,7 +195,7 @@ class JoinState:
             if side == LEFT and self.left_join and not entry[3]:
                 joined = _loads(entry[2])
                 joined[self.into] = None
-                origin = out.origin_made(key, _joined_bytes(entry[2], b"null", self.into))
+                origin = out.origin_pair(key, entry[2], b"null", self.into)
                 emitted.append((origin, joined, key, ts))
 
     # -- changelog -----------------------------------------------------------------------
@@ -273,17 +276,6 @@ class JoinState:
         self.held = held
         self.changes = {}
         self.pending_changes = {}
-
-
-def _joined_bytes(left: bytes, right: bytes, into: str) -> Any:
-    """What a pair's dead letter would carry: made only if one is written."""
-
-    def make() -> bytes:
-        joined = _loads(left)
-        joined[into] = _loads(right)
-        return orjson.dumps(joined)
-
-    return make
 
 
 def _b64(raw: bytes | None) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 # (key, value, event time or None): a record for the segment's output topic. The event time
 # is set for repartition records, whose downstream reads it as the record timestamp.
 Output = tuple[bytes | None, bytes, int | None]
@@ -29,8 +31,8 @@ class Outcome:
 
     outputs: list[Output] = field(default_factory=list)
     dead: dict[int, tuple[str, str, str]] = field(default_factory=dict)
-    # (key, JSON value, or a function making it: made only if a dead letter is written)
-    origins: list[tuple[bytes | None, Any]] = field(default_factory=list)
+    # (key, JSON value, or what makes it only if a dead letter is written: see resolve_origin)
+    origins: list[tuple[str | bytes | None, Any]] = field(default_factory=list)
     # A window's final records on their way to the operators after it.
     closed: list[Item] = field(default_factory=list)
     # Events of no input record that came late to a window: (key, value).
@@ -56,7 +58,21 @@ class Outcome:
         self.origins.append((None if key is None else key.encode(), value))
         return -len(self.origins)
 
-    def origin_made(self, key: str | None, make: Any) -> int:
-        """:meth:`origin`, its value made by ``make()`` only if a dead letter needs it."""
-        self.origins.append((None if key is None else key.encode(), make))
+    def origin_pair(self, key: str, left: bytes, right: bytes, into: str) -> int:
+        """:meth:`origin` of a join's pair: the left value with ``value[into]`` = the right
+        one, joined only if a dead letter needs it."""
+        self.origins.append((key, (left, right, into)))
         return -len(self.origins)
+
+
+def resolve_origin(origin: tuple[Any, Any]) -> tuple[bytes | None, bytes]:
+    """An entry of :attr:`Outcome.origins` as the key and value its dead letter carries."""
+    key, value = origin
+    if key.__class__ is str:
+        key = key.encode()
+    if value.__class__ is tuple:  # a join's pair, joined now
+        left, right, into = value
+        joined = orjson.loads(left)
+        joined[into] = orjson.loads(right)
+        value = orjson.dumps(joined)
+    return key, value

@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from streams.broker.batches import Headers, Poison, partition_for
 from streams.compat import observe_many
 from streams.core.jsonbytes import dumps
-from streams.core.outcome import Outcome
+from streams.core.outcome import Outcome, resolve_origin
 from streams.core.segment import SegmentTask
 from streams.dlq import (
     HEADER_MESSAGE,
@@ -187,7 +187,7 @@ class Collector:
             ]
             self.dead_letters(sender, dlq, tp, records, failures, wall, name)
             derived = [
-                (*_origin(outcome.origins[-1 - index]), stage, reason, where)
+                (*resolve_origin(outcome.origins[-1 - index]), stage, reason, where)
                 for index, (stage, reason, where) in sorted(outcome.dead.items(), reverse=True)
                 if index < 0
             ]
@@ -360,11 +360,6 @@ class Collector:
             sender.extend(topic, partition, records)
             self.metrics.produced.labels(topic).inc(len(records))
         return len(records)
-
-
-def _origin(origin: tuple[bytes | None, Any]) -> tuple[bytes | None, bytes]:
-    key, value = origin
-    return key, value() if callable(value) else value
 
 
 def now_ms() -> int:

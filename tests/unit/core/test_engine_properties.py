@@ -41,7 +41,7 @@ from streams import (
 )
 from streams.core.compile import compile_segment
 from streams.core.interpreter import Batch, Tick, interpret, same_value
-from streams.core.outcome import Outcome
+from streams.core.outcome import Outcome, resolve_origin
 from streams.core.segment import Call, CallGen, CallResult, SegmentTask
 from streams.topology.plan import Segment, plan
 
@@ -387,8 +387,7 @@ class Engine:
             if index >= 0:
                 self.dead[base + index] = (stage, where)
             else:
-                key, value = outcome.origins[-1 - index]
-                made = value() if callable(value) else value
+                key, made = resolve_origin(outcome.origins[-1 - index])
                 self.derived.append((key, orjson.loads(made), stage, where))
         self.late.extend(base + index for index in outcome.late)
         self.late_join.extend(self.index_of[offset] for _, _, offset, _, _ in outcome.late_raw)
