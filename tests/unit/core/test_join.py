@@ -124,26 +124,26 @@ def test_not_copartitioned_inputs_stop_the_worker_with_one_line() -> None:
 @pytest.mark.parametrize(
     ("declare", "message"),
     [
-        (lambda a, l, r: l.join_stream(r, within_ms=-1, into="v"), "within_ms) must be an integer"),
-        (lambda a, l, r: l.join_stream(r, within_ms=5, into="v", how="outer"), "'inner' or 'left'"),
-        (lambda a, l, r: l.join_stream(l, within_ms=5, into="v"), "cannot be joined with itself"),
+        (lambda a, s, r: s.join_stream(r, within_ms=-1, into="v"), "within_ms) must be an integer"),
+        (lambda a, s, r: s.join_stream(r, within_ms=5, into="v", how="outer"), "'inner' or 'left'"),
+        (lambda a, s, r: s.join_stream(s, within_ms=5, into="v"), "cannot be joined with itself"),
         (
-            lambda a, l, r: (r.to("copy"), l.join_stream(r, within_ms=5, into="v")),
+            lambda a, s, r: (r.to("copy"), s.join_stream(r, within_ms=5, into="v")),
             "already ends with .to",
         ),
         (
-            lambda a, l, r: (
-                l.join_stream(r, within_ms=5, into="v").to("a"),
+            lambda a, s, r: (
+                s.join_stream(r, within_ms=5, into="v").to("a"),
                 a.stream(a.topic("x"), key="k").join_stream(r, within_ms=5, into="v"),
             ),
             "already joined at test_join.py:",
         ),
         (
-            lambda a, l, r: l.join_stream(App("other").stream("t", key="k"), within_ms=5, into="v"),
+            lambda a, s, r: s.join_stream(App("other").stream("t", key="k"), within_ms=5, into="v"),
             "a stream of another app",
         ),
         (
-            lambda a, l, r: l.join_stream(r.dedupe("id"), within_ms=5, into="v"),
+            lambda a, s, r: s.join_stream(r.dedupe("id"), within_ms=5, into="v"),
             "may only have stateless operators",
         ),
     ],
