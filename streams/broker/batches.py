@@ -154,7 +154,9 @@ class BatchSender:
         self._producer = producer
         # With ``retain``, every record since the last successful flush, to resend after a
         # failure (changelog records: their replay is idempotent).
-        self._retained: list[tuple[str, int, Record]] | None = [] if retain else None
+        # With retain: what was appended since the last flush, as (topic, partition, records)
+        # runs (one tuple per extend, not per record: no work for the garbage collector).
+        self._retained: list[tuple[str, int, Sequence[Record]]] | None = [] if retain else None
         self._open: dict[tuple[str, int], tuple[Any, list[Record]]] = {}
         self._full: list[tuple[str, int, Any, list[Record]]] = []
         self._pending: list[tuple[asyncio.Future[Any], str, int, list[Record]]] = []
@@ -218,7 +220,7 @@ class BatchSender:
                 raise ValueError(f"a record of {len(value or b'')} bytes exceeds the batch size")
         kept.append((key, value, timestamp_ms, headers))
         if self._retained is not None:
-            self._retained.append((topic, partition, (key, value, timestamp_ms, headers)))
+            self._retained.append((topic, partition, ((key, value, timestamp_ms, headers),)))
         self.records += 1
 
     def extend(
@@ -261,7 +263,7 @@ class BatchSender:
             kept.append(record)
         compat.appended(batch, n)
         if self._retained is not None:
-            self._retained.extend([(topic, partition, record) for record in records])
+            self._retained.append((topic, partition, records))
         self.records += len(records)
 
     def next_round_robin(self, partitions: int) -> int:
@@ -314,7 +316,11 @@ class BatchSender:
     def unacked(self) -> list[tuple[str, int, Record]]:
         """With ``retain``: the records appended since the last successful flush."""
         assert self._retained is not None, "a BatchSender(retain=True) keeps them"
-        return list(self._retained)
+        return [
+            (topic, partition, record)
+            for topic, partition, records in self._retained
+            for record in records
+        ]
 
     def resend(self, records: list[tuple[str, int, Record]]) -> None:
         """Append records taken from another sender's :meth:`unacked`, in order."""

@@ -8,24 +8,27 @@ made. A call's changes are staged in the :class:`State` and applied only when it
 what it may (atomic per call); a raise, a bad return or a bad use of ``state`` leaves no
 trace.
 
-Timers live per key and in one heap per partition ordered by ``(at_ms, key)``: firing one
-costs O(log n), whatever the number of keys. Each heap entry carries the generation of the
-timer it was pushed for; cancelled or cleared timers stay in the heap and are skipped when
-popped, and so is an entry whose timer was cleared and set again (it has a newer one). A
-firing round fires every timer due at the operator's stream time, in ``(at_ms, key)``
-order; a timer call may cancel or clear its key's timers at once, but a timer it sets (a
-cleared one set again included) is pushed after the round, so it fires at the next event
-or idle tick: a timer that re-arms itself cannot loop. With ``ttl_ms`` the keys are kept in
-order of their last touch (stream time only grows, so that is also the order of expiry):
-each call touches its key, and after each round the keys untouched for ``ttl_ms`` are
-forgotten, timers included.
+Timers live per key and in one heap per partition ordered by ``at_ms``: firing one costs
+O(log n), whatever the number of keys. A heap entry is one int, ``at_ms`` and the generation
+of the timer it was pushed for (the generation names its key in a dict): ints are no work
+for the garbage collector, which would otherwise walk a tuple per pending timer once, and
+its key once more per change, in a young collection. Cancelled or cleared timers stay in
+the heap and are skipped when popped, and so is an entry whose timer was cleared and set
+again (it has a newer one). A firing round fires every timer due at the operator's stream
+time, in ``(at_ms, key)`` order (the keys of one ``at_ms`` are sorted when it fires); a
+timer call may cancel or clear its key's timers at once, but a timer it sets (a cleared one
+set again included) is pushed after the round, so it fires at the next event or idle tick:
+a timer that re-arms itself cannot loop. With ``ttl_ms`` the keys are kept in order of
+their last touch (stream time only grows, so that is also the order of expiry): each call
+touches its key, and after each round the keys untouched for ``ttl_ms`` are forgotten,
+timers included.
 
 Changelog records (decision 0015): ``p<n>:<key>`` -> ``{"s": {name: value}, "u": last
 touch}`` (``u`` only with a TTL; a tombstone when the key holds nothing), one record per
 timer ``P<n>:<at_ms>:<key>`` -> ``1`` (a tombstone once it fired or was cancelled: a busy key
 with thousands of pending timers costs one record per change, not a rewrite of all of them
-per batch), and ``q<n>:`` -> the operator's ``[stream time, stream time at the last
-activity]``.
+per batch; a timer set and gone between two drains writes nothing), and ``q<n>:`` -> the
+operator's ``[stream time, stream time at the last activity]``.
 """
 
 from __future__ import annotations
@@ -44,11 +47,23 @@ from streams.core.streamtime import NO_TIME
 
 _loads = orjson.loads
 _DELETED = object()
-_SET = b"1"
 _NO_VALUE = object()
 
 
 _NAMES: dict[str, bytes] = {}
+
+# A heap entry: ``at_ms << _GEN_BITS | generation``. Generations count timers pushed, modulo
+# 2**40: two pending timers share one only after a trillion pushes.
+_GEN_BITS = 40
+_GEN_MASK = (1 << _GEN_BITS) - 1
+# A timer's change since the last drain: set (its record was never written, or was deleted),
+# set again (after a change that deleted its record), gone.
+# A key's timers are in its record up to this many; past it they go to records of their
+# own, one per TIMER_BUCKET_MS of at_ms, until they are down to INLINE_AGAIN: a busy key
+# rewrites the buckets a drain changed, not thousands of timers, nor a record per timer.
+INLINE_TIMERS = 32
+INLINE_AGAIN = 8
+TIMER_BUCKET_MS = 1000
 
 
 def _name(name: str) -> bytes:
@@ -69,31 +84,50 @@ class StateUseError(ValueError):
 
 class KeyState:
     """What one key holds: values (name -> JSON bytes), pending timers (at_ms -> the
-    generation of its heap entry), last touch."""
+    generation of its heap entry), last touch, and whether its timers have records of
+    their own (``split``: more than ``INLINE_TIMERS`` of them; ``buckets`` has them by
+    ``at_ms // TIMER_BUCKET_MS``, a record each) or are in its record."""
 
-    __slots__ = ("timers", "touched", "values")
+    __slots__ = ("buckets", "split", "timers", "touched", "values")
 
     def __init__(self) -> None:
         self.values: dict[str, bytes] = {}
         self.timers: dict[int, int] = {}
         self.touched = NO_TIME
+        self.split = False
+        self.buckets: dict[int, set[int]] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.values or self.timers)
 
     def encode(self, with_touch: bool) -> bytes:
-        """The key's changelog value (its timers have records of their own): the JSON of
-        ``{"s": {name: value}, "u": touch}``, joined from the values' bytes."""
+        """The key's changelog value: the JSON of ``{"s": {name: value}, "t": [at_ms, ...],
+        "u": touch}``, joined from the values' bytes; ``"T": 1`` instead of ``t`` when its
+        timers have records of their own."""
         body = b",".join([_name(name) + value for name, value in self.values.items()])
+        record = b'{"s":{%b}' % body
+        if self.split:
+            record += b',"T":1'
+        elif self.timers:
+            record += b',"t":[%b]' % b",".join([b"%d" % at for at in self.timers])
         if with_touch:
-            return b'{"s":{%b},"u":%d}' % (body, self.touched)
-        return b'{"s":{%b}}' % body
+            record += b',"u":%d' % self.touched
+        return record + b"}"
 
     def decode(self, value: bytes) -> None:
-        """Take the values and touch of a changelog value (see :meth:`encode`)."""
+        """Take a changelog value (see :meth:`encode`): a key whose timers are in its record
+        has exactly those; a split key the ones its bucket records gave it."""
         record = _loads(value)
         self.values = {name: dumps(v) for name, v in record["s"].items()}
         self.touched = record.get("u", NO_TIME)
+        self.split = "T" in record
+        if self.split:  # exactly the timers of its bucket records (read before, or after)
+            if self.buckets is None:
+                self.buckets = {}
+            self.timers = {at: 0 for ats in self.buckets.values() for at in ats}
+        else:
+            self.timers = dict.fromkeys(record.get("t", ()), 0)
+            self.buckets = None
 
 
 class State:
@@ -240,14 +274,16 @@ class ProcessState:
         self.site = site
         self.timer_site = timer_site
         self.keys: dict[str, KeyState] = OrderedDict() if ttl_ms is not None else {}
-        self.heap: list[tuple[int, str, int]] = []
+        self.heap: list[int] = []  # at_ms << _GEN_BITS | generation
+        self.timer_keys: dict[int, str] = {}  # generation -> key, for the entries in the heap
         self.generation = 0  # of the last timer pushed
         self.pending = 0  # timers held
         self.stream_time = NO_TIME
         self.at_last_activity = NO_TIME
-        # Since the last drain: keys whose record changed, timers set (True) or gone (False).
+        # Since the last drain: keys whose record changed; the record name of each timer
+        # bucket changed (of split keys).
         self.changed: dict[str, None] = {}
-        self.timer_changes: dict[tuple[str, int], bool] = {}
+        self.timer_changes: dict[bytes, None] = {}
         self.timer_tag = b"P" + tag[1:]
         self.state = State(on_timer is not None)
 
@@ -295,7 +331,7 @@ class ProcessState:
             if t > st:
                 st = t
             commit(k, held, st, heap)
-            if heap and heap[0][0] <= st:
+            if heap and heap[0] >> _GEN_BITS <= st:
                 self._fire(st, emitted, out)
             if ttl:
                 self._expire(st)
@@ -308,7 +344,7 @@ class ProcessState:
         if target <= self.stream_time:
             return emitted
         self.stream_time = target
-        if self.heap and self.heap[0][0] <= target:
+        if self.heap and self.heap[0] >> _GEN_BITS <= target:
             self._fire(target, emitted, out)
         if self.ttl_ms is not None:
             self._expire(target)
@@ -316,9 +352,7 @@ class ProcessState:
 
     # -- inside ------------------------------------------------------------------------
 
-    def _commit(
-        self, key: str, held: KeyState | None, st: int, heap: list[tuple[int, str, int]]
-    ) -> None:
+    def _commit(self, key: str, held: KeyState | None, st: int, heap: list[int]) -> None:
         """Apply the bound call's staged changes to ``key`` and touch it; timers it set go
         on ``heap``."""
         state = self.state
@@ -335,8 +369,9 @@ class ProcessState:
             held.touched = st
             return  # a call that changed nothing
         held.touched = st
-        if self.ttl_ms is not None or writes or cleared:
-            self.changed[key] = None  # its values changed, or its touch (which decides expiry)
+        if self.ttl_ms is not None or writes or cleared or (timers and not held.split):
+            # its values changed, its timers (in its record), or its touch (decides expiry)
+            self.changed[key] = None
         if cleared:
             held.values.clear()
             self._drop_timers(key, held)
@@ -349,27 +384,75 @@ class ProcessState:
                     values[name] = value
         if timers:
             mine = held.timers
-            changes = self.timer_changes
+            split = held.split
             for at, on in timers.items():
                 if on:
                     if at not in mine:
-                        self.generation += 1
-                        mine[at] = self.generation
+                        generation = self.generation = (self.generation + 1) & _GEN_MASK
+                        mine[at] = generation
                         self.pending += 1
-                        heapq.heappush(heap, (at, key, self.generation))
-                        changes[(key, at)] = True
+                        self.timer_keys[generation] = key
+                        heapq.heappush(heap, at << _GEN_BITS | generation)
+                        if split:
+                            self._timer_set(key, held, at)
                 elif at in mine:
                     del mine[at]
                     self.pending -= 1
-                    changes[(key, at)] = False
+                    if split:
+                        self._timer_gone(key, held, at)
+            if split != (len(mine) > (INLINE_AGAIN if split else INLINE_TIMERS)):
+                self._resplit(key, held)
         if not held.values and not held.timers:
             del self.keys[key]
             self.changed[key] = None
 
-    def _drop_timers(self, key: str, held: KeyState) -> None:
-        changes = self.timer_changes
+    def _timer_set(self, key: str, held: KeyState, at: int) -> None:
+        """A split key's new timer, in its bucket."""
+        assert held.buckets is not None
+        bucket = at // TIMER_BUCKET_MS
+        ats = held.buckets.get(bucket)
+        if ats is None:
+            held.buckets[bucket] = {at}
+        else:
+            ats.add(at)
+        self.timer_changes[b"%b%d:%b" % (self.timer_tag, bucket, key.encode())] = None
+
+    def _timer_gone(self, key: str, held: KeyState, at: int) -> None:
+        """A split key's timer gone from its bucket."""
+        assert held.buckets is not None
+        bucket = at // TIMER_BUCKET_MS
+        ats = held.buckets[bucket]
+        ats.discard(at)
+        if not ats:
+            del held.buckets[bucket]
+        self.timer_changes[b"%b%d:%b" % (self.timer_tag, bucket, key.encode())] = None
+
+    def _unsplit(self, key: str, held: KeyState) -> None:
+        """A split key's timers back in its record: its bucket records become tombstones."""
+        assert held.buckets is not None
+        tag = self.timer_tag
+        encoded = key.encode()
+        for bucket in held.buckets:
+            self.timer_changes[b"%b%d:%b" % (tag, bucket, encoded)] = None
+        held.split = False
+        held.buckets = None
+        self.changed[key] = None
+
+    def _resplit(self, key: str, held: KeyState) -> None:
+        """Move a key's timers to bucket records of their own, or back into its record."""
+        if held.split:
+            self._unsplit(key, held)
+            return
+        held.split = True
+        held.buckets = {}
         for at in held.timers:
-            changes[(key, at)] = False
+            self._timer_set(key, held, at)
+        self.changed[key] = None
+
+    def _drop_timers(self, key: str, held: KeyState) -> None:
+        if held.split:
+            self._unsplit(key, held)
+        self.changed[key] = None
         self.pending -= len(held.timers)
         held.timers.clear()
 
@@ -378,56 +461,83 @@ class ProcessState:
         on_timer = self.on_timer
         assert on_timer is not None
         heap = self.heap
-        keys = self.keys
-        state = self.state
-        site = self.timer_site
-        later: list[tuple[int, str, int]] = []
+        timer_keys = self.timer_keys
+        later: list[int] = []
         fired = 0
         pop = heapq.heappop
-        while heap and heap[0][0] <= st:
-            at, key, generation = pop(heap)
-            held = keys.get(key)
-            if held is None or held.timers.get(at) != generation:
-                continue  # cancelled, cleared or expired (or set again) since it was pushed
-            del held.timers[at]
-            self.pending -= 1
-            self.timer_changes[(key, at)] = False
-            fired += 1
-            state._bind(key, held)
-            failure: str | None = None
-            error: BaseException | None = None
-            try:
-                returned = on_timer(key, state, at)
-            except USER_ERRORS as exc:
-                failure, error = reason(exc), exc
-            else:
-                values = _emitted(returned)
-                if state._bad is not None:
-                    failure = state._bad
-                elif values is None:
-                    failure = _not_emittable("on_timer", returned)
-            if failure is not None:
-                origin = out.origin(key, b'{"timer_ms":%d}' % at)
-                if error is not None:
-                    site.fail(out.dead, origin, error)
-                else:
-                    site.bad(out.dead, origin, failure)
-                if not held:
-                    del keys[key]
-                    self.changed[key] = None
-                continue
-            # Timers set now go in after the round (on the heap they could fire in it).
-            self._commit(key, held, st, later)
-            if values:
-                origin = out.origin(key, b'{"timer_ms":%d}' % at)
-                for value in values:
-                    emitted.append((origin, value, key, at))
-            if key in keys and not keys[key]:
-                del keys[key]
-                self.changed[key] = None
+        due: list[tuple[str, int]] = []
+        while heap and heap[0] >> _GEN_BITS <= st:
+            at = heap[0] >> _GEN_BITS
+            while heap and heap[0] >> _GEN_BITS == at:
+                generation = pop(heap) & _GEN_MASK
+                due.append((timer_keys.pop(generation), generation))
+            if len(due) > 1:
+                due.sort()
+            for key, generation in due:
+                fired += self._fire_one(on_timer, key, generation, at, st, later, emitted, out)
+            due.clear()
         out.timers_fired += fired
         for entry in later:
             heapq.heappush(heap, entry)
+
+    def _fire_one(
+        self,
+        on_timer: Callable[..., Any],
+        key: str,
+        generation: int,
+        at: int,
+        st: int,
+        later: list[int],
+        emitted: list[Item],
+        out: Outcome,
+    ) -> int:
+        """Call ``on_timer`` for the timer of ``key`` at ``at`` pushed with ``generation``;
+        1 if it was still pending (and so fired), else 0."""
+        keys = self.keys
+        state = self.state
+        site = self.timer_site
+        held = keys.get(key)
+        if held is None or held.timers.get(at) != generation:
+            return 0  # cancelled, cleared or expired (or set again) since it was pushed
+        del held.timers[at]
+        self.pending -= 1
+        if held.split:
+            self._timer_gone(key, held, at)
+        else:
+            self.changed[key] = None
+        state._bind(key, held)
+        failure: str | None = None
+        error: BaseException | None = None
+        try:
+            returned = on_timer(key, state, at)
+        except USER_ERRORS as exc:
+            failure, error = reason(exc), exc
+        else:
+            values = _emitted(returned)
+            if state._bad is not None:
+                failure = state._bad
+            elif values is None:
+                failure = _not_emittable("on_timer", returned)
+        if failure is not None:
+            origin = out.origin(key, b'{"timer_ms":%d}' % at)
+            if error is not None:
+                site.fail(out.dead, origin, error)
+            else:
+                site.bad(out.dead, origin, failure)
+            if not held:
+                del keys[key]
+                self.changed[key] = None
+            return 1
+        # Timers set now go in after the round (on the heap they could fire in it).
+        self._commit(key, held, st, later)
+        if values:
+            origin = out.origin(key, b'{"timer_ms":%d}' % at)
+            for value in values:
+                emitted.append((origin, value, key, at))
+        if key in keys and not keys[key]:
+            del keys[key]
+            self.changed[key] = None
+        return 1
 
     def _expire(self, st: int) -> None:
         """Forget the keys no call touched for ``ttl_ms`` of stream time."""
@@ -446,7 +556,19 @@ class ProcessState:
     # -- changelog ---------------------------------------------------------------------
 
     def drain(self, records: list[tuple[bytes, bytes | None]]) -> None:
-        """The changelog records of the keys and timers changed since the last drain."""
+        """The changelog records of the keys and timers changed since the last drain: the
+        timers' first, so that a key's record (the truth about its timers when they are in
+        it) comes after the tombstones of the timer records it takes back."""
+        skip = len(self.timer_tag)
+        get = self.keys.get
+        for name in self.timer_changes:
+            bucket_text, _, raw = name[skip:].partition(b":")
+            held = get(raw.decode())
+            ats = None
+            if held is not None and held.buckets is not None:
+                ats = held.buckets.get(int(bucket_text))
+            records.append((name, None if not ats else orjson.dumps(sorted(ats))))
+        self.timer_changes = {}
         tag = self.tag
         get = self.keys.get
         with_touch = self.ttl_ms is not None
@@ -455,11 +577,6 @@ class ProcessState:
             held = get(key)
             append((tag + key.encode(), None if held is None else held.encode(with_touch)))
         self.changed = {}
-        timer_tag = self.timer_tag
-        append = records.append
-        for (key, at), on in self.timer_changes.items():
-            append((b"%b%d:%b" % (timer_tag, at, key.encode()), _SET if on else None))
-        self.timer_changes = {}
 
     @property
     def dirty(self) -> bool:
@@ -478,19 +595,27 @@ class ProcessState:
         held.decode(value)
 
     def apply_timer(self, key: bytes, value: bytes | None) -> None:
-        """Restore a timer's record (``<at_ms>:<key>``, its tag stripped off)."""
-        at_text, _, raw = key.partition(b":")
-        at, name = int(at_text), raw.decode()
+        """Restore a split key's timer bucket record (``<bucket>:<key>``, its tag stripped
+        off): the bucket's timers become the record's."""
+        bucket_text, _, raw = key.partition(b":")
+        bucket, name = int(bucket_text), raw.decode()
         held = self.keys.get(name)
-        if value is None:
-            if held is not None:
-                held.timers.pop(at, None)
-                if not held:
-                    del self.keys[name]
-            return
         if held is None:
+            if value is None:
+                return
             held = self.keys[name] = KeyState()
-        held.timers[at] = 0  # generations are given at finish_restore
+        if held.buckets is None:
+            held.buckets = {}
+        held.split = True
+        for at in held.buckets.pop(bucket, ()):
+            held.timers.pop(at, None)
+        if value is not None:
+            ats = _loads(value)
+            held.buckets[bucket] = set(ats)
+            for at in ats:
+                held.timers[at] = 0  # generations are given at finish_restore
+        if not held:
+            del self.keys[name]
 
     def finish_restore(self) -> None:
         """After the last record: the timer heap, the count, the keys in touch order."""
@@ -500,11 +625,13 @@ class ProcessState:
             keys.clear()
             keys.update(ordered)
         heap = []
+        timer_keys = self.timer_keys = {}
         for key, held in keys.items():
             for at in held.timers:
-                self.generation += 1
-                held.timers[at] = self.generation
-                heap.append((at, key, self.generation))
+                generation = self.generation = (self.generation + 1) & _GEN_MASK
+                held.timers[at] = generation
+                timer_keys[generation] = key
+                heap.append(at << _GEN_BITS | generation)
         heapq.heapify(heap)
         self.heap = heap
         self.pending = len(heap)
@@ -515,6 +642,7 @@ class ProcessState:
         """Forget everything (a changed declaration starts afresh)."""
         self.keys.clear()
         self.heap = []
+        self.timer_keys = {}
         self.pending = 0
         self.changed = {}
         self.timer_changes = {}

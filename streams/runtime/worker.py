@@ -292,6 +292,8 @@ class Worker:
                     try:
                         await self._process(batches)
                     finally:
+                        # The fetch dies here, before a collection could walk it.
+                        batches = {}
                         gc.enable()
                 else:
                     await self._submit_open()

@@ -345,3 +345,56 @@ def test_the_process_generator_never_awaits_per_event() -> None:
         next(gen)
     fired = run_sync(task.tick(10**9, caught_up=True))  # the last card's timers fire
     assert fired.timers_fired == 100
+
+
+def test_a_keys_timers_restore_exactly_as_they_move_to_bucket_records_and_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key's timers are in its record up to INLINE_TIMERS, then in bucket records, back in
+    its record at INLINE_AGAIN: whichever way they went, a restore from the compacted
+    changelog has exactly the key's pending timers (no bucket record left behind)."""
+    from streams.core import process
+
+    monkeypatch.setattr(process, "INLINE_TIMERS", 2)
+    monkeypatch.setattr(process, "INLINE_AGAIN", 1)
+    monkeypatch.setattr(process, "TIMER_BUCKET_MS", 10)
+
+    def plan_timers(event: dict[str, Any], state: Any) -> None:
+        for at in event.get("set", []):
+            state.timer(at)
+        for at in event.get("cancel", []):
+            state.cancel(at)
+
+    app = App("t")
+    app.stream(app.topic("in"), key="k", timestamp="ts").process(
+        plan_timers, on_timer=lambda key, state, at: None
+    ).to("out")
+    compiled = compile_segment(plan(app.decl).segments[0])
+    task = SegmentTask(compiled, idle_timeout_ms=1_000)
+    task.finish_restore()
+    changelog: list[tuple[bytes, bytes | None]] = []
+
+    class Rec:
+        def __init__(self, offset: int) -> None:
+            self.offset, self.key, self.timestamp = offset, b"k", 0
+
+    steps = [
+        {"set": [100, 110, 120]},  # 3 > 2: bucket records 10, 11, 12
+        {"cancel": [100, 110]},  # down to 1: back in the key's record, every bucket gone
+        {"cancel": [120]},  # in the key's record only
+        {"set": [130, 140, 150]},  # split again into other buckets: 120 must not come back
+        {"set": [160], "cancel": [130]},
+    ]
+    for offset, step in enumerate(steps):
+        run_sync(task.process([Rec(offset)], [0], [{"k": "k", "ts": 1, **step}], 0))
+        changelog.extend(task.drain_changelog())
+        expected = task.processes[0].timers_of("k")
+        last = {name: n for n, (name, _) in enumerate(changelog)}
+        compacted = [r for n, r in enumerate(changelog) if last[r[0]] == n and r[1] is not None]
+        for records in (changelog, compacted):
+            restored = SegmentTask(compiled, idle_timeout_ms=1_000)
+            for name, value in records:
+                restored.apply_changelog(name, value)
+            restored.finish_restore()
+            assert restored.processes[0].timers_of("k") == expected, (step, records)
+    assert expected == [140, 150, 160]

@@ -3,7 +3,8 @@ equals the plain interpreter.
 
 Random ``.process`` functions are programs drawn from a small vocabulary of state reads,
 writes, deletes, clears, timers (set and cancelled, some already due, some re-armed by the
-timer itself), emits (none, one, a list) and misuses (a value JSON cannot hold, a timer
+timer itself, up to two dozen at once: a key's timers move to records of their own and
+back), emits (none, one, a list) and misuses (a value JSON cannot hold, a timer
 that is not a time, a return that is not a dict, a raise after changing state). They run
 before a window, after an aggregation, or alone, with and without a TTL, over random
 records in random chunks with idle ticks, and with a restore from the changelog (compacted
@@ -13,12 +14,15 @@ records), late events, duplicates and fired timers must be the interpreter's.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams import App, Count, Max, Sum, hopping, session, tumbling
+from streams.core import process
 from streams.core.interpreter import Batch, Tick
 from streams.topology.plan import Segment, plan
 from tests.unit.core.test_engine_properties import Engine, _check, flush_finals, inputs
@@ -34,6 +38,8 @@ OPCODES = [
     "timer",  # timer(time + arg)
     "timer_past",  # timer(time - arg): already due
     "cancel",  # cancel(time + arg)
+    "timer_many",  # timer(time + 1 .. time + 2 * arg): past 16 a key's timers get own records
+    "cancel_many",  # cancel(time + 1 .. time + arg)
     "emit",  # emit the value with the count
     "emit_two",  # emit a list of two values
     "raise_on",  # raise when n == arg, after changing state
@@ -79,6 +85,12 @@ def make_fn(program: list[Instruction]) -> Any:
                 state.timer(max(0, now - arg))
             elif opcode == "cancel":
                 state.cancel(now + arg)
+            elif opcode == "timer_many":
+                for delay in range(1, 2 * arg + 1):
+                    state.timer(now + delay)
+            elif opcode == "cancel_many":
+                for delay in range(1, arg + 1):
+                    state.cancel(now + delay)
             elif opcode == "emit":
                 emitted = {**value, "c": state.get("c"), "seen": state.get("l")}
             elif opcode == "emit_two":
@@ -202,10 +214,42 @@ def test_process_engine_equals_interpreter(segment: Segment, items: list[Batch |
 def test_a_restored_process_carries_on_as_the_original(
     segment: Segment, items: list[Batch | Tick], cut: int, compacted: bool
 ) -> None:
+    _restored_run(segment, items, [cut], compacted)
+
+
+@settings(max_examples=250, deadline=None)
+@given(declarations(), inputs(), st.lists(st.integers(0, 8), max_size=3), st.booleans())
+def test_timers_moving_between_a_keys_record_and_bucket_records_restore_exactly(
+    segment: Segment, items: list[Batch | Tick], cuts: list[int], compacted: bool
+) -> None:
+    """With a key's timers in its record up to 2, in bucket records of 3 ms from 3 on and
+    back at 1, keys move between both often: restores at random points carry on exactly."""
+    with _timer_records(inline=2, again=1, bucket_ms=3):
+        _restored_run(segment, items, cuts, compacted)
+
+
+@contextmanager
+def _timer_records(inline: int, again: int, bucket_ms: int) -> Iterator[None]:
+    saved = (process.INLINE_TIMERS, process.INLINE_AGAIN, process.TIMER_BUCKET_MS)
+    process.INLINE_TIMERS, process.INLINE_AGAIN, process.TIMER_BUCKET_MS = (
+        inline,
+        again,
+        bucket_ms,
+    )
+    try:
+        yield
+    finally:
+        process.INLINE_TIMERS, process.INLINE_AGAIN, process.TIMER_BUCKET_MS = saved
+
+
+def _restored_run(
+    segment: Segment, items: list[Batch | Tick], cuts: list[int], compacted: bool
+) -> None:
     engine = Engine(segment)
     for position, item in enumerate(items):
-        if position == cut:
-            engine.restart(compacted)
+        for cut in cuts:
+            if position == cut:
+                engine.restart(compacted)
         engine.feed(item)
     flush_finals(engine)
     _check(segment, items, engine)
