@@ -457,11 +457,16 @@ class ProcessState:
         held.timers.clear()
 
     def _fire(self, st: int, emitted: list[Item], out: Outcome) -> None:
-        """Fire every timer due at ``st`` in ``(at_ms, key)`` order."""
+        """Fire every timer due at ``st`` in ``(at_ms, key)`` order (one loop: a timer is
+        as common as an event)."""
         on_timer = self.on_timer
         assert on_timer is not None
         heap = self.heap
         timer_keys = self.timer_keys
+        keys = self.keys
+        state = self.state
+        bind = state._bind
+        changed = self.changed
         later: list[int] = []
         fired = 0
         pop = heapq.heappop
@@ -474,70 +479,63 @@ class ProcessState:
             if len(due) > 1:
                 due.sort()
             for key, generation in due:
-                fired += self._fire_one(on_timer, key, generation, at, st, later, emitted, out)
+                held = keys.get(key)
+                if held is None or held.timers.get(at) != generation:
+                    continue  # cancelled, cleared or expired (or set again) since pushed
+                del held.timers[at]
+                self.pending -= 1
+                fired += 1
+                if held.split:
+                    self._timer_gone(key, held, at)
+                else:
+                    changed[key] = None
+                bind(key, held)
+                try:
+                    returned = on_timer(key, state, at)
+                except USER_ERRORS as exc:
+                    self._timer_failed(key, held, at, out, reason(exc), exc)
+                    continue
+                values = None if returned is None else _emitted(returned)
+                if state._bad is not None:
+                    self._timer_failed(key, held, at, out, state._bad, None)
+                    continue
+                if values is None and returned is not None:
+                    failure = _not_emittable("on_timer", returned)
+                    self._timer_failed(key, held, at, out, failure, None)
+                    continue
+                # Timers set now go in after the round (on the heap they could fire in it).
+                self._commit(key, held, st, later)
+                if values:
+                    origin = out.origin(key, b'{"timer_ms":%d}' % at)
+                    for value in values:
+                        emitted.append((origin, value, key, at))
+                if not held.values and not held.timers and key in keys:
+                    del keys[key]
+                    changed[key] = None
             due.clear()
         out.timers_fired += fired
         for entry in later:
             heapq.heappush(heap, entry)
 
-    def _fire_one(
+    def _timer_failed(
         self,
-        on_timer: Callable[..., Any],
         key: str,
-        generation: int,
+        held: KeyState,
         at: int,
-        st: int,
-        later: list[int],
-        emitted: list[Item],
         out: Outcome,
-    ) -> int:
-        """Call ``on_timer`` for the timer of ``key`` at ``at`` pushed with ``generation``;
-        1 if it was still pending (and so fired), else 0."""
-        keys = self.keys
-        state = self.state
-        site = self.timer_site
-        held = keys.get(key)
-        if held is None or held.timers.get(at) != generation:
-            return 0  # cancelled, cleared or expired (or set again) since it was pushed
-        del held.timers[at]
-        self.pending -= 1
-        if held.split:
-            self._timer_gone(key, held, at)
+        failure: str,
+        error: BaseException | None,
+    ) -> None:
+        """A timer call raised or returned what it may not: its dead letter; none of its
+        changes apply (the timer is gone)."""
+        origin = out.origin(key, b'{"timer_ms":%d}' % at)
+        if error is not None:
+            self.timer_site.fail(out.dead, origin, error)
         else:
+            self.timer_site.bad(out.dead, origin, failure)
+        if not held:
+            del self.keys[key]
             self.changed[key] = None
-        state._bind(key, held)
-        failure: str | None = None
-        error: BaseException | None = None
-        try:
-            returned = on_timer(key, state, at)
-        except USER_ERRORS as exc:
-            failure, error = reason(exc), exc
-        else:
-            values = _emitted(returned)
-            if state._bad is not None:
-                failure = state._bad
-            elif values is None:
-                failure = _not_emittable("on_timer", returned)
-        if failure is not None:
-            origin = out.origin(key, b'{"timer_ms":%d}' % at)
-            if error is not None:
-                site.fail(out.dead, origin, error)
-            else:
-                site.bad(out.dead, origin, failure)
-            if not held:
-                del keys[key]
-                self.changed[key] = None
-            return 1
-        # Timers set now go in after the round (on the heap they could fire in it).
-        self._commit(key, held, st, later)
-        if values:
-            origin = out.origin(key, b'{"timer_ms":%d}' % at)
-            for value in values:
-                emitted.append((origin, value, key, at))
-        if key in keys and not keys[key]:
-            del keys[key]
-            self.changed[key] = None
-        return 1
 
     def _expire(self, st: int) -> None:
         """Forget the keys no call touched for ``ttl_ms`` of stream time."""
