@@ -1,0 +1,471 @@
+"""Open sliding windows of one partition: each key's events, stored once, and its windows.
+
+A key has one window per distinct event time ``t`` of its accepted events: the events in
+``(t - size, t]``, ending at ``t + 1`` and closed once stream time reaches ``t + 1 + grace``
+(decision 0018). Windows overlap as much as their events are close, so nothing is kept per
+window but what must be: a key keeps its events once, ordered by (event time, arrival), and
+its pending windows are just their times. Built-in aggregations are computed when a window
+closes, by a sweep over the key's events (:mod:`streams.core.sweeps`): a key's windows close
+in increasing ``t`` and no event that is not late can arrive at or before a closed window's
+``t``, so the closing window's events are a range of that list whose ends only move forward.
+Custom aggregators keep one accumulator per pending window, updated per event as the
+compiled loop updates hopping windows: atomically (decision 0014).
+
+An event is forgotten once no window that may hold it can still be open or opened:
+``ts + size + grace <= stream time``. Closing and forgetting are driven by a heap of per-key
+due times (the earliest close or forget of the key) whose stale entries are skipped.
+
+Changelog records (values compact JSON, ``None`` a tombstone):
+
+================  =========================================================================
+``l<seq>``        a stored event, ``[key, t, inputs..., value]`` (the value only with custom
+                  aggregators, which fold it into windows opened later); ``seq`` numbers the
+                  partition's events in arrival order
+``L<t>:<key>``    the custom accumulators of the key's pending window ``t``
+================  =========================================================================
+
+Restored, a key's pending windows are the times of its events whose windows are not closed
+at the restored stream time (with custom aggregators, those with an ``L`` record), and each
+sweep starts again from the key's first event.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from bisect import bisect_right
+from typing import Any
+
+import orjson
+
+from streams.core.compile import check_accumulator, restore, snapshot
+from streams.core.jsonbytes import dumps
+from streams.core.sweeps import FIRST_INPUT, Aggregates, CountSweep, Event
+from streams.core.windows import NEVER
+
+EVENT_TAG = b"l"
+WINDOW_TAG = b"L"
+# (key, window_start, window_end, accumulator): a window to emit, its built-ins' values and
+# its custom accumulators in their layout slots.
+Closed = tuple[str, int, int, list[Any]]
+
+
+def _time(ev: Event) -> int:
+    t: int = ev[0]
+    return t
+
+
+class _Key:
+    """One key: ``events[base:]`` held (``events[:base]`` forgotten, cut off in bulk), the
+    sweep's range ``[lo, hi)`` and running states, pending window times ascending, custom
+    accumulators by window time, and the time the heap has it due."""
+
+    __slots__ = ("accs", "base", "due", "events", "hi", "lo", "pending", "run")
+
+    def __init__(self, run: list[Any]) -> None:
+        self.events: list[Event] = []
+        self.base = self.lo = self.hi = 0
+        self.run = run
+        self.pending: list[int] = []
+        self.accs: dict[int, list[Any]] = {}
+        self.due = NEVER
+
+
+class SlidingStore:
+    """The sliding windows of one partition (see the module docstring)."""
+
+    __slots__ = (
+        "_close_after",
+        "_counts",
+        "_customs",
+        "_events",
+        "_forget_after",
+        "_heap",
+        "_open",
+        "_restored",
+        "_restored_accs",
+        "_seq",
+        "_size",
+        "_stateful",
+        "_sweeps",
+        "_width",
+        "_windows",
+        "keys",
+        "next_close",
+        "touched",
+    )
+
+    def __init__(self, size_ms: int, grace_ms: int, aggregates: Aggregates, updates: bool) -> None:
+        self._size = size_ms
+        self._close_after = 1 + grace_ms
+        self._forget_after = size_ms + grace_ms
+        self._sweeps = aggregates.sweeps
+        self._stateful = [s for s in aggregates.sweeps if not isinstance(s, CountSweep)]
+        self._counts = [s.b for s in aggregates.sweeps if isinstance(s, CountSweep)]
+        self._customs = aggregates.customs
+        self._width = aggregates.width
+        self.keys: dict[str, _Key] = {}
+        self._heap: list[tuple[int, str]] = []
+        self.next_close = NEVER
+        self._seq = 0
+        self._open = 0
+        # Changes since the last drain: seq -> (key, event), or None (forgotten); and the
+        # custom accumulators of (t, key), True (held) or False (closed).
+        self._events: dict[int, tuple[str, Event] | None] = {}
+        self._windows: dict[tuple[int, str], bool] = {}
+        # Windows changed in the current batch (update mode only).
+        self.touched: dict[tuple[int, str], None] | None = {} if updates else None
+        self._restored: dict[int, Any] = {}
+        self._restored_accs: dict[tuple[int, str], list[Any]] = {}
+
+    def __len__(self) -> int:
+        """Number of pending windows."""
+        return self._open
+
+    # -- events ----------------------------------------------------------------------------
+
+    def add(self, key: str, t: int, inputs: tuple[Any, ...]) -> None:
+        """Store an accepted event (not late) of ``key`` at ``t`` with its inputs; its window
+        opens if new. Built-in aggregations only."""
+        ks = self.keys.get(key)
+        if ks is None:
+            ks = self.keys[key] = _Key([s.new() for s in self._stateful])
+        self._store(ks, key, (t, self._seq, *inputs))
+        self._open_window(ks, key, t)
+        if self.touched is not None:
+            self._touch(ks, key, t)
+
+    def add_custom(self, key: str, t: int, inputs: tuple[Any, ...], value: Any) -> None:
+        """:meth:`add` with custom aggregators: ``value`` goes into its own window (opened by
+        folding the stored events in its range first) and every later pending window that
+        holds it. Atomic: if an ``initial``/``add`` raises or returns what JSON cannot hold,
+        every accumulator is as it was and this raises (the event is a dead letter)."""
+        kept = dumps(value)  # raises for a value that is not JSON: it would live in the state
+        ks = self.keys.get(key)
+        own = None if ks is None else ks.accs.get(t)
+        later = [] if ks is None else self._later(ks, t)
+        undo: list[tuple[Any, int, bytes | None]] = []
+        try:
+            if own is None:
+                fresh = self._fold(ks, t)
+                mine = self._add(fresh, value, None)
+            else:
+                mine = self._add(own, value, undo)
+            changed = [self._add(ks.accs[u], value, undo) for u in later]  # type: ignore[union-attr]
+        except BaseException:
+            restore(undo)
+            raise
+        if ks is None:
+            ks = self.keys[key] = _Key([s.new() for s in self._stateful])
+        self._store(ks, key, (t, self._seq, *inputs, kept))
+        ks.accs[t] = mine
+        self._windows[(t, key)] = True
+        for u, accs in zip(later, changed, strict=True):
+            ks.accs[u] = accs
+            self._windows[(u, key)] = True
+        self._open_window(ks, key, t)
+        if self.touched is not None:
+            self._touch(ks, key, t)
+
+    def _store(self, ks: _Key, key: str, ev: Event) -> None:
+        self._seq += 1
+        events = ks.events
+        t = ev[0]
+        if len(events) == ks.base or events[-1][0] <= t:
+            events.append(ev)
+        else:
+            # After every event of its time and before later ones; every event the sweep
+            # passed is at or before a closed window's time, so before this one.
+            events.insert(bisect_right(events, t, ks.hi, key=_time), ev)
+        self._events[ev[1]] = (key, ev)
+
+    def _open_window(self, ks: _Key, key: str, t: int) -> None:
+        pending = ks.pending
+        if not pending or pending[-1] < t:
+            pending.append(t)
+        else:
+            at = bisect_right(pending, t)
+            if at and pending[at - 1] == t:
+                return
+            pending.insert(at, t)
+        self._open += 1
+        close = t + self._close_after
+        if close < ks.due:
+            ks.due = close
+            heapq.heappush(self._heap, (close, key))
+            if close < self.next_close:
+                self.next_close = close
+
+    def _later(self, ks: _Key, t: int) -> list[int]:
+        """The key's pending windows after ``t`` that hold an event at ``t``."""
+        pending = ks.pending
+        reach = t + self._size
+        later = []
+        for u in pending[bisect_right(pending, t) :]:
+            if u >= reach:
+                break
+            later.append(u)
+        return later
+
+    def _touch(self, ks: _Key, key: str, t: int) -> None:
+        touched = self.touched
+        assert touched is not None
+        touched[(t, key)] = None
+        for u in self._later(ks, t):
+            touched[(u, key)] = None
+
+    # -- custom aggregators ------------------------------------------------------------------
+
+    def _add(
+        self, accs: list[Any], value: Any, undo: list[tuple[Any, int, bytes | None]] | None
+    ) -> list[Any]:
+        """Each custom accumulator with ``value`` added; ``undo`` collects what puts back the
+        held ones an ``add`` may change in place before failing."""
+        out = []
+        for n, custom in enumerate(self._customs):
+            acc = accs[n]
+            if undo is not None:
+                undo.append((accs, n, snapshot(acc)))
+            acc = custom.add(acc, value)
+            check_accumulator(acc, custom.name)
+            out.append(acc)
+        return out
+
+    def _fold(self, ks: _Key | None, t: int) -> list[Any]:
+        """New accumulators of window ``t``: the key's stored events in its range, in order."""
+        accs = [custom.initial() for custom in self._customs]
+        if ks is None:
+            return accs
+        events = ks.events
+        lo = bisect_right(events, t - self._size, ks.base, key=_time)
+        for ev in events[lo : bisect_right(events, t, lo, key=_time)]:
+            accs = self._add(accs, orjson.loads(ev[-1]), None)
+        return accs
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close_until(self, stream_time: int) -> list[Closed]:
+        """Remove and return the windows closed at ``stream_time``, by end, then key; forget
+        the events no open or future window can hold."""
+        heap = self._heap
+        keys = self.keys
+        closed: list[Closed] = []
+        while heap and heap[0][0] <= stream_time:
+            due, key = heapq.heappop(heap)
+            ks = keys.get(key)
+            if ks is not None and ks.due == due:
+                self._close_key(key, ks, stream_time, closed)
+        self.next_close = heap[0][0] if heap else NEVER
+        if len(closed) > 1:
+            closed.sort(key=_end_then_key)
+        return closed
+
+    def _close_key(self, key: str, ks: _Key, stream_time: int, closed: list[Closed]) -> None:
+        pending = ks.pending
+        close_after = self._close_after
+        size = self._size
+        while pending and pending[0] + close_after <= stream_time:
+            t = pending.pop(0)
+            self._open -= 1
+            closed.append((key, t - size + 1, t + 1, self._values(key, ks, t)))
+        self._forget(ks, stream_time - self._forget_after)
+        if ks.base == len(ks.events):
+            del self.keys[key]  # no events, so no pending window either
+        else:
+            self._schedule(ks, key)
+
+    def _schedule(self, ks: _Key, key: str) -> None:
+        """Put the key in the heap at its next close or forget, whichever comes first."""
+        due = ks.events[ks.base][0] + self._forget_after
+        pending = ks.pending
+        if pending and pending[0] + self._close_after < due:
+            due = pending[0] + self._close_after
+        ks.due = due
+        heapq.heappush(self._heap, (due, key))
+        if due < self.next_close:
+            self.next_close = due
+
+    def _values(self, key: str, ks: _Key, t: int) -> list[Any]:
+        """Window ``t``'s accumulator, the sweep moved to its range (it closes now)."""
+        events = ks.events
+        run = ks.run
+        stateful = self._stateful
+        n = len(events)
+        hi = ks.hi
+        while hi < n and events[hi][0] <= t:
+            ev = events[hi]
+            for s, r in zip(stateful, run, strict=True):
+                s.add(r, ev)
+            hi += 1
+        lo = ks.lo
+        floor = t - self._size
+        while lo < hi and events[lo][0] <= floor:
+            ev = events[lo]
+            for s, r in zip(stateful, run, strict=True):
+                s.remove(r, ev)
+            lo += 1
+        ks.lo, ks.hi = lo, hi
+        acc: list[Any] = [None] * self._width
+        for b in self._counts:
+            acc[b] = hi - lo
+        for s, r in zip(stateful, run, strict=True):
+            acc[s.b] = s.value(r, events, lo, hi)
+        if self._customs:
+            accs = ks.accs.pop(t)
+            self._windows[(t, key)] = False
+            for custom, held in zip(self._customs, accs, strict=True):
+                acc[custom.b] = held
+        return acc
+
+    def _forget(self, ks: _Key, horizon: int) -> None:
+        """Forget the key's events at or before ``horizon``, taking them out of the sweep."""
+        events = ks.events
+        base = ks.base
+        n = len(events)
+        if base == n or events[base][0] > horizon:
+            return
+        lo, hi = ks.lo, ks.hi
+        stateful = self._stateful
+        run = ks.run
+        changes = self._events
+        while base < n and events[base][0] <= horizon:
+            ev = events[base]
+            if base >= lo:
+                if base < hi:
+                    for s, r in zip(stateful, run, strict=True):
+                        s.remove(r, ev)
+                    lo = base + 1
+                else:
+                    lo = hi = base + 1
+            seq = ev[1]
+            if seq in changes:
+                del changes[seq]  # never written: nothing to tombstone
+            else:
+                changes[seq] = None
+            base += 1
+        if base > 64 and 2 * base > n:
+            del events[:base]
+            lo -= base
+            hi -= base
+            base = 0
+        ks.base, ks.lo, ks.hi = base, lo, hi
+
+    # -- update records ----------------------------------------------------------------------
+
+    def updates(self) -> list[Closed]:
+        """The pending windows a batch changed, by end, then key, each with its accumulator
+        recomputed from its events; forgets what the batch changed."""
+        touched = self.touched
+        assert touched is not None
+        out: list[Closed] = []
+        size = self._size
+        for t, key in sorted(touched):
+            ks = self.keys.get(key)
+            if ks is not None and _pending(ks, t):
+                out.append((key, t - size + 1, t + 1, self._scratch(ks, t)))
+        touched.clear()
+        return out
+
+    def _scratch(self, ks: _Key, t: int) -> list[Any]:
+        events = ks.events
+        lo = bisect_right(events, t - self._size, ks.base, key=_time)
+        window = events[lo : bisect_right(events, t, lo, key=_time)]
+        acc: list[Any] = [None] * self._width
+        for s in self._sweeps:
+            acc[s.b] = s.scratch(window)
+        if self._customs:
+            for custom, held in zip(self._customs, ks.accs[t], strict=True):
+                acc[custom.b] = held
+        return acc
+
+    # -- changelog -----------------------------------------------------------------------
+
+    def drain(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        """Append the records of every change since the last drain."""
+        customs = bool(self._customs)
+        for seq, held in self._events.items():
+            if held is None:
+                records.append((EVENT_TAG + b"%d" % seq, None))
+            else:
+                key, ev = held
+                records.append((EVENT_TAG + b"%d" % seq, _encode_event(key, ev, customs)))
+        self._events = {}
+        for (t, key), live in self._windows.items():
+            name = WINDOW_TAG + b"%d:" % t + key.encode()
+            if live:
+                ks = self.keys[key]
+                records.append((name, dumps(ks.accs[t])))
+            else:
+                records.append((name, None))
+        self._windows = {}
+
+    def apply(self, name: bytes, value: bytes | None) -> None:
+        """Restore one changelog record (``l`` or ``L``); :meth:`finish_restore` after the
+        last."""
+        if name[:1] == EVENT_TAG:
+            seq = int(name[1:])
+            self._seq = max(self._seq, seq + 1)
+            if value is None:
+                self._restored.pop(seq, None)
+            else:
+                self._restored[seq] = orjson.loads(value)
+            return
+        t, _, key = name[1:].decode().partition(":")
+        if value is None:
+            self._restored_accs.pop((int(t), key), None)
+        else:
+            self._restored_accs[(int(t), key)] = orjson.loads(value)
+
+    def finish_restore(self, stream_time: int) -> None:
+        """Rebuild the keys from the records applied (see the module docstring)."""
+        customs = bool(self._customs)
+        by_key: dict[str, list[Event]] = {}
+        for seq, (key, t, *inputs) in sorted(self._restored.items()):
+            if customs:
+                inputs[-1] = dumps(inputs[-1])
+            by_key.setdefault(key, []).append((t, seq, *inputs))
+        for key, events in by_key.items():
+            events.sort(key=_time_then_seq)
+            ks = self.keys[key] = _Key([s.new() for s in self._stateful])
+            ks.events = events
+            if customs:
+                times = sorted(t for t, k in self._restored_accs if k == key)
+                for t in times:
+                    ks.accs[t] = self._restored_accs[(t, key)]
+            else:
+                times = sorted({ev[0] for ev in events})
+            for t in times:
+                if t + self._close_after > stream_time:
+                    ks.pending.append(t)
+            self._open += len(ks.pending)
+            self._schedule(ks, key)
+        self._restored = {}
+        self._restored_accs = {}
+        self._events = {}
+        self._windows = {}
+        if self.touched is not None:
+            self.touched.clear()
+
+
+def _pending(ks: _Key, t: int) -> bool:
+    at = bisect_right(ks.pending, t)
+    return bool(at) and ks.pending[at - 1] == t
+
+
+def _encode_event(key: str, ev: Event, customs: bool) -> bytes:
+    """``[key, t, inputs..., value]``: the value's JSON as it was kept (a fragment)."""
+    inputs = [*ev[FIRST_INPUT:-1], orjson.Fragment(ev[-1])] if customs else [*ev[FIRST_INPUT:]]
+    try:
+        return b"".join((orjson.dumps([key, ev[0], *inputs]), b""))
+    except TypeError:  # an integer beyond 64 bits (a First/Last value, or in the value)
+        if customs:
+            inputs[-1] = json.loads(ev[-1])
+        return dumps([key, ev[0], *inputs])
+
+
+def _end_then_key(item: Closed) -> tuple[int, str]:
+    return item[2], item[0]
+
+
+def _time_then_seq(ev: Event) -> tuple[int, int]:
+    return ev[0], ev[1]
