@@ -42,12 +42,19 @@ ALL_SCENARIOS = (
     "pipeline-eos",
     "pipeline-user",
     "pipeline-process",
+    "pipeline-sliding",
     "latency",
     "state",
 )
 
 
-PIPELINES = ("pipeline-alo", "pipeline-eos", "pipeline-user", "pipeline-process")
+PIPELINES = (
+    "pipeline-alo",
+    "pipeline-eos",
+    "pipeline-user",
+    "pipeline-process",
+    "pipeline-sliding",
+)
 
 
 @dataclass
@@ -186,6 +193,7 @@ async def run_bench(
         "pipeline-eos": {"scenario": "pipeline", "guarantee": "exactly_once"},
         "pipeline-user": {"scenario": "pipeline-user", "guarantee": "at_least_once"},
         "pipeline-process": {"scenario": "pipeline-process", "guarantee": "at_least_once"},
+        "pipeline-sliding": {"scenario": "pipeline-sliding", "guarantee": "at_least_once"},
     }
     for round_ in range(1, config.rounds + 1):
         for name, plan in plans.items():

@@ -167,6 +167,29 @@ async def pipeline_process(args: Args) -> dict[str, Any]:
     return await _run_worker(worker, args)
 
 
+async def pipeline_sliding(args: Args) -> dict[str, Any]:
+    """The rolling example's shape (a 5-minute sliding window, ``Count`` and ``Sum``),
+    declared with the public API, in process, until it has consumed every event."""
+    from streams.bench.sliding_app import build
+    from streams.runtime.health import Health
+    from streams.runtime.metrics import WorkerMetrics
+    from streams.runtime.worker import Worker
+    from streams.topology.plan import plan
+
+    app_id = args["app_id"]
+    settings = Settings.from_env(
+        {
+            **_kafka_env(args),
+            "STREAMS_APP_ID": app_id,
+            "STREAMS_PARTITIONS": str(args["partitions"]),
+            "STREAMS_GUARANTEE": args["guarantee"],
+        }
+    )
+    app = build(app_id, args["topic"], f"{app_id}-spend")
+    worker = Worker(settings, plan(app.decl, app_id), WorkerMetrics(), Health())
+    return await _run_worker(worker, args)
+
+
 async def _run_worker(worker: Any, args: Args) -> dict[str, Any]:
     await worker.start()
     try:
@@ -393,6 +416,7 @@ SCENARIOS: dict[str, Callable[[Args], Any]] = {
     "pipeline": pipeline,
     "pipeline-user": pipeline_user,
     "pipeline-process": pipeline_process,
+    "pipeline-sliding": pipeline_sliding,
     "faust-naive": faust_naive,
 }
 

@@ -127,11 +127,25 @@ class SlidingStore:
     def add(self, key: str, t: int, inputs: tuple[Any, ...]) -> None:
         """Store an accepted event (not late) of ``key`` at ``t`` with its inputs; its window
         opens if new. Built-in aggregations only."""
+        # The hot path: _store and _open_window inlined for the usual event, the latest of
+        # its key so far.
         ks = self.keys.get(key)
         if ks is None:
             ks = self.keys[key] = _Key([s.new() for s in self._stateful])
-        self._store(ks, key, (t, self._seq, *inputs))
-        self._open_window(ks, key, t)
+        seq = self._seq
+        self._seq = seq + 1
+        ev = (t, seq, *inputs)
+        self._events[seq] = (key, ev)
+        events = ks.events
+        pending = ks.pending
+        if len(events) == ks.base or events[-1][0] < t:
+            events.append(ev)
+            if not pending or pending[-1] < t:
+                pending.append(t)
+                self._opened(ks, key, t)
+        else:
+            events.insert(bisect_right(events, t, ks.hi, key=_time), ev)
+            self._open_window(ks, key, t)
         if self.touched is not None:
             self._touch(ks, key, t)
 
@@ -188,6 +202,10 @@ class SlidingStore:
             if at and pending[at - 1] == t:
                 return
             pending.insert(at, t)
+        self._opened(ks, key, t)
+
+    def _opened(self, ks: _Key, key: str, t: int) -> None:
+        """Window ``t`` was added to the key's pending ones: count it, schedule its close."""
         self._open += 1
         close = t + self._close_after
         if close < ks.due:
@@ -246,44 +264,46 @@ class SlidingStore:
 
     def close_until(self, stream_time: int) -> list[Closed]:
         """Remove and return the windows closed at ``stream_time``, by end, then key; forget
-        the events no open or future window can hold."""
+        the events no open or future window can hold.
+
+        A key is due at its first pending window's close (or its first event's forget); each
+        pop closes that one window and puts the key back at its next due time, so windows
+        come off the heap in (close, key) order, which is (end, key) order."""
         heap = self._heap
         keys = self.keys
+        close_after = self._close_after
+        forget_after = self._forget_after
+        horizon = stream_time - forget_after
+        size = self._size
+        pop, push = heapq.heappop, heapq.heappush
         closed: list[Closed] = []
         while heap and heap[0][0] <= stream_time:
-            due, key = heapq.heappop(heap)
+            due, key = pop(heap)
             ks = keys.get(key)
-            if ks is not None and ks.due == due:
-                self._close_key(key, ks, stream_time, closed)
+            if ks is None or ks.due != due:
+                continue  # stale: the key was put back at another time since
+            pending = ks.pending
+            if pending and pending[0] + close_after <= stream_time:
+                t = pending.pop(0)
+                self._open -= 1
+                closed.append((key, t - size + 1, t + 1, self._values(key, ks, t)))
+                if pending and pending[0] + close_after <= stream_time:
+                    ks.due = due = pending[0] + close_after
+                    push(heap, (due, key))
+                    continue  # its next window first: it may hold events to forget
+            events = ks.events
+            if events[ks.base][0] <= horizon:
+                self._forget(ks, horizon)
+                if ks.base == len(events):
+                    del keys[key]  # no events, so no pending window either
+                    continue
+            due = events[ks.base][0] + forget_after
+            if pending and pending[0] + close_after < due:
+                due = pending[0] + close_after
+            ks.due = due
+            push(heap, (due, key))
         self.next_close = heap[0][0] if heap else NEVER
-        if len(closed) > 1:
-            closed.sort(key=_end_then_key)
         return closed
-
-    def _close_key(self, key: str, ks: _Key, stream_time: int, closed: list[Closed]) -> None:
-        pending = ks.pending
-        close_after = self._close_after
-        size = self._size
-        while pending and pending[0] + close_after <= stream_time:
-            t = pending.pop(0)
-            self._open -= 1
-            closed.append((key, t - size + 1, t + 1, self._values(key, ks, t)))
-        self._forget(ks, stream_time - self._forget_after)
-        if ks.base == len(ks.events):
-            del self.keys[key]  # no events, so no pending window either
-        else:
-            self._schedule(ks, key)
-
-    def _schedule(self, ks: _Key, key: str) -> None:
-        """Put the key in the heap at its next close or forget, whichever comes first."""
-        due = ks.events[ks.base][0] + self._forget_after
-        pending = ks.pending
-        if pending and pending[0] + self._close_after < due:
-            due = pending[0] + self._close_after
-        ks.due = due
-        heapq.heappush(self._heap, (due, key))
-        if due < self.next_close:
-            self.next_close = due
 
     def _values(self, key: str, ks: _Key, t: int) -> list[Any]:
         """Window ``t``'s accumulator, the sweep moved to its range (it closes now)."""
@@ -349,6 +369,17 @@ class SlidingStore:
             hi -= base
             base = 0
         ks.base, ks.lo, ks.hi = base, lo, hi
+
+    def _schedule(self, ks: _Key, key: str) -> None:
+        """Put a restored key in the heap at its next close or forget, whichever is first."""
+        due = ks.events[ks.base][0] + self._forget_after
+        pending = ks.pending
+        if pending and pending[0] + self._close_after < due:
+            due = pending[0] + self._close_after
+        ks.due = due
+        heapq.heappush(self._heap, (due, key))
+        if due < self.next_close:
+            self.next_close = due
 
     # -- update records ----------------------------------------------------------------------
 
@@ -461,10 +492,6 @@ def _encode_event(key: str, ev: Event, customs: bool) -> bytes:
         if customs:
             inputs[-1] = json.loads(ev[-1])
         return dumps([key, ev[0], *inputs])
-
-
-def _end_then_key(item: Closed) -> tuple[int, str]:
-    return item[2], item[0]
 
 
 def _time_then_seq(ev: Event) -> tuple[int, int]:
