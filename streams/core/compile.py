@@ -26,11 +26,11 @@ from typing import Any
 
 import orjson as _orjson
 
-from streams.core import aggregations
+from streams.core import aggregations, sweeps
 from streams.core.aggregations import Layout
 from streams.core.failures import USER_ERRORS, Site, Sites, reason
 from streams.core.jsonbytes import dumps
-from streams.core.sweeps import Aggregates, aggregates
+from streams.core.sweeps import Aggregates
 from streams.core.windows import NEVER
 from streams.errors import DeclarationError
 from streams.topology import nodes
@@ -1037,10 +1037,25 @@ class _Compiler:
             self._session_parts(compiled, window.spec.gap_ms, lay)
         elif isinstance(window.spec, Sliding):
             compiled.size_ms = window.spec.size_ms
-            compiled.sliding = aggregates(self.segment.aggregate.named, lay)  # type: ignore[union-attr]
+            compiled.sliding = self._sliding_parts(lay)
         else:
             compiled.size_ms = window.spec.size_ms
             compiled.step_ms = window.spec.step_ms
+
+    def _sliding_parts(self, lay: Layout) -> Aggregates:
+        """The sliding window's aggregations, its sweep generated (:mod:`.sweeps`)."""
+        aggregate = self.segment.aggregate
+        assert aggregate is not None
+        found = sweeps.aggregates(aggregate.named, lay)
+        self.ns.update(sweeps.NAMESPACE)
+        sweep, values = sweeps.sources(found)
+        code = _Code()
+        code.add(*sweep)
+        found.sweep = self._exec("_sweep", code)
+        code = _Code()
+        code.add(*values)
+        found.values = self._exec("_values", code)
+        return found
 
     def _session_parts(self, compiled: Compiled, gap_ms: int, lay: Layout) -> None:
         compiled.gap_ms = gap_ms

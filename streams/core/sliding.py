@@ -18,15 +18,18 @@ due times (the earliest close or forget of the key) whose stale entries are skip
 Changelog records (values compact JSON, ``None`` a tombstone):
 
 ================  =========================================================================
-``l<seq>``        a stored event, ``[key, t, inputs..., value]`` (the value only with custom
-                  aggregators, which fold it into windows opened later); ``seq`` numbers the
-                  partition's events in arrival order
+``l<seq>``        a block of events stored in one drain, ``[[key, t, inputs..., value],
+                  ...]`` (the value only with custom aggregators, which fold it into windows
+                  opened later); ``seq`` numbers the partition's events in arrival order and
+                  is the block's first; a tombstone once every event of the block is forgotten
 ``L<t>:<key>``    the custom accumulators of the key's pending window ``t``
 ================  =========================================================================
 
-Restored, a key's pending windows are the times of its events whose windows are not closed
-at the restored stream time (with custom aggregators, those with an ``L`` record), and each
-sweep starts again from the key's first event.
+Events are written in blocks, not one record each, and never tombstoned one by one: whether
+an event is forgotten depends only on its time and stream time, so a restore drops the
+events of a live block that were forgotten. Restored, a key's pending windows are the times
+of its events whose windows are not closed at the restored stream time (with custom
+aggregators, those with an ``L`` record), and each sweep starts again from its first event.
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ import orjson
 
 from streams.core.compile import check_accumulator, restore, snapshot
 from streams.core.jsonbytes import dumps
-from streams.core.sweeps import FIRST_INPUT, Aggregates, CountSweep, Event
+from streams.core.streamtime import NO_TIME
+from streams.core.sweeps import FIRST_INPUT, Aggregates, Event
 from streams.core.windows import NEVER
 
 EVENT_TAG = b"l"
 WINDOW_TAG = b"L"
+# A changelog block of events stops growing at this size (Kafka's default limit is 1 MB).
+BLOCK_BYTES = 256 * 1024
 # (key, window_start, window_end, accumulator): a window to emit, its built-ins' values and
 # its custom accumulators in their layout slots.
 Closed = tuple[str, int, int, list[Any]]
@@ -75,19 +81,22 @@ class SlidingStore:
     """The sliding windows of one partition (see the module docstring)."""
 
     __slots__ = (
+        "_added",
+        "_blocks",
         "_close_after",
-        "_counts",
         "_customs",
-        "_events",
         "_forget_after",
         "_heap",
+        "_horizon",
+        "_new",
         "_open",
         "_restored",
         "_restored_accs",
         "_seq",
         "_size",
-        "_stateful",
+        "_sweep",
         "_sweeps",
+        "_values_of",
         "_width",
         "_windows",
         "keys",
@@ -100,8 +109,11 @@ class SlidingStore:
         self._close_after = 1 + grace_ms
         self._forget_after = size_ms + grace_ms
         self._sweeps = aggregates.sweeps
-        self._stateful = [s for s in aggregates.sweeps if not isinstance(s, CountSweep)]
-        self._counts = [s.b for s in aggregates.sweeps if isinstance(s, CountSweep)]
+        assert aggregates.sweep is not None
+        assert aggregates.values is not None
+        self._sweep = aggregates.sweep
+        self._values_of = aggregates.values
+        self._new = aggregates.new
         self._customs = aggregates.customs
         self._width = aggregates.width
         self.keys: dict[str, _Key] = {}
@@ -109,10 +121,14 @@ class SlidingStore:
         self.next_close = NEVER
         self._seq = 0
         self._open = 0
-        # Changes since the last drain: seq -> (key, event), or None (forgotten); and the
-        # custom accumulators of (t, key), True (held) or False (closed).
-        self._events: dict[int, tuple[str, Event] | None] = {}
+        # Changes since the last drain: the events stored, and the custom accumulators of
+        # (t, key), True (held) or False (closed).
+        self._added: list[tuple[str, Event]] = []
         self._windows: dict[tuple[int, str], bool] = {}
+        # The changelog's blocks of events, (latest event time, first seq), and the event
+        # time at or before which every event is forgotten.
+        self._blocks: list[tuple[int, int]] = []
+        self._horizon = NO_TIME
         # Windows changed in the current batch (update mode only).
         self.touched: dict[tuple[int, str], None] | None = {} if updates else None
         self._restored: dict[int, Any] = {}
@@ -131,11 +147,11 @@ class SlidingStore:
         # its key so far.
         ks = self.keys.get(key)
         if ks is None:
-            ks = self.keys[key] = _Key([s.new() for s in self._stateful])
+            ks = self.keys[key] = _Key(self._new())
         seq = self._seq
         self._seq = seq + 1
         ev = (t, seq, *inputs)
-        self._events[seq] = (key, ev)
+        self._added.append((key, ev))
         events = ks.events
         pending = ks.pending
         if len(events) == ks.base or events[-1][0] < t:
@@ -170,7 +186,7 @@ class SlidingStore:
             restore(undo)
             raise
         if ks is None:
-            ks = self.keys[key] = _Key([s.new() for s in self._stateful])
+            ks = self.keys[key] = _Key(self._new())
         self._store(ks, key, (t, self._seq, *inputs, kept))
         ks.accs[t] = mine
         self._windows[(t, key)] = True
@@ -191,7 +207,7 @@ class SlidingStore:
             # After every event of its time and before later ones; every event the sweep
             # passed is at or before a closed window's time, so before this one.
             events.insert(bisect_right(events, t, ks.hi, key=_time), ev)
-        self._events[ev[1]] = (key, ev)
+        self._added.append((key, ev))
 
     def _open_window(self, ks: _Key, key: str, t: int) -> None:
         pending = ks.pending
@@ -266,14 +282,17 @@ class SlidingStore:
         """Remove and return the windows closed at ``stream_time``, by end, then key; forget
         the events no open or future window can hold.
 
-        A key is due at its first pending window's close (or its first event's forget); each
-        pop closes that one window and puts the key back at its next due time, so windows
-        come off the heap in (close, key) order, which is (end, key) order."""
+        A key is due at its first pending window's close or its first event's forget,
+        whichever is first; each pop closes that one window (or forgets) and puts the key
+        back at its next due time, so windows come off the heap in (close, key) order, which
+        is (end, key) order."""
         heap = self._heap
         keys = self.keys
         close_after = self._close_after
         forget_after = self._forget_after
         horizon = stream_time - forget_after
+        if horizon > self._horizon:
+            self._horizon = horizon
         size = self._size
         pop, push = heapq.heappop, heapq.heappush
         closed: list[Closed] = []
@@ -283,17 +302,16 @@ class SlidingStore:
             if ks is None or ks.due != due:
                 continue  # stale: the key was put back at another time since
             pending = ks.pending
-            if pending and pending[0] + close_after <= stream_time:
+            if pending and pending[0] + close_after == due:
                 t = pending.pop(0)
                 self._open -= 1
                 closed.append((key, t - size + 1, t + 1, self._values(key, ks, t)))
-                if pending and pending[0] + close_after <= stream_time:
-                    ks.due = due = pending[0] + close_after
-                    push(heap, (due, key))
-                    continue  # its next window first: it may hold events to forget
             events = ks.events
-            if events[ks.base][0] <= horizon:
-                self._forget(ks, horizon)
+            # Events a pending window holds stay, even if their forget time has come: that
+            # window is due too, and closes in its turn.
+            floor = horizon if not pending else min(horizon, pending[0] - size)
+            if events[ks.base][0] <= floor:
+                self._forget(ks, floor)
                 if ks.base == len(events):
                     del keys[key]  # no events, so no pending window either
                     continue
@@ -307,29 +325,8 @@ class SlidingStore:
 
     def _values(self, key: str, ks: _Key, t: int) -> list[Any]:
         """Window ``t``'s accumulator, the sweep moved to its range (it closes now)."""
-        events = ks.events
-        run = ks.run
-        stateful = self._stateful
-        n = len(events)
-        hi = ks.hi
-        while hi < n and events[hi][0] <= t:
-            ev = events[hi]
-            for s, r in zip(stateful, run, strict=True):
-                s.add(r, ev)
-            hi += 1
-        lo = ks.lo
-        floor = t - self._size
-        while lo < hi and events[lo][0] <= floor:
-            ev = events[lo]
-            for s, r in zip(stateful, run, strict=True):
-                s.remove(r, ev)
-            lo += 1
-        ks.lo, ks.hi = lo, hi
-        acc: list[Any] = [None] * self._width
-        for b in self._counts:
-            acc[b] = hi - lo
-        for s, r in zip(stateful, run, strict=True):
-            acc[s.b] = s.value(r, events, lo, hi)
+        self._sweep(ks, t, t - self._size)
+        acc = self._values_of(ks)
         if self._customs:
             accs = ks.accs.pop(t)
             self._windows[(t, key)] = False
@@ -339,36 +336,20 @@ class SlidingStore:
 
     def _forget(self, ks: _Key, horizon: int) -> None:
         """Forget the key's events at or before ``horizon``, taking them out of the sweep."""
+        self._sweep(ks, NO_TIME, horizon)  # those in the range leave it
         events = ks.events
         base = ks.base
         n = len(events)
-        if base == n or events[base][0] > horizon:
-            return
-        lo, hi = ks.lo, ks.hi
-        stateful = self._stateful
-        run = ks.run
-        changes = self._events
         while base < n and events[base][0] <= horizon:
-            ev = events[base]
-            if base >= lo:
-                if base < hi:
-                    for s, r in zip(stateful, run, strict=True):
-                        s.remove(r, ev)
-                    lo = base + 1
-                else:
-                    lo = hi = base + 1
-            seq = ev[1]
-            if seq in changes:
-                del changes[seq]  # never written: nothing to tombstone
-            else:
-                changes[seq] = None
             base += 1
+        if ks.hi < base:  # never in the range
+            ks.lo = ks.hi = base
         if base > 64 and 2 * base > n:
             del events[:base]
-            lo -= base
-            hi -= base
+            ks.lo -= base
+            ks.hi -= base
             base = 0
-        ks.base, ks.lo, ks.hi = base, lo, hi
+        ks.base = base
 
     def _schedule(self, ks: _Key, key: str) -> None:
         """Put a restored key in the heap at its next close or forget, whichever is first."""
@@ -412,15 +393,29 @@ class SlidingStore:
     # -- changelog -----------------------------------------------------------------------
 
     def drain(self, records: list[tuple[bytes, bytes | None]]) -> None:
-        """Append the records of every change since the last drain."""
-        customs = bool(self._customs)
-        for seq, held in self._events.items():
-            if held is None:
-                records.append((EVENT_TAG + b"%d" % seq, None))
-            else:
-                key, ev = held
-                records.append((EVENT_TAG + b"%d" % seq, _encode_event(key, ev, customs)))
-        self._events = {}
+        """Append the records of every change since the last drain: the events stored, in
+        blocks; tombstones of the blocks whose events are all forgotten; the custom
+        accumulators changed, or tombstones of the windows closed."""
+        added = self._added
+        if added:
+            self._added = []
+            encode = _encode_event if self._customs else _encode_inputs
+            parts = [encode(key, ev) for key, ev in added]
+            start = 0
+            size = 0
+            for n, part in enumerate(parts):
+                size += len(part)
+                if size >= BLOCK_BYTES or n + 1 == len(parts):
+                    block = b"[" + b",".join(parts[start : n + 1]) + b"]"
+                    first = added[start][1][1]
+                    records.append((EVENT_TAG + b"%d" % first, block))
+                    latest = max(ev[0] for _, ev in added[start : n + 1])
+                    heapq.heappush(self._blocks, (latest, first))
+                    start = n + 1
+                    size = 0
+        blocks = self._blocks
+        while blocks and blocks[0][0] <= self._horizon:
+            records.append((EVENT_TAG + b"%d" % heapq.heappop(blocks)[1], None))
         for (t, key), live in self._windows.items():
             name = WINDOW_TAG + b"%d:" % t + key.encode()
             if live:
@@ -434,12 +429,14 @@ class SlidingStore:
         """Restore one changelog record (``l`` or ``L``); :meth:`finish_restore` after the
         last."""
         if name[:1] == EVENT_TAG:
-            seq = int(name[1:])
-            self._seq = max(self._seq, seq + 1)
+            first = int(name[1:])
             if value is None:
-                self._restored.pop(seq, None)
+                self._restored.pop(first, None)
+                self._seq = max(self._seq, first + 1)
             else:
-                self._restored[seq] = orjson.loads(value)
+                block = orjson.loads(value)
+                self._restored[first] = block
+                self._seq = max(self._seq, first + len(block))
             return
         t, _, key = name[1:].decode().partition(":")
         if value is None:
@@ -450,14 +447,20 @@ class SlidingStore:
     def finish_restore(self, stream_time: int) -> None:
         """Rebuild the keys from the records applied (see the module docstring)."""
         customs = bool(self._customs)
+        horizon = stream_time - self._forget_after
+        self._horizon = horizon
         by_key: dict[str, list[Event]] = {}
-        for seq, (key, t, *inputs) in sorted(self._restored.items()):
-            if customs:
-                inputs[-1] = dumps(inputs[-1])
-            by_key.setdefault(key, []).append((t, seq, *inputs))
+        for first, block in sorted(self._restored.items()):
+            heapq.heappush(self._blocks, (max(t for _, t, *_ in block), first))
+            for n, (key, t, *inputs) in enumerate(block):
+                if t <= horizon:
+                    continue  # forgotten before the restart
+                if customs:
+                    inputs[-1] = dumps(inputs[-1])
+                by_key.setdefault(key, []).append((t, first + n, *inputs))
         for key, events in by_key.items():
             events.sort(key=_time_then_seq)
-            ks = self.keys[key] = _Key([s.new() for s in self._stateful])
+            ks = self.keys[key] = _Key(self._new())
             ks.events = events
             if customs:
                 times = sorted(t for t, k in self._restored_accs if k == key)
@@ -472,7 +475,7 @@ class SlidingStore:
             self._schedule(ks, key)
         self._restored = {}
         self._restored_accs = {}
-        self._events = {}
+        self._added = []
         self._windows = {}
         if self.touched is not None:
             self.touched.clear()
@@ -483,15 +486,20 @@ def _pending(ks: _Key, t: int) -> bool:
     return bool(at) and ks.pending[at - 1] == t
 
 
-def _encode_event(key: str, ev: Event, customs: bool) -> bytes:
-    """``[key, t, inputs..., value]``: the value's JSON as it was kept (a fragment)."""
-    inputs = [*ev[FIRST_INPUT:-1], orjson.Fragment(ev[-1])] if customs else [*ev[FIRST_INPUT:]]
+def _encode_inputs(key: str, ev: Event) -> bytes:
+    """``[key, t, inputs...]`` of an event (built-in aggregations only)."""
     try:
-        return b"".join((orjson.dumps([key, ev[0], *inputs]), b""))
-    except TypeError:  # an integer beyond 64 bits (a First/Last value, or in the value)
-        if customs:
-            inputs[-1] = json.loads(ev[-1])
-        return dumps([key, ev[0], *inputs])
+        return orjson.dumps([key, ev[0], *ev[FIRST_INPUT:]])
+    except TypeError:  # an integer beyond 64 bits (a First/Last value)
+        return dumps([key, ev[0], *ev[FIRST_INPUT:]])
+
+
+def _encode_event(key: str, ev: Event) -> bytes:
+    """``[key, t, inputs..., value]``: the value's JSON as it was kept (a fragment)."""
+    try:
+        return orjson.dumps([key, ev[0], *ev[FIRST_INPUT:-1], orjson.Fragment(ev[-1])])
+    except TypeError:  # an integer beyond 64 bits (in an input, or in the value)
+        return dumps([key, ev[0], *ev[FIRST_INPUT:-1], json.loads(ev[-1])])
 
 
 def _time_then_seq(ev: Event) -> tuple[int, int]:

@@ -3,12 +3,17 @@
 A key's events are kept once, ordered by (event time, arrival), and its windows close in
 increasing event time, so the events of the window being closed are a range ``[lo, hi)`` of
 that list whose ends only move forward: each aggregation keeps a running state that events
-enter (``add``) and leave (``remove``) once, O(1) amortized each, and reads its value off it
-(``value``). ``Count`` needs no state (the range's length), ``Sum``/``Mean`` a compensated sum
-(Neumaier: removing an event adds its negation, and the rounding of a long stream of adds and
-removes stays that of the window's own sum), ``Min``/``Max`` a monotonic deque, ``First``/
-``Last`` a deque of the events that have the field, ``CountDistinct`` a counter of values.
+enter and leave once, O(1) amortized each, and reads its value off it. ``Count`` needs no
+state (the range's length), ``Sum``/``Mean`` a compensated sum (Neumaier: removing an event
+adds its negation, and the rounding of a long stream of adds and removes stays that of the
+window's own sum), ``Min``/``Max`` a monotonic deque, ``First``/``Last`` a deque of the events
+that have the field, ``CountDistinct`` a counter of values.
 
+As the compiler does for the other windows, the sweep is generated code: :func:`sources`
+writes ``_sweep(ks, upto, floor)`` (move ``hi`` past the events at or before ``upto``, then
+``lo`` past those at or before ``floor``) and ``_values(ks)`` (the accumulator of the range)
+with each aggregation's statements inlined; each :class:`Sweep` gives its snippets over the
+names ``ev`` (the event), ``x`` (its input) and its running state ``r<i>`` (``run[i]``).
 ``scratch`` computes the same value from a window's events alone, in their order (update
 records, and a sum that overflowed: the interpreter's sum in the interpreter's order).
 
@@ -31,28 +36,38 @@ FIRST_INPUT = 2
 
 
 class Sweep:
-    """One built-in aggregation: its input's index ``j`` in an event and its slot ``b``."""
+    """One built-in aggregation: its slot ``b`` in the accumulator, its input's index ``j``
+    in an event, and ``i``, its running state's place in a key's ``run`` (-1: none)."""
 
-    __slots__ = ("b", "j")
+    stateful = True
 
     def __init__(self, b: int, j: int) -> None:
         self.b = b
         self.j = j
+        self.i = -1
 
     def new(self) -> Any:
         """An empty running state."""
         raise NotImplementedError
 
-    def add(self, run: Any, ev: Event) -> None:
-        """``ev`` enters the range (after every event in it)."""
+    def load(self) -> list[str]:
+        """Statements binding the running state's locals."""
+        return [f"r{self.i} = run[{self.i}]"]
+
+    def add(self) -> list[str]:
+        """Statements for ``ev`` entering the range (after every event in it)."""
         raise NotImplementedError
 
-    def remove(self, run: Any, ev: Event) -> None:
-        """``ev``, the range's first event, leaves it."""
+    def remove(self) -> list[str]:
+        """Statements for ``ev``, the range's first event, leaving it."""
         raise NotImplementedError
 
-    def value(self, run: Any, events: Sequence[Event], lo: int, hi: int) -> Any:
-        """The aggregation over ``events[lo:hi]``, whose running state is ``run``."""
+    def save(self) -> list[str]:
+        """Statements writing the locals back to the running state."""
+        return []
+
+    def value(self) -> list[str]:
+        """Statements setting ``a[b]`` from the running state (``run``, ``lo``, ``hi``)."""
         raise NotImplementedError
 
     def scratch(self, events: Sequence[Event]) -> Any:
@@ -63,89 +78,101 @@ class Sweep:
 class CountSweep(Sweep):
     """``Count()``: the range's length; no state."""
 
-    __slots__ = ()
+    stateful = False
 
-    def value(self, run: Any, events: Sequence[Event], lo: int, hi: int) -> Any:
-        return hi - lo
+    def value(self) -> list[str]:
+        return [f"a[{self.b}] = hi - lo"]
 
     def scratch(self, events: Sequence[Event]) -> Any:
         return len(events)
 
 
 class SumSweep(Sweep):
-    """``Sum(f)``: ``[sum, compensation]`` (Neumaier)."""
-
-    __slots__ = ()
+    """``Sum(f)``: ``[sum, compensation]`` (Neumaier), in the locals ``s<i>``, ``c<i>``."""
 
     def new(self) -> Any:
         return [0.0, 0.0]
 
-    def add(self, run: Any, ev: Event) -> None:
-        x = ev[self.j]
-        if x is not None:
-            _neumaier(run, x)
+    def load(self) -> list[str]:
+        i = self.i
+        return [f"r{i} = run[{i}]", f"s{i} = r{i}[0]", f"c{i} = r{i}[1]"]
 
-    def remove(self, run: Any, ev: Event) -> None:
-        x = ev[self.j]
-        if x is not None:
-            _neumaier(run, -x)
+    def _plus(self, negate: bool) -> list[str]:
+        i = self.i
+        return [
+            f"x = ev[{self.j}]",
+            "if x is not None:",
+            *(["    x = -x"] if negate else []),
+            f"    u = s{i} + x",
+            f"    if abs(s{i}) >= abs(x):",
+            f"        c{i} += (s{i} - u) + x",
+            "    else:",
+            f"        c{i} += (x - u) + s{i}",
+            f"    s{i} = u",
+        ]
 
-    def value(self, run: Any, events: Sequence[Event], lo: int, hi: int) -> Any:
-        total = run[0] + run[1]
-        if total - total != 0.0:
+    def add(self) -> list[str]:
+        return self._plus(False)
+
+    def remove(self) -> list[str]:
+        return self._plus(True)
+
+    def save(self) -> list[str]:
+        return [f"r{self.i}[0] = s{self.i}", f"r{self.i}[1] = c{self.i}"]
+
+    def value(self) -> list[str]:
+        i = self.i
+        return [
+            f"r{i} = run[{i}]",
+            f"v = r{i}[0] + r{i}[1]",
+            "if v - v != 0.0:",
             # Infinite or NaN: some sum overflowed. The window's own sum, in the window's
             # order (what the interpreter adds), restarts the running one.
-            total = self.scratch(events[lo:hi])
-            run[0], run[1] = total, 0.0
-        return total
+            f"    v = _sum_of(ks.events[lo:hi], {self.j})",
+            f"    r{i}[0] = v",
+            f"    r{i}[1] = 0.0",
+            f"a[{self.b}] = v",
+        ]
 
     def scratch(self, events: Sequence[Event]) -> Any:
-        j = self.j
-        total = 0.0
-        for ev in events:
-            x = ev[j]
-            if x is not None:
-                total += x
-        return total
+        return sum_of(events, self.j)
 
 
 class MeanSweep(SumSweep):
     """``Mean(f)``: ``[sum, compensation, count]``."""
 
-    __slots__ = ()
-
     def new(self) -> Any:
         return [0.0, 0.0, 0]
 
-    def add(self, run: Any, ev: Event) -> None:
-        x = ev[self.j]
-        if x is not None:
-            _neumaier(run, x)
-            run[2] += 1
+    def add(self) -> list[str]:
+        return [*self._plus(False), f"    r{self.i}[2] += 1"]
 
-    def remove(self, run: Any, ev: Event) -> None:
-        x = ev[self.j]
-        if x is not None:
-            _neumaier(run, -x)
-            run[2] -= 1
+    def remove(self) -> list[str]:
+        return [*self._plus(True), f"    r{self.i}[2] -= 1"]
 
-    def value(self, run: Any, events: Sequence[Event], lo: int, hi: int) -> Any:
-        n = run[2]
-        if not n:
-            run[0], run[1] = 0.0, 0.0  # nothing left: no rounding to carry on
-            return None
-        return SumSweep.value(self, run, events, lo, hi) / n
+    def value(self) -> list[str]:
+        i = self.i
+        return [
+            f"r{i} = run[{i}]",
+            f"if r{i}[2]:",
+            f"    v = r{i}[0] + r{i}[1]",
+            "    if v - v != 0.0:",
+            f"        v = _sum_of(ks.events[lo:hi], {self.j})",
+            f"        r{i}[0] = v",
+            f"        r{i}[1] = 0.0",
+            f"    a[{self.b}] = v / r{i}[2]",
+            "else:",
+            f"    r{i}[0] = r{i}[1] = 0.0",  # nothing left: no rounding to carry on
+        ]
 
     def scratch(self, events: Sequence[Event]) -> Any:
         j = self.j
         n = sum(1 for ev in events if ev[j] is not None)
-        return SumSweep.scratch(self, events) / n if n else None
+        return sum_of(events, j) / n if n else None
 
 
 class ExtremeSweep(Sweep):
     """``Min(f)``/``Max(f)``: a deque of events whose values only worsen front to back."""
-
-    __slots__ = ("largest",)
 
     def __init__(self, b: int, j: int, largest: bool) -> None:
         super().__init__(b, j)
@@ -154,25 +181,23 @@ class ExtremeSweep(Sweep):
     def new(self) -> Any:
         return deque()
 
-    def add(self, run: Any, ev: Event) -> None:
-        j = self.j
-        x = ev[j]
-        if x is None:
-            return
-        if self.largest:
-            while run and run[-1][j] <= x:
-                run.pop()
-        else:
-            while run and run[-1][j] >= x:
-                run.pop()
-        run.append(ev)
+    def add(self) -> list[str]:
+        i, j = self.i, self.j
+        worse = "<=" if self.largest else ">="
+        return [
+            f"x = ev[{j}]",
+            "if x is not None:",
+            f"    while r{i} and r{i}[-1][{j}] {worse} x:",
+            f"        r{i}.pop()",
+            f"    r{i}.append(ev)",
+        ]
 
-    def remove(self, run: Any, ev: Event) -> None:
-        if run and run[0] is ev:
-            run.popleft()
+    def remove(self) -> list[str]:
+        return [f"if r{self.i} and r{self.i}[0] is ev:", f"    r{self.i}.popleft()"]
 
-    def value(self, run: Any, events: Sequence[Event], lo: int, hi: int) -> Any:
-        return run[0][self.j] if run else None
+    def value(self) -> list[str]:
+        i = self.i
+        return [f"r{i} = run[{i}]", f"a[{self.b}] = r{i}[0][{self.j}] if r{i} else None"]
 
     def scratch(self, events: Sequence[Event]) -> Any:
         j = self.j
@@ -185,8 +210,6 @@ class ExtremeSweep(Sweep):
 class EndSweep(Sweep):
     """``First(f)``/``Last(f)``: the range's events that have the field, in order."""
 
-    __slots__ = ("last",)
-
     def __init__(self, b: int, j: int, last: bool) -> None:
         super().__init__(b, j)
         self.last = last
@@ -194,18 +217,16 @@ class EndSweep(Sweep):
     def new(self) -> Any:
         return deque()
 
-    def add(self, run: Any, ev: Event) -> None:
-        if ev[self.j] is not None:
-            run.append(ev)
+    def add(self) -> list[str]:
+        return [f"if ev[{self.j}] is not None:", f"    r{self.i}.append(ev)"]
 
-    def remove(self, run: Any, ev: Event) -> None:
-        if run and run[0] is ev:
-            run.popleft()
+    def remove(self) -> list[str]:
+        return [f"if r{self.i} and r{self.i}[0] is ev:", f"    r{self.i}.popleft()"]
 
-    def value(self, run: Any, events: Sequence[Event], lo: int, hi: int) -> Any:
-        if not run:
-            return None
-        return run[-1 if self.last else 0][self.j]
+    def value(self) -> list[str]:
+        i = self.i
+        end = -1 if self.last else 0
+        return [f"r{i} = run[{i}]", f"a[{self.b}] = r{i}[{end}][{self.j}] if r{i} else None"]
 
     def scratch(self, events: Sequence[Event]) -> Any:
         j = self.j
@@ -218,31 +239,45 @@ class EndSweep(Sweep):
 class DistinctSweep(Sweep):
     """``CountDistinct(f)``: how many events of the range hold each value."""
 
-    __slots__ = ()
-
     def new(self) -> Any:
         return {}
 
-    def add(self, run: Any, ev: Event) -> None:
-        x = ev[self.j]
-        if x is not None:
-            run[x] = run.get(x, 0) + 1
+    def add(self) -> list[str]:
+        i = self.i
+        return [
+            f"x = ev[{self.j}]",
+            "if x is not None:",
+            f"    r{i}[x] = r{i}.get(x, 0) + 1",
+        ]
 
-    def remove(self, run: Any, ev: Event) -> None:
-        x = ev[self.j]
-        if x is not None:
-            left = run[x] - 1
-            if left:
-                run[x] = left
-            else:
-                del run[x]
+    def remove(self) -> list[str]:
+        i = self.i
+        return [
+            f"x = ev[{self.j}]",
+            "if x is not None:",
+            f"    m = r{i}[x] - 1",
+            "    if m:",
+            f"        r{i}[x] = m",
+            "    else:",
+            f"        del r{i}[x]",
+        ]
 
-    def value(self, run: Any, events: Sequence[Event], lo: int, hi: int) -> Any:
-        return len(run)
+    def value(self) -> list[str]:
+        return [f"a[{self.b}] = len(run[{self.i}])"]
 
     def scratch(self, events: Sequence[Event]) -> Any:
         j = self.j
         return len({ev[j] for ev in events if ev[j] is not None})
+
+
+def sum_of(events: Sequence[Event], j: int) -> float:
+    """Input ``j`` of ``events`` added in their order (absent ones add nothing)."""
+    total = 0.0
+    for ev in events:
+        x = ev[j]
+        if x is not None:
+            total += x
+    return total
 
 
 def sweep(kind: str, b: int, j: int) -> Sweep:
@@ -262,16 +297,6 @@ def sweep(kind: str, b: int, j: int) -> Sweep:
     raise AssertionError(f"unknown built-in {kind}")
 
 
-def _neumaier(run: list[Any], x: float) -> None:
-    s = run[0]
-    t = s + x
-    if abs(s) >= abs(x):
-        run[1] += (s - t) + x
-    else:
-        run[1] += (x - t) + s
-    run[0] = t
-
-
 @dataclass(frozen=True)
 class Custom:
     """A custom aggregation: its name, slot, and the functions the compiler bound."""
@@ -282,14 +307,21 @@ class Custom:
     add: Callable[[Any, Any], Any]  # returns the new accumulator (None from the user: same)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Aggregates:
-    """Every aggregation of a sliding window: built-ins as sweeps, customs as functions,
-    and the length of the accumulator list the window's record reads (its layout)."""
+    """Every aggregation of a sliding window: built-ins as sweeps (their generated
+    ``sweep``/``values`` set by the compiler), customs as functions, and the length of the
+    accumulator list the window's record reads (its layout)."""
 
     sweeps: list[Sweep]
     customs: list[Custom]
     width: int
+    sweep: Callable[[Any, int, int], None] | None = None
+    values: Callable[[Any], list[Any]] | None = None
+
+    def new(self) -> list[Any]:
+        """The running states of a new key."""
+        return [s.new() for s in self.sweeps if s.stateful]
 
 
 _INPUT_KINDS = {"sum": NUMBER, "mean": NUMBER, "min": NUMBER, "max": NUMBER}
@@ -312,4 +344,50 @@ def aggregates(named: Sequence[tuple[str, Any]], lay: Layout) -> Aggregates:
             source = _INPUT_KINDS.get(kind, DISTINCT if kind == "count_distinct" else RAW)
             j = FIRST_INPUT + inputs[(aggregation.field, source)]
         sweeps.append(sweep(kind, slots.base, j))
+    for i, s in enumerate([s for s in sweeps if s.stateful]):
+        s.i = i
     return Aggregates(sweeps, customs, lay.size)
+
+
+def sources(agg: Aggregates) -> tuple[list[str], list[str]]:
+    """The lines of ``_sweep(ks, upto, floor)`` and ``_values(ks)`` (see the module
+    docstring); the names they need are :data:`NAMESPACE`'s."""
+    stateful = [s for s in agg.sweeps if s.stateful]
+    load = [line for s in stateful for line in s.load()]
+    sweep = [
+        "def _sweep(ks, upto, floor):",
+        "    events = ks.events",
+        "    n = len(events)",
+        "    hi = ks.hi",
+        "    lo = ks.lo",
+        "    run = ks.run",
+        *("    " + line for line in load),
+        "    while hi < n:",
+        "        ev = events[hi]",
+        "        if ev[0] > upto:",
+        "            break",
+        *("        " + line for s in stateful for line in s.add()),
+        "        hi += 1",
+        "    while lo < hi:",
+        "        ev = events[lo]",
+        "        if ev[0] > floor:",
+        "            break",
+        *("        " + line for s in stateful for line in s.remove()),
+        "        lo += 1",
+        *("    " + line for s in stateful for line in s.save()),
+        "    ks.hi = hi",
+        "    ks.lo = lo",
+    ]
+    values = [
+        "def _values(ks):",
+        "    lo = ks.lo",
+        "    hi = ks.hi",
+        "    run = ks.run",
+        f"    a = [None] * {agg.width}",
+        *("    " + line for s in agg.sweeps for line in s.value()),
+        "    return a",
+    ]
+    return sweep, values
+
+
+NAMESPACE = {"_sum_of": sum_of}
