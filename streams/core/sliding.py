@@ -18,10 +18,10 @@ due times (the earliest close or forget of the key) whose stale entries are skip
 Changelog records (values compact JSON, ``None`` a tombstone):
 
 ================  =========================================================================
-``l<seq>``        a block of events stored in one drain, ``[[key, t, inputs..., value],
+``l<seq>``        a block of events stored in one drain, ``[[t, seq, key, inputs..., value],
                   ...]`` (the value only with custom aggregators, which fold it into windows
-                  opened later); ``seq`` numbers the partition's events in arrival order and
-                  is the block's first; a tombstone once every event of the block is forgotten
+                  opened later); ``seq`` numbers the partition's events in arrival order; the
+                  record's is its first event's; a tombstone once all its events are forgotten
 ``L<t>:<key>``    the custom accumulators of the key's pending window ``t``
 ================  =========================================================================
 
@@ -44,12 +44,14 @@ import orjson
 from streams.core.compile import check_accumulator, restore, snapshot
 from streams.core.jsonbytes import dumps
 from streams.core.streamtime import NO_TIME
-from streams.core.sweeps import FIRST_INPUT, Aggregates, Event
+from streams.core.sweeps import Aggregates, Event
 from streams.core.windows import NEVER
 
 EVENT_TAG = b"l"
 WINDOW_TAG = b"L"
-# A changelog block of events stops growing at this size (Kafka's default limit is 1 MB).
+# A changelog block of events stops growing at this many events or bytes (Kafka's default
+# limit for a record is 1 MB).
+BLOCK_EVENTS = 4096
 BLOCK_BYTES = 256 * 1024
 # (key, window_start, window_end, accumulator): a window to emit, its built-ins' values and
 # its custom accumulators in their layout slots.
@@ -123,7 +125,7 @@ class SlidingStore:
         self._open = 0
         # Changes since the last drain: the events stored, and the custom accumulators of
         # (t, key), True (held) or False (closed).
-        self._added: list[tuple[str, Event]] = []
+        self._added: list[Event] = []
         self._windows: dict[tuple[int, str], bool] = {}
         # The changelog's blocks of events, (latest event time, first seq), and the event
         # time at or before which every event is forgotten.
@@ -150,8 +152,8 @@ class SlidingStore:
             ks = self.keys[key] = _Key(self._new())
         seq = self._seq
         self._seq = seq + 1
-        ev = (t, seq, *inputs)
-        self._added.append((key, ev))
+        ev = (t, seq, key, *inputs)
+        self._added.append(ev)
         events = ks.events
         pending = ks.pending
         if len(events) == ks.base or events[-1][0] < t:
@@ -187,7 +189,7 @@ class SlidingStore:
             raise
         if ks is None:
             ks = self.keys[key] = _Key(self._new())
-        self._store(ks, key, (t, self._seq, *inputs, kept))
+        self._store(ks, (t, self._seq, key, *inputs, kept))
         ks.accs[t] = mine
         self._windows[(t, key)] = True
         for u, accs in zip(later, changed, strict=True):
@@ -197,7 +199,7 @@ class SlidingStore:
         if self.touched is not None:
             self._touch(ks, key, t)
 
-    def _store(self, ks: _Key, key: str, ev: Event) -> None:
+    def _store(self, ks: _Key, ev: Event) -> None:
         self._seq += 1
         events = ks.events
         t = ev[0]
@@ -207,7 +209,7 @@ class SlidingStore:
             # After every event of its time and before later ones; every event the sweep
             # passed is at or before a closed window's time, so before this one.
             events.insert(bisect_right(events, t, ks.hi, key=_time), ev)
-        self._added.append((key, ev))
+        self._added.append(ev)
 
     def _open_window(self, ks: _Key, key: str, t: int) -> None:
         pending = ks.pending
@@ -399,20 +401,10 @@ class SlidingStore:
         added = self._added
         if added:
             self._added = []
-            encode = _encode_event if self._customs else _encode_inputs
-            parts = [encode(key, ev) for key, ev in added]
-            start = 0
-            size = 0
-            for n, part in enumerate(parts):
-                size += len(part)
-                if size >= BLOCK_BYTES or n + 1 == len(parts):
-                    block = b"[" + b",".join(parts[start : n + 1]) + b"]"
-                    first = added[start][1][1]
-                    records.append((EVENT_TAG + b"%d" % first, block))
-                    latest = max(ev[0] for _, ev in added[start : n + 1])
-                    heapq.heappush(self._blocks, (latest, first))
-                    start = n + 1
-                    size = 0
+            encode = _encode_with_values if self._customs else _encode
+            for block, value in encode(added):
+                records.append((EVENT_TAG + b"%d" % block[0][1], value))
+                heapq.heappush(self._blocks, (max(map(_time, block)), block[0][1]))
         blocks = self._blocks
         while blocks and blocks[0][0] <= self._horizon:
             records.append((EVENT_TAG + b"%d" % heapq.heappop(blocks)[1], None))
@@ -436,7 +428,7 @@ class SlidingStore:
             else:
                 block = orjson.loads(value)
                 self._restored[first] = block
-                self._seq = max(self._seq, first + len(block))
+                self._seq = max(self._seq, *(entry[1] + 1 for entry in block))
             return
         t, _, key = name[1:].decode().partition(":")
         if value is None:
@@ -451,13 +443,13 @@ class SlidingStore:
         self._horizon = horizon
         by_key: dict[str, list[Event]] = {}
         for first, block in sorted(self._restored.items()):
-            heapq.heappush(self._blocks, (max(t for _, t, *_ in block), first))
-            for n, (key, t, *inputs) in enumerate(block):
+            heapq.heappush(self._blocks, (max(entry[0] for entry in block), first))
+            for t, seq, key, *inputs in block:
                 if t <= horizon:
                     continue  # forgotten before the restart
                 if customs:
                     inputs[-1] = dumps(inputs[-1])
-                by_key.setdefault(key, []).append((t, first + n, *inputs))
+                by_key.setdefault(key, []).append((t, seq, key, *inputs))
         for key, events in by_key.items():
             events.sort(key=_time_then_seq)
             ks = self.keys[key] = _Key(self._new())
@@ -486,20 +478,44 @@ def _pending(ks: _Key, t: int) -> bool:
     return bool(at) and ks.pending[at - 1] == t
 
 
-def _encode_inputs(key: str, ev: Event) -> bytes:
-    """``[key, t, inputs...]`` of an event (built-in aggregations only)."""
+def _encode(events: list[Event]) -> list[tuple[list[Event], bytes]]:
+    """Blocks of events (built-in aggregations only) and their JSON, each one call."""
+    out = []
+    for start in range(0, len(events), BLOCK_EVENTS):
+        out.extend(_fitted(events[start : start + BLOCK_EVENTS]))
+    return out
+
+
+def _fitted(block: list[Event]) -> list[tuple[list[Event], bytes]]:
     try:
-        return orjson.dumps([key, ev[0], *ev[FIRST_INPUT:]])
+        value = b"".join((orjson.dumps(block), b""))
     except TypeError:  # an integer beyond 64 bits (a First/Last value)
-        return dumps([key, ev[0], *ev[FIRST_INPUT:]])
+        value = dumps(block)
+    if len(value) <= BLOCK_BYTES or len(block) == 1:
+        return [(block, value)]
+    half = len(block) // 2
+    return _fitted(block[:half]) + _fitted(block[half:])
 
 
-def _encode_event(key: str, ev: Event) -> bytes:
-    """``[key, t, inputs..., value]``: the value's JSON as it was kept (a fragment)."""
-    try:
-        return orjson.dumps([key, ev[0], *ev[FIRST_INPUT:-1], orjson.Fragment(ev[-1])])
-    except TypeError:  # an integer beyond 64 bits (in an input, or in the value)
-        return dumps([key, ev[0], *ev[FIRST_INPUT:-1], json.loads(ev[-1])])
+def _encode_with_values(events: list[Event]) -> list[tuple[list[Event], bytes]]:
+    """Blocks of events with their values (custom aggregators): the value's JSON as it was
+    kept, each event's own, joined up to :data:`BLOCK_BYTES`."""
+    out = []
+    parts: list[bytes] = []
+    start = size = 0
+    for n, ev in enumerate(events):
+        try:
+            part = orjson.dumps([*ev[:-1], orjson.Fragment(ev[-1])])
+        except TypeError:  # an integer beyond 64 bits (in an input, or in the value)
+            part = dumps([*ev[:-1], json.loads(ev[-1])])
+        parts.append(part)
+        size += len(part)
+        if size >= BLOCK_BYTES or n + 1 == len(events):
+            out.append((events[start : n + 1], b"[" + b",".join(parts) + b"]"))
+            parts = []
+            start = n + 1
+            size = 0
+    return out
 
 
 def _time_then_seq(ev: Event) -> tuple[int, int]:

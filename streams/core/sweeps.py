@@ -17,8 +17,8 @@ names ``ev`` (the event), ``x`` (its input) and its running state ``r<i>`` (``ru
 ``scratch`` computes the same value from a window's events alone, in their order (update
 records, and a sum that overflowed: the interpreter's sum in the interpreter's order).
 
-An event is a tuple ``(t, seq, x0, x1, ...)``: its event time, its arrival number and the
-layout's inputs (:mod:`streams.core.aggregations`), read at index ``j``.
+An event is a tuple ``(t, seq, key, x0, x1, ...)``: its event time, its arrival number, its
+key and the layout's inputs (:mod:`streams.core.aggregations`), read at index ``j``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 from streams.core.aggregations import DISTINCT, NUMBER, RAW, Layout
 
 Event = tuple[Any, ...]
-# Where an event's inputs start: after its event time and arrival number.
-FIRST_INPUT = 2
+# Where an event's inputs start: after its event time, arrival number and key.
+FIRST_INPUT = 3
 
 
 class Sweep:
