@@ -12,8 +12,8 @@ Custom aggregators keep one accumulator per pending window, updated per event as
 compiled loop updates hopping windows: atomically (decision 0014).
 
 An event is forgotten once no window that may hold it can still be open or opened:
-``ts + size + grace <= stream time``. Closing and forgetting are driven by a heap of per-key
-due times (the earliest close or forget of the key) whose stale entries are skipped.
+``ts + size + grace <= stream time``. Closing and forgetting are driven by a calendar of
+per-key due times (the earliest close or forget of the key) whose stale entries are skipped.
 
 Changelog records (values compact JSON, ``None`` a tombstone):
 
@@ -85,10 +85,10 @@ class SlidingStore:
     __slots__ = (
         "_added",
         "_blocks",
+        "_calendar",
         "_close_after",
         "_customs",
         "_forget_after",
-        "_heap",
         "_horizon",
         "_new",
         "_open",
@@ -98,6 +98,7 @@ class SlidingStore:
         "_size",
         "_sweep",
         "_sweeps",
+        "_times",
         "_values_of",
         "_width",
         "_windows",
@@ -119,7 +120,10 @@ class SlidingStore:
         self._customs = aggregates.customs
         self._width = aggregates.width
         self.keys: dict[str, _Key] = {}
-        self._heap: list[tuple[int, str]] = []
+        # Keys by due time, and the due times in a heap: a key is due at its first pending
+        # window's close or its first event's forget, whichever is first.
+        self._calendar: dict[int, list[str]] = {}
+        self._times: list[int] = []
         self.next_close = NEVER
         self._seq = 0
         self._open = 0
@@ -227,10 +231,18 @@ class SlidingStore:
         self._open += 1
         close = t + self._close_after
         if close < ks.due:
-            ks.due = close
-            heapq.heappush(self._heap, (close, key))
-            if close < self.next_close:
-                self.next_close = close
+            self._due(ks, key, close)
+
+    def _due(self, ks: _Key, key: str, due: int) -> None:
+        ks.due = due
+        keys = self._calendar.get(due)
+        if keys is None:
+            self._calendar[due] = [key]
+            heapq.heappush(self._times, due)
+            if due < self.next_close:
+                self.next_close = due
+        else:
+            keys.append(key)
 
     def _later(self, ks: _Key, t: int) -> list[int]:
         """The key's pending windows after ``t`` that hold an event at ``t``."""
@@ -284,11 +296,11 @@ class SlidingStore:
         """Remove and return the windows closed at ``stream_time``, by end, then key; forget
         the events no open or future window can hold.
 
-        A key is due at its first pending window's close or its first event's forget,
-        whichever is first; each pop closes that one window (or forgets) and puts the key
-        back at its next due time, so windows come off the heap in (close, key) order, which
-        is (end, key) order."""
-        heap = self._heap
+        Each key due closes its first pending window (or forgets) and is put back at its next
+        due time; keys due at one time are taken by key, so windows close in (close, key)
+        order, which is (end, key) order."""
+        times = self._times
+        calendar = self._calendar
         keys = self.keys
         close_after = self._close_after
         forget_after = self._forget_after
@@ -296,33 +308,35 @@ class SlidingStore:
         if horizon > self._horizon:
             self._horizon = horizon
         size = self._size
-        pop, push = heapq.heappop, heapq.heappush
         closed: list[Closed] = []
-        while heap and heap[0][0] <= stream_time:
-            due, key = pop(heap)
-            ks = keys.get(key)
-            if ks is None or ks.due != due:
-                continue  # stale: the key was put back at another time since
-            pending = ks.pending
-            if pending and pending[0] + close_after == due:
-                t = pending.pop(0)
-                self._open -= 1
-                closed.append((key, t - size + 1, t + 1, self._values(key, ks, t)))
-            events = ks.events
-            # Events a pending window holds stay, even if their forget time has come: that
-            # window is due too, and closes in its turn.
-            floor = horizon if not pending else min(horizon, pending[0] - size)
-            if events[ks.base][0] <= floor:
-                self._forget(ks, floor)
-                if ks.base == len(events):
-                    del keys[key]  # no events, so no pending window either
-                    continue
-            due = events[ks.base][0] + forget_after
-            if pending and pending[0] + close_after < due:
-                due = pending[0] + close_after
-            ks.due = due
-            push(heap, (due, key))
-        self.next_close = heap[0][0] if heap else NEVER
+        while times and times[0] <= stream_time:
+            due = heapq.heappop(times)
+            names = calendar.pop(due)
+            if len(names) > 1:
+                names.sort()
+            for key in names:
+                ks = keys.get(key)
+                if ks is None or ks.due != due:
+                    continue  # stale: the key was put back at another time since
+                pending = ks.pending
+                if pending and pending[0] + close_after == due:
+                    t = pending.pop(0)
+                    self._open -= 1
+                    closed.append((key, t - size + 1, t + 1, self._values(key, ks, t)))
+                events = ks.events
+                # Events a pending window holds stay, even if their forget time has come:
+                # that window is due too, and closes in its turn.
+                floor = horizon if not pending else min(horizon, pending[0] - size)
+                if events[ks.base][0] <= floor:
+                    self._forget(ks, floor)
+                    if ks.base == len(events):
+                        del keys[key]  # no events, so no pending window either
+                        continue
+                later = events[ks.base][0] + forget_after
+                if pending and pending[0] + close_after < later:
+                    later = pending[0] + close_after
+                self._due(ks, key, later)
+        self.next_close = times[0] if times else NEVER
         return closed
 
     def _values(self, key: str, ks: _Key, t: int) -> list[Any]:
@@ -354,15 +368,13 @@ class SlidingStore:
         ks.base = base
 
     def _schedule(self, ks: _Key, key: str) -> None:
-        """Put a restored key in the heap at its next close or forget, whichever is first."""
+        """Put a restored key in the calendar at its next close or forget, whichever is
+        first."""
         due = ks.events[ks.base][0] + self._forget_after
         pending = ks.pending
         if pending and pending[0] + self._close_after < due:
             due = pending[0] + self._close_after
-        ks.due = due
-        heapq.heappush(self._heap, (due, key))
-        if due < self.next_close:
-            self.next_close = due
+        self._due(ks, key, due)
 
     # -- update records ----------------------------------------------------------------------
 
