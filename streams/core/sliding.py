@@ -12,8 +12,9 @@ Custom aggregators keep one accumulator per pending window, updated per event as
 compiled loop updates hopping windows: atomically (decision 0014).
 
 An event is forgotten once no window that may hold it can still be open or opened:
-``ts + size + grace <= stream time``. Closing and forgetting are driven by a calendar of
-per-key due times (the earliest close or forget of the key) whose stale entries are skipped.
+``ts + size + grace <= stream time``. Windows close from a calendar of due times (each
+key's first pending window's), whose stale entries are skipped; a key forgets as they close,
+and once its last one has, it waits in a queue until all its events can go.
 
 Changelog records (values compact JSON, ``None`` a tombstone):
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import heapq
 import json
 from bisect import bisect_right
+from collections import deque
 from typing import Any
 
 import orjson
@@ -90,6 +92,7 @@ class SlidingStore:
         "_customs",
         "_forget_after",
         "_horizon",
+        "_idle",
         "_new",
         "_open",
         "_restored",
@@ -124,6 +127,8 @@ class SlidingStore:
         # window's close or its first event's forget, whichever is first.
         self._calendar: dict[int, list[str]] = {}
         self._times: list[int] = []
+        # Keys whose windows are all closed, with the time all their events can be forgotten.
+        self._idle: deque[tuple[int, str]] = deque()
         self.next_close = NEVER
         self._seq = 0
         self._open = 0
@@ -296,11 +301,13 @@ class SlidingStore:
         """Remove and return the windows closed at ``stream_time``, by end, then key; forget
         the events no open or future window can hold.
 
-        Each key due closes its first pending window (or forgets) and is put back at its next
-        due time; keys due at one time are taken by key, so windows close in (close, key)
-        order, which is (end, key) order."""
+        Windows come off the calendar in (close, key) order, which is (end, key) order. A key
+        forgets as its windows close (what no pending window holds, up to the horizon); one
+        whose last window closed waits in ``idle`` until all its events can go: windows
+        close in time order, so ``idle`` is in the order it is due."""
         times = self._times
         calendar = self._calendar
+        idle = self._idle
         keys = self.keys
         close_after = self._close_after
         forget_after = self._forget_after
@@ -319,25 +326,34 @@ class SlidingStore:
                 if ks is None or ks.due != due:
                     continue  # stale: the key was put back at another time since
                 pending = ks.pending
-                if pending and pending[0] + close_after == due:
-                    t = pending.pop(0)
-                    self._open -= 1
-                    closed.append((key, t - size + 1, t + 1, self._values(key, ks, t)))
-                events = ks.events
-                # Events a pending window holds stay, even if their forget time has come:
-                # that window is due too, and closes in its turn.
-                floor = horizon if not pending else min(horizon, pending[0] - size)
-                if events[ks.base][0] <= floor:
-                    self._forget(ks, floor)
-                    if ks.base == len(events):
-                        del keys[key]  # no events, so no pending window either
-                        continue
-                later = events[ks.base][0] + forget_after
-                if pending and pending[0] + close_after < later:
-                    later = pending[0] + close_after
-                self._due(ks, key, later)
-        self.next_close = times[0] if times else NEVER
+                t = pending.pop(0)
+                self._open -= 1
+                closed.append((key, t - size + 1, t + 1, self._values(key, ks, t)))
+                if pending:
+                    # Events the next window holds stay, even if their forget time has come.
+                    floor = min(horizon, pending[0] - size)
+                    if ks.events[ks.base][0] <= floor:
+                        self._forget(ks, floor)
+                    self._due(ks, key, pending[0] + close_after)
+                else:
+                    ks.due = NEVER
+                    idle.append((ks.events[-1][0] + forget_after, key))
+        while idle and idle[0][0] <= stream_time:
+            key = idle.popleft()[1]
+            ks = keys.get(key)
+            if ks is None or ks.pending:
+                continue  # it has windows again: they forget for it, then it comes back
+            self._forget(ks, horizon)
+            if ks.base == len(ks.events):
+                del keys[key]
+            # else it has events since, and a later place in ``idle``.
+        self._next()
         return closed
+
+    def _next(self) -> None:
+        times = self._times
+        idle = self._idle
+        self.next_close = min(times[0] if times else NEVER, idle[0][0] if idle else NEVER)
 
     def _values(self, key: str, ks: _Key, t: int) -> list[Any]:
         """Window ``t``'s accumulator, the sweep moved to its range (it closes now)."""
@@ -366,15 +382,6 @@ class SlidingStore:
             ks.hi -= base
             base = 0
         ks.base = base
-
-    def _schedule(self, ks: _Key, key: str) -> None:
-        """Put a restored key in the calendar at its next close or forget, whichever is
-        first."""
-        due = ks.events[ks.base][0] + self._forget_after
-        pending = ks.pending
-        if pending and pending[0] + self._close_after < due:
-            due = pending[0] + self._close_after
-        self._due(ks, key, due)
 
     # -- update records ----------------------------------------------------------------------
 
@@ -454,6 +461,7 @@ class SlidingStore:
         horizon = stream_time - self._forget_after
         self._horizon = horizon
         by_key: dict[str, list[Event]] = {}
+        waiting: list[tuple[int, str]] = []
         for first, block in sorted(self._restored.items()):
             heapq.heappush(self._blocks, (max(entry[0] for entry in block), first))
             for t, seq, key, *inputs in block:
@@ -476,7 +484,12 @@ class SlidingStore:
                 if t + self._close_after > stream_time:
                     ks.pending.append(t)
             self._open += len(ks.pending)
-            self._schedule(ks, key)
+            if ks.pending:
+                self._due(ks, key, ks.pending[0] + self._close_after)
+            else:
+                waiting.append((events[-1][0] + self._forget_after, key))
+        self._idle.extend(sorted(waiting))
+        self._next()
         self._restored = {}
         self._restored_accs = {}
         self._added = []
