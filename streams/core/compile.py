@@ -1046,7 +1046,10 @@ class _Compiler:
         assert aggregate is not None
         found = sweeps.aggregates(aggregate.named, lay)
         self.ns.update(sweeps.NAMESPACE)
-        sweep, values = sweeps.sources(found)
+        new, sweep, values = sweeps.sources(found)
+        code = _Code()
+        code.add(*new)
+        found.new = self._exec("_new", code)
         code = _Code()
         code.add(*sweep)
         found.sweep = self._exec("_sweep", code)

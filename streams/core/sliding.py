@@ -115,6 +115,7 @@ class SlidingStore:
         self._close_after = 1 + grace_ms
         self._forget_after = size_ms + grace_ms
         self._sweeps = aggregates.sweeps
+        assert aggregates.new is not None
         assert aggregates.sweep is not None
         assert aggregates.values is not None
         self._sweep = aggregates.sweep
@@ -155,7 +156,7 @@ class SlidingStore:
         """Store an accepted event (not late) of ``key`` at ``t`` with its inputs; its window
         opens if new. Built-in aggregations only."""
         # The hot path: _store and _open_window inlined for the usual event, the latest of
-        # its key so far.
+        # its key so far, in a window of its own.
         ks = self.keys.get(key)
         if ks is None:
             ks = self.keys[key] = _Key(self._new())
@@ -169,7 +170,10 @@ class SlidingStore:
             events.append(ev)
             if not pending or pending[-1] < t:
                 pending.append(t)
-                self._opened(ks, key, t)
+                self._open += 1
+                close = t + self._close_after
+                if close < ks.due:
+                    self._due(ks, key, close)
         else:
             events.insert(bisect_right(events, t, ks.hi, key=_time), ev)
             self._open_window(ks, key, t)

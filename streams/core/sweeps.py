@@ -11,9 +11,10 @@ that have the field, ``CountDistinct`` a counter of values.
 
 As the compiler does for the other windows, the sweep is generated code: :func:`sources`
 writes ``_sweep(ks, upto, floor)`` (move ``hi`` past the events at or before ``upto``, then
-``lo`` past those at or before ``floor``) and ``_values(ks)`` (the accumulator of the range)
-with each aggregation's statements inlined; each :class:`Sweep` gives its snippets over the
-names ``ev`` (the event), ``x`` (its input) and its running state ``r<i>`` (``run[i]``).
+``lo`` past those at or before ``floor``), ``_values(ks)`` (the accumulator of the range) and
+``_new()`` (a new key's running states) with each aggregation's statements inlined; each
+:class:`Sweep` gives its snippets over the names ``ev`` (the event), ``x`` (its input) and
+its running state ``r<i>`` (``run[i]``).
 ``scratch`` computes the same value from a window's events alone, in their order (update
 records, and a sum that overflowed: the interpreter's sum in the interpreter's order).
 
@@ -46,8 +47,8 @@ class Sweep:
         self.j = j
         self.i = -1
 
-    def new(self) -> Any:
-        """An empty running state."""
+    def new(self) -> str:
+        """An expression of an empty running state."""
         raise NotImplementedError
 
     def load(self) -> list[str]:
@@ -90,8 +91,8 @@ class CountSweep(Sweep):
 class SumSweep(Sweep):
     """``Sum(f)``: ``[sum, compensation]`` (Neumaier), in the locals ``s<i>``, ``c<i>``."""
 
-    def new(self) -> Any:
-        return [0.0, 0.0]
+    def new(self) -> str:
+        return "[0.0, 0.0]"
 
     def load(self) -> list[str]:
         i = self.i
@@ -141,8 +142,8 @@ class SumSweep(Sweep):
 class MeanSweep(SumSweep):
     """``Mean(f)``: ``[sum, compensation, count]``."""
 
-    def new(self) -> Any:
-        return [0.0, 0.0, 0]
+    def new(self) -> str:
+        return "[0.0, 0.0, 0]"
 
     def add(self) -> list[str]:
         return [*self._plus(False), f"    r{self.i}[2] += 1"]
@@ -178,8 +179,8 @@ class ExtremeSweep(Sweep):
         super().__init__(b, j)
         self.largest = largest
 
-    def new(self) -> Any:
-        return deque()
+    def new(self) -> str:
+        return "_deque()"
 
     def add(self) -> list[str]:
         i, j = self.i, self.j
@@ -214,8 +215,8 @@ class EndSweep(Sweep):
         super().__init__(b, j)
         self.last = last
 
-    def new(self) -> Any:
-        return deque()
+    def new(self) -> str:
+        return "_deque()"
 
     def add(self) -> list[str]:
         return [f"if ev[{self.j}] is not None:", f"    r{self.i}.append(ev)"]
@@ -239,8 +240,8 @@ class EndSweep(Sweep):
 class DistinctSweep(Sweep):
     """``CountDistinct(f)``: how many events of the range hold each value."""
 
-    def new(self) -> Any:
-        return {}
+    def new(self) -> str:
+        return "{}"
 
     def add(self) -> list[str]:
         i = self.i
@@ -316,12 +317,9 @@ class Aggregates:
     sweeps: list[Sweep]
     customs: list[Custom]
     width: int
+    new: Callable[[], list[Any]] | None = None
     sweep: Callable[[Any, int, int], None] | None = None
     values: Callable[[Any], list[Any]] | None = None
-
-    def new(self) -> list[Any]:
-        """The running states of a new key."""
-        return [s.new() for s in self.sweeps if s.stateful]
 
 
 _INPUT_KINDS = {"sum": NUMBER, "mean": NUMBER, "min": NUMBER, "max": NUMBER}
@@ -349,10 +347,11 @@ def aggregates(named: Sequence[tuple[str, Any]], lay: Layout) -> Aggregates:
     return Aggregates(sweeps, customs, lay.size)
 
 
-def sources(agg: Aggregates) -> tuple[list[str], list[str]]:
-    """The lines of ``_sweep(ks, upto, floor)`` and ``_values(ks)`` (see the module
-    docstring); the names they need are :data:`NAMESPACE`'s."""
+def sources(agg: Aggregates) -> tuple[list[str], list[str], list[str]]:
+    """The lines of ``_new()`` (a new key's running states), ``_sweep(ks, upto, floor)`` and
+    ``_values(ks)`` (see the module docstring); the names they need are :data:`NAMESPACE`'s."""
     stateful = [s for s in agg.sweeps if s.stateful]
+    new = ["def _new():", f"    return [{', '.join(s.new() for s in stateful)}]"]
     load = [line for s in stateful for line in s.load()]
     sweep = [
         "def _sweep(ks, upto, floor):",
@@ -387,7 +386,7 @@ def sources(agg: Aggregates) -> tuple[list[str], list[str]]:
         *("    " + line for s in agg.sweeps for line in s.value()),
         "    return a",
     ]
-    return sweep, values
+    return new, sweep, values
 
 
-NAMESPACE = {"_sum_of": sum_of}
+NAMESPACE = {"_sum_of": sum_of, "_deque": deque}
