@@ -1035,27 +1035,22 @@ class _Compiler:
             self._session_parts(compiled, window.spec.gap_ms, lay)
         elif isinstance(window.spec, Sliding):
             compiled.size_ms = window.spec.size_ms
-            compiled.sliding = self._sliding_parts(lay)
+            compiled.sliding = self._sliding_parts(window.spec.size_ms, lay)
         else:
             compiled.size_ms = window.spec.size_ms
             compiled.step_ms = window.spec.step_ms
 
-    def _sliding_parts(self, lay: Layout) -> Aggregates:
+    def _sliding_parts(self, size_ms: int, lay: Layout) -> Aggregates:
         """The sliding window's aggregations, its sweep generated (:mod:`.sweeps`)."""
         aggregate = self.segment.aggregate
         assert aggregate is not None
         found = sweeps.aggregates(aggregate.named, lay)
         self.ns.update(sweeps.NAMESPACE)
-        new, sweep, values = sweeps.sources(found)
-        code = _Code()
-        code.add(*new)
-        found.new = self._exec("_new", code)
-        code = _Code()
-        code.add(*sweep)
-        found.sweep = self._exec("_sweep", code)
-        code = _Code()
-        code.add(*values)
-        found.values = self._exec("_values", code)
+        new, sweep, close = sweeps.sources(found, size_ms)
+        for name, lines in (("_new", new), ("_sweep", sweep), ("_close", close)):
+            code = _Code()
+            code.add(*lines)
+            setattr(found, name[1:], self._exec(name, code))
         return found
 
     def _session_parts(self, compiled: Compiled, gap_ms: int, lay: Layout) -> None:

@@ -88,6 +88,7 @@ class SlidingStore:
         "_added",
         "_blocks",
         "_calendar",
+        "_close",
         "_close_after",
         "_customs",
         "_forget_after",
@@ -102,7 +103,6 @@ class SlidingStore:
         "_sweep",
         "_sweeps",
         "_times",
-        "_values_of",
         "_width",
         "_windows",
         "keys",
@@ -117,9 +117,9 @@ class SlidingStore:
         self._sweeps = aggregates.sweeps
         assert aggregates.new is not None
         assert aggregates.sweep is not None
-        assert aggregates.values is not None
+        assert aggregates.close is not None
         self._sweep = aggregates.sweep
-        self._values_of = aggregates.values
+        self._close = aggregates.close
         self._new = aggregates.new
         self._customs = aggregates.customs
         self._width = aggregates.width
@@ -319,6 +319,8 @@ class SlidingStore:
         if horizon > self._horizon:
             self._horizon = horizon
         size = self._size
+        close = self._close
+        customs = bool(self._customs)
         closed: list[Closed] = []
         while times and times[0] <= stream_time:
             due = heapq.heappop(times)
@@ -332,12 +334,12 @@ class SlidingStore:
                 pending = ks.pending
                 t = pending.pop(0)
                 self._open -= 1
-                closed.append((key, t - size + 1, t + 1, self._values(key, ks, t)))
+                # Events the next window holds stay, even if their forget time has come.
+                acc = close(ks, t, min(horizon, (pending[0] if pending else t) - size))
+                if customs:
+                    self._customs_of(key, ks, t, acc)
+                closed.append((key, t - size + 1, t + 1, acc))
                 if pending:
-                    # Events the next window holds stay, even if their forget time has come.
-                    floor = min(horizon, pending[0] - size)
-                    if ks.events[ks.base][0] <= floor:
-                        self._forget(ks, floor)
                     self._due(ks, key, pending[0] + close_after)
                 else:
                     ks.due = NEVER
@@ -359,16 +361,12 @@ class SlidingStore:
         idle = self._idle
         self.next_close = min(times[0] if times else NEVER, idle[0][0] if idle else NEVER)
 
-    def _values(self, key: str, ks: _Key, t: int) -> list[Any]:
-        """Window ``t``'s accumulator, the sweep moved to its range (it closes now)."""
-        self._sweep(ks, t, t - self._size)
-        acc = self._values_of(ks)
-        if self._customs:
-            accs = ks.accs.pop(t)
-            self._windows[(t, key)] = False
-            for custom, held in zip(self._customs, accs, strict=True):
-                acc[custom.b] = held
-        return acc
+    def _customs_of(self, key: str, ks: _Key, t: int, acc: list[Any]) -> None:
+        """Window ``t``'s custom accumulators into ``acc``: it closes."""
+        accs = ks.accs.pop(t)
+        self._windows[(t, key)] = False
+        for custom, held in zip(self._customs, accs, strict=True):
+            acc[custom.b] = held
 
     def _forget(self, ks: _Key, horizon: int) -> None:
         """Forget the key's events at or before ``horizon``, taking them out of the sweep."""

@@ -11,8 +11,9 @@ that have the field, ``CountDistinct`` a counter of values.
 
 As the compiler does for the other windows, the sweep is generated code: :func:`sources`
 writes ``_sweep(ks, upto, floor)`` (move ``hi`` past the events at or before ``upto``, then
-``lo`` past those at or before ``floor``), ``_values(ks)`` (the accumulator of the range) and
-``_new()`` (a new key's running states) with each aggregation's statements inlined; each
+``lo`` past those at or before ``floor``), ``_close(ks, t, floor)`` (sweep to window ``t``,
+read its accumulator, then forget the events at or before ``floor``) and ``_new()`` (a new
+key's running states) with each aggregation's statements inlined; each
 :class:`Sweep` gives its snippets over the names ``ev`` (the event), ``x`` (its input) and
 its running state ``r<i>`` (``run[i]``).
 ``scratch`` computes the same value from a window's events alone, in their order (update
@@ -311,7 +312,7 @@ class Custom:
 @dataclass
 class Aggregates:
     """Every aggregation of a sliding window: built-ins as sweeps (their generated
-    ``sweep``/``values`` set by the compiler), customs as functions, and the length of the
+    ``new``/``sweep``/``close`` set by the compiler), customs as functions, and the length of the
     accumulator list the window's record reads (its layout)."""
 
     sweeps: list[Sweep]
@@ -319,7 +320,7 @@ class Aggregates:
     width: int
     new: Callable[[], list[Any]] | None = None
     sweep: Callable[[Any, int, int], None] | None = None
-    values: Callable[[Any], list[Any]] | None = None
+    close: Callable[[Any, int, int], list[Any]] | None = None
 
 
 _INPUT_KINDS = {"sum": NUMBER, "mean": NUMBER, "min": NUMBER, "max": NUMBER}
@@ -347,46 +348,70 @@ def aggregates(named: Sequence[tuple[str, Any]], lay: Layout) -> Aggregates:
     return Aggregates(sweeps, customs, lay.size)
 
 
-def sources(agg: Aggregates) -> tuple[list[str], list[str], list[str]]:
-    """The lines of ``_new()`` (a new key's running states), ``_sweep(ks, upto, floor)`` and
-    ``_values(ks)`` (see the module docstring); the names they need are :data:`NAMESPACE`'s."""
+def sources(agg: Aggregates, size_ms: int) -> tuple[list[str], list[str], list[str]]:
+    """The lines of ``_new()``, ``_sweep(ks, upto, floor)`` and ``_close(ks, t, floor)`` (see
+    the module docstring); the names they need are :data:`NAMESPACE`'s."""
     stateful = [s for s in agg.sweeps if s.stateful]
     new = ["def _new():", f"    return [{', '.join(s.new() for s in stateful)}]"]
     load = [line for s in stateful for line in s.load()]
+    save = [line for s in stateful for line in s.save()]
+
+    def move(bound: str, upto: str | None) -> list[str]:
+        """Move ``hi`` past the events at or before ``upto``, ``lo`` past ``bound``."""
+        lines = []
+        if upto is not None:
+            lines += [
+                "while hi < n:",
+                "    ev = events[hi]",
+                f"    if ev[0] > {upto}:",
+                "        break",
+                *("    " + line for s in stateful for line in s.add()),
+                "    hi += 1",
+            ]
+        return [
+            *lines,
+            "while lo < hi:",
+            "    ev = events[lo]",
+            f"    if ev[0] > {bound}:",
+            "        break",
+            *("    " + line for s in stateful for line in s.remove()),
+            "    lo += 1",
+        ]
+
+    head = ["events = ks.events", "n = len(events)", "hi = ks.hi", "lo = ks.lo", "run = ks.run"]
     sweep = [
         "def _sweep(ks, upto, floor):",
-        "    events = ks.events",
-        "    n = len(events)",
-        "    hi = ks.hi",
-        "    lo = ks.lo",
-        "    run = ks.run",
-        *("    " + line for line in load),
-        "    while hi < n:",
-        "        ev = events[hi]",
-        "        if ev[0] > upto:",
-        "            break",
-        *("        " + line for s in stateful for line in s.add()),
-        "        hi += 1",
-        "    while lo < hi:",
-        "        ev = events[lo]",
-        "        if ev[0] > floor:",
-        "            break",
-        *("        " + line for s in stateful for line in s.remove()),
-        "        lo += 1",
-        *("    " + line for s in stateful for line in s.save()),
+        *("    " + line for line in [*head, *load, *move("floor", "upto"), *save]),
         "    ks.hi = hi",
         "    ks.lo = lo",
     ]
-    values = [
-        "def _values(ks):",
-        "    lo = ks.lo",
-        "    hi = ks.hi",
-        "    run = ks.run",
-        f"    a = [None] * {agg.width}",
-        *("    " + line for s in agg.sweeps for line in s.value()),
-        "    return a",
+    close = [
+        *head,
+        f"low = t - {size_ms}",
+        *load,
+        *move("low", "t"),
+        *save,
+        f"a = [None] * {agg.width}",
+        *(line for s in agg.sweeps for line in s.value()),
+        # What no pending window holds, up to the horizon, is forgotten: out of the range
+        # (a value above may have reset a running state: load it again), then out of the list.
+        *load,
+        *move("floor", None),
+        *save,
+        "base = ks.base",
+        "while base < lo and events[base][0] <= floor:",
+        "    base += 1",
+        "if base > 64 and 2 * base > n:",
+        "    del events[:base]",  # cut off in bulk, not one by one
+        "    lo -= base",
+        "    hi -= base",
+        "    base = 0",
+        "ks.base = base",
+        "ks.hi = hi",
+        "ks.lo = lo",
+        "return a",
     ]
-    return new, sweep, values
+    return new, sweep, ["def _close(ks, t, floor):", *("    " + line for line in close)]
 
 
 NAMESPACE = {"_sum_of": sum_of, "_deque": deque}
