@@ -39,6 +39,7 @@ import heapq
 import json
 from bisect import bisect_right
 from collections import deque
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -76,7 +77,9 @@ class _Key:
         self.events: list[Event] = []
         self.base = self.lo = self.hi = 0
         self.run = run
-        self.pending: list[int] = []
+        # A deque: a busy key has a window per event pending for the grace, closed from the
+        # front.
+        self.pending: deque[int] = deque()
         self.accs: dict[int, list[Any]] = {}
         self.due = NEVER
 
@@ -258,7 +261,7 @@ class SlidingStore:
         pending = ks.pending
         reach = t + self._size
         later = []
-        for u in pending[bisect_right(pending, t) :]:
+        for u in islice(pending, bisect_right(pending, t), None):
             if u >= reach:
                 break
             later.append(u)
@@ -332,7 +335,7 @@ class SlidingStore:
                 if ks is None or ks.due != due:
                     continue  # stale: the key was put back at another time since
                 pending = ks.pending
-                t = pending.pop(0)
+                t = pending.popleft()
                 self._open -= 1
                 # Events the next window holds stay, even if their forget time has come.
                 acc = close(ks, t, min(horizon, (pending[0] if pending else t) - size))
