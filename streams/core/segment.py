@@ -16,8 +16,8 @@ Changelog keys (values are compact JSON, ``None`` a tombstone):
 ``o``               the next input offset the state stands at
 ``w<start>:<key>``  a (key, window) accumulator of tumbling or hopping windows
 ``s<key>``          a key's open sessions ``[[start, last, accumulator], ...]``
-``l<seq>``          a sliding window's stored event; ``L<t>:<key>`` its custom accumulators
-                    (:mod:`streams.core.sliding`)
+``l<seq>``          a block of a sliding window's stored events; ``L<t>:<key>`` a pending
+                    window's custom accumulators (:mod:`streams.core.sliding`)
 ``d<seq>``          event ids the first dedupe accepted in the chunk starting at ``seq``
 ``D<n>:<seq>``      the same for the segment's dedupe number ``n`` (from 1)
 ``m<tag>``          the fingerprint of the declaration that wrote operator ``tag``'s state
