@@ -6,7 +6,7 @@ operators, and the README's "Write your own pipeline".
 
 from streams.api.app import App, Table, Topic
 from streams.api.stream import AggregatedStream, Stream, WindowedStream
-from streams.api.windows import hopping, session, tumbling
+from streams.api.windows import hopping, session, sliding, tumbling
 from streams.topology.aggregations import (
     Count,
     CountDistinct,
@@ -35,5 +35,6 @@ __all__ = [
     "WindowedStream",
     "hopping",
     "session",
+    "sliding",
     "tumbling",
 ]

@@ -19,7 +19,7 @@ from streams.api.topics import Table, Topic
 from streams.errors import DeclarationError
 from streams.topology import nodes
 from streams.topology.aggregations import Builtin, check_custom, is_builtin
-from streams.topology.windows import Hopping, Session, WindowSpec
+from streams.topology.windows import Hopping, Session, Sliding, WindowSpec
 
 _API_DIR = str(Path(__file__).parent)
 EMIT_MODES = ("final", "updates")
@@ -338,13 +338,14 @@ class Stream(_Node):
     def window(
         self, spec: WindowSpec, grace_ms: int = 0, late_topic: str | None = None
     ) -> WindowedStream:
-        """Event-time windows (``tumbling``, ``hopping`` or ``session``); follow with
+        """Event-time windows (``tumbling``, ``hopping``, ``session`` or ``sliding``); follow with
         ``.aggregate(...)``. Late events go to ``late_topic`` (``<input>.late``)."""
         where = caller()
-        if not isinstance(spec, Hopping | Session):
+        if not isinstance(spec, Hopping | Session | Sliding):
             fail(
                 where,
-                f".window(spec) needs tumbling(...), hopping(...) or session(...), got {spec!r}",
+                ".window(spec) needs tumbling(...), hopping(...), session(...) or sliding(...), "
+                f"got {spec!r}",
             )
         _ms(where, ".window(grace_ms)", grace_ms)
         if late_topic is not None and (not isinstance(late_topic, str) or not late_topic):

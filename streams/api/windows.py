@@ -1,8 +1,9 @@
-"""``tumbling``, ``hopping`` and ``session``: the window specs users pass to ``.window``."""
+"""``tumbling``, ``hopping``, ``session`` and ``sliding``: the window specs users pass to
+``.window``."""
 
 from __future__ import annotations
 
-from streams.topology.windows import Hopping, Session
+from streams.topology.windows import Hopping, Session, Sliding
 
 
 def tumbling(size_ms: int) -> Hopping:
@@ -18,3 +19,9 @@ def hopping(size_ms: int, step_ms: int) -> Hopping:
 def session(gap_ms: int) -> Session:
     """Per key, events less than ``gap_ms`` apart belong to one session."""
     return Session(gap_ms)
+
+
+def sliding(size_ms: int) -> Sliding:
+    """Per key, a window ending at each distinct event time ``t``: the events in
+    ``(t - size_ms, t]`` (``window_start = t - size_ms + 1``, ``window_end = t + 1``)."""
+    return Sliding(size_ms)

@@ -43,6 +43,7 @@ ALL_SCENARIOS = (
     "pipeline-user",
     "pipeline-process",
     "pipeline-join-stream",
+    "pipeline-sliding",
     "latency",
     "state",
 )
@@ -54,6 +55,7 @@ PIPELINES = (
     "pipeline-user",
     "pipeline-process",
     "pipeline-join-stream",
+    "pipeline-sliding",
 )
 
 
@@ -213,6 +215,7 @@ async def run_bench(
             }
             for n in config.processes
         },
+        "pipeline-sliding": {"scenario": "pipeline-sliding", "guarantee": "at_least_once"},
     }
     wanted = set(config.scenarios) | {f"pipeline-alo-p{n}" for n in config.processes}
     for round_ in range(1, config.rounds + 1):

@@ -175,52 +175,39 @@ async def pipeline_user(args: Args) -> dict[str, Any]:
     """Example (a)'s shape (dedupe, filter, map, window, five aggregations), declared with
     the public API, in process, until it has consumed every event."""
     from streams.bench.user_app import build
-    from streams.runtime.health import Health
-    from streams.runtime.metrics import WorkerMetrics
-    from streams.runtime.worker import Worker
-    from streams.topology.plan import plan
 
-    app_id = args["app_id"]
-    settings = Settings.from_env(
-        {
-            **_kafka_env(args),
-            "STREAMS_APP_ID": app_id,
-            "STREAMS_PARTITIONS": str(args["partitions"]),
-            "STREAMS_GUARANTEE": args["guarantee"],
-        }
-    )
-    app = build(app_id, args["topic"], f"{app_id}-revenue")
-    worker = Worker(settings, plan(app.decl, app_id), WorkerMetrics(), Health())
-    return await _run_worker(worker, args)
+    return await _run_app(args, build, "revenue")
 
 
 async def pipeline_process(args: Args) -> dict[str, Any]:
     """The card example's shape (``.process``: a list per key, one timer per event), declared
     with the public API, in process, until it has consumed every event."""
     from streams.bench.process_app import build
-    from streams.runtime.health import Health
-    from streams.runtime.metrics import WorkerMetrics
-    from streams.runtime.worker import Worker
-    from streams.topology.plan import plan
 
-    app_id = args["app_id"]
-    settings = Settings.from_env(
-        {
-            **_kafka_env(args),
-            "STREAMS_APP_ID": app_id,
-            "STREAMS_PARTITIONS": str(args["partitions"]),
-            "STREAMS_GUARANTEE": args["guarantee"],
-        }
-    )
-    app = build(app_id, args["topic"], f"{app_id}-alerts")
-    worker = Worker(settings, plan(app.decl, app_id), WorkerMetrics(), Health())
-    return await _run_worker(worker, args)
+    return await _run_app(args, build, "alerts")
 
 
 async def pipeline_join_stream(args: Args) -> dict[str, Any]:
     """The bench's events joined with their twins in a second topic (``join_stream``, inner,
     ten minutes): the rate counts the records of both topics."""
     from streams.bench.join_app import build
+
+    return await _run_app(args, build, "pairs", events=2 * args["events"])
+
+
+async def pipeline_sliding(args: Args) -> dict[str, Any]:
+    """The rolling example's shape (a 5-minute sliding window, ``Count`` and ``Sum``),
+    declared with the public API, in process, until it has consumed every event."""
+    from streams.bench.sliding_app import build
+
+    return await _run_app(args, build, "spend")
+
+
+async def _run_app(
+    args: Args, build: Callable[[str, str, str], Any], output: str, events: int | None = None
+) -> dict[str, Any]:
+    """Run the app ``build(app_id, input topic, output topic)`` makes in process until it
+    has consumed ``events`` (default: the bench's)."""
     from streams.runtime.health import Health
     from streams.runtime.metrics import WorkerMetrics
     from streams.runtime.worker import Worker
@@ -235,9 +222,9 @@ async def pipeline_join_stream(args: Args) -> dict[str, Any]:
             "STREAMS_GUARANTEE": args["guarantee"],
         }
     )
-    app = build(app_id, args["topic"], f"{app_id}-pairs")
+    app = build(app_id, args["topic"], f"{app_id}-{output}")
     worker = Worker(settings, plan(app.decl, app_id), WorkerMetrics(), Health())
-    return await _run_worker(worker, {**args, "events": 2 * args["events"]})
+    return await _run_worker(worker, {**args, "events": events or args["events"]})
 
 
 async def _run_worker(worker: Any, args: Args) -> dict[str, Any]:
@@ -467,6 +454,7 @@ SCENARIOS: dict[str, Callable[[Args], Any]] = {
     "pipeline-user": pipeline_user,
     "pipeline-process": pipeline_process,
     "pipeline-join-stream": pipeline_join_stream,
+    "pipeline-sliding": pipeline_sliding,
     "pipeline-processes": pipeline_processes,
     "faust-naive": faust_naive,
 }

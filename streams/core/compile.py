@@ -26,15 +26,16 @@ from typing import Any
 
 import orjson as _orjson
 
-from streams.core import aggregations
+from streams.core import aggregations, sweeps
 from streams.core.aggregations import Layout
 from streams.core.failures import USER_ERRORS, Site, Sites, reason
 from streams.core.jsonbytes import dumps
+from streams.core.sweeps import Aggregates
 from streams.core.windows import NEVER
 from streams.errors import DeclarationError
 from streams.topology import nodes
-from streams.topology.plan import Segment
-from streams.topology.windows import Hopping, Session
+from streams.topology.plan import Segment, window_tag
+from streams.topology.windows import Hopping, Session, Sliding
 
 __all__ = ["Compiled", "Guarantees", "canonical_key", "compile_segment", "reason"]
 
@@ -246,6 +247,8 @@ class Compiled:
     # With a join_stream: the loop reading the right side's records, and the join's stage.
     right: Stage | None = None
     join_stage: int | None = None
+    # Sliding windows: their aggregations, which the window store computes (decision 0018).
+    sliding: Aggregates | None = None
 
     @property
     def sessions(self) -> bool:
@@ -531,6 +534,8 @@ class _Compiler:
             self._emit_record(code, accept, first=stage.first)
         elif isinstance(segment.window.spec, Session):  # type: ignore[union-attr]
             self._session(code, accept, guarantees, first=stage.first)
+        elif isinstance(segment.window.spec, Sliding):  # type: ignore[union-attr]
+            self._sliding(code, accept, guarantees, first=stage.first)
         else:
             self._hopping(code, accept, guarantees, first=stage.first)
         code.depth = 1
@@ -546,8 +551,10 @@ class _Compiler:
             code.add("task.clock.stream_time = st")
         elif stage.clock == "own":
             code.add(f"task.stage_times[{stage.index}] = st")
-        if stage.end == "window" and not isinstance(segment.window.spec, Session):  # type: ignore[union-attr]
+        if stage.end == "window" and isinstance(segment.window.spec, Hopping):  # type: ignore[union-attr]
             code.add("task.windows_changed(touched, out)")
+        if stage.end == "window" and isinstance(segment.window.spec, Sliding):  # type: ignore[union-attr]
+            code.add("if st >= store.next_close:", "    task.close_windows(st, out)")
         if stage.end == "items":
             code.add("return nxt")
         return self._exec(name, code), guarantees
@@ -784,6 +791,10 @@ class _Compiler:
                 "scopy = task.session_copy",
             )
             return
+        if isinstance(self.segment.window.spec, Sliding):
+            assert self.layout is not None
+            code.add("sadd = store.add_custom" if self.layout.has_custom else "sadd = store.add")
+            return
         code.add(
             "by_start = store.by_start",
             "next_close = store.next_close",
@@ -798,13 +809,15 @@ class _Compiler:
         assert aggregate is not None
         return self._site(aggregate.stage, aggregate.where)
 
-    def _inputs(self, code: _Code, guarantees: Guarantees, *, first: bool) -> None:
+    def _inputs(
+        self, code: _Code, guarantees: Guarantees, *, first: bool, offsets: bool = True
+    ) -> None:
         assert self.layout is not None
         site = self._aggregate_site()
         for var, field_name, kind in self.layout.inputs:
             checked = kind == aggregations.NUMBER and field_name in guarantees.numbers
             code.add(*aggregations.input_code(var, field_name, kind, checked, site))
-        if self.layout.uses_offset:
+        if offsets and self.layout.uses_offset:
             # An event no record made (a timer's value) comes after every record it follows.
             code.add("o = recs[i].offset" if first else "o = recs[i].offset if i >= 0 else _LAST")
             self.ns["_LAST"] = 2**62
@@ -997,6 +1010,37 @@ class _Compiler:
             "        task.close_windows(st, out)",
         )
 
+    def _sliding(
+        self, code: _Code, accept: list[str], guarantees: Guarantees, *, first: bool
+    ) -> None:
+        """An event is late when its own window (ending at ``t + 1``) is closed; otherwise
+        the store keeps it with its inputs (decision 0018). Arrival order is the store's
+        order: no offsets."""
+        window = self.segment.window
+        assert window is not None
+        assert self.layout is not None
+        code.add(
+            f"if t + {1 + window.grace_ms} <= st:",
+            *("    " + line for line in self._late(first=first)),
+        )
+        self._inputs(code, guarantees, first=first, offsets=False)
+        variables = [var for var, _, _ in self.layout.inputs]
+        inputs = f"({', '.join(variables)}{',' if len(variables) == 1 else ''})"
+        if self.layout.has_custom:
+            code.add(
+                "try:",
+                f"    sadd(k, t, {inputs}, v)",
+                "except _USER_ERRORS as exc:",
+                f"    {self._aggregate_site()}.fail(dead, i, exc)",
+                "    continue",
+            )
+        else:
+            code.add(f"sadd(k, t, {inputs})")
+        # Windows close at the end of the chunk (see _stage): no event of the chunk that is
+        # not late can reach a window its stream time closes, so when they close within the
+        # chunk changes nothing but the cost.
+        code.add(*accept, "nacc += 1", "if t > st:", "    st = t")
+
     # -- window parts the task uses ------------------------------------------------------
 
     def _window_parts(self, compiled: Compiled, fingerprints: dict[bytes, str]) -> None:
@@ -1005,7 +1049,13 @@ class _Compiler:
         assert window is not None
         assert window.spec is not None
         assert lay is not None
-        fields = ", ".join([f"{slots.name!r}: {slots.result}" for slots in lay.aggregations])
+        sliding = isinstance(window.spec, Sliding)
+
+        def result(slots: aggregations.Slots) -> str:
+            # A sliding window's store hands over its built-ins' values, computed already.
+            return f"a[{slots.base}]" if sliding and slots.custom is None else slots.result
+
+        fields = ", ".join([f"{slots.name!r}: {result(slots)}" for slots in lay.aggregations])
         code = _Code()
         code.add(
             "def _record(k, s, e, a, final):",
@@ -1023,14 +1073,30 @@ class _Compiler:
         compiled.customs = [
             (slots.name, slots.base) for slots in lay.aggregations if slots.custom is not None
         ]
-        tag = b"s" if isinstance(window.spec, Session) else b"w"
+        tag = window_tag(window.spec)
         compiled.window_tag = tag
         compiled.window_fingerprint = fingerprints[tag]
         if isinstance(window.spec, Session):
             self._session_parts(compiled, window.spec.gap_ms, lay)
+        elif isinstance(window.spec, Sliding):
+            compiled.size_ms = window.spec.size_ms
+            compiled.sliding = self._sliding_parts(window.spec.size_ms, lay)
         else:
             compiled.size_ms = window.spec.size_ms
             compiled.step_ms = window.spec.step_ms
+
+    def _sliding_parts(self, size_ms: int, lay: Layout) -> Aggregates:
+        """The sliding window's aggregations, its sweep generated (:mod:`.sweeps`)."""
+        aggregate = self.segment.aggregate
+        assert aggregate is not None
+        found = sweeps.aggregates(aggregate.named, lay)
+        self.ns.update(sweeps.NAMESPACE)
+        new, sweep, close = sweeps.sources(found, size_ms)
+        for name, lines in (("_new", new), ("_sweep", sweep), ("_close", close)):
+            code = _Code()
+            code.add(*lines)
+            setattr(found, name[1:], self._exec(name, code))
+        return found
 
     def _session_parts(self, compiled: Compiled, gap_ms: int, lay: Layout) -> None:
         compiled.gap_ms = gap_ms

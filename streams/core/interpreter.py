@@ -44,10 +44,11 @@ from streams.core.compile import canonical_key, check_accumulator, check_json, c
 from streams.core.decode import TopicDecoder
 from streams.core.failures import USER_ERRORS, reason
 from streams.core.jsonbytes import dumps
+from streams.core.sliding_model import SlidingModel
 from streams.topology import nodes
 from streams.topology.aggregations import is_builtin
 from streams.topology.plan import Segment
-from streams.topology.windows import Session
+from streams.topology.windows import Hopping, Session, Sliding
 
 _NONE = object()
 RIGHT_STAGE = -1  # the stage number of a join's second input's own operators
@@ -80,10 +81,12 @@ class Interpretation:
     when it goes to a repartition topic). ``dead`` and ``late`` index the records given, in
     order over all batches; ``dead`` holds ``(stage, reason, where)``. ``derived`` are the
     dead letters of no input record (a window whose final could not be made), in emission
-    order: ``(key, value, stage, where)``.
+    order: ``(key, value, stage, where)``. ``updates`` are a sliding window's ``"final":
+    false`` records in update mode, ``(key, value)`` per batch (the engine's chunk).
     """
 
     outputs: list[tuple[bytes | None, Any, int | None]] = field(default_factory=list)
+    updates: list[tuple[bytes, Any]] = field(default_factory=list)
     dead: dict[int, tuple[str, str, str]] = field(default_factory=dict)
     derived: list[tuple[bytes | None, Any, str, str]] = field(default_factory=list)
     late_derived: list[tuple[str | None, Any]] = field(default_factory=list)
@@ -290,6 +293,11 @@ class _Interpreter:
         self._session_close: int | None = None
         # sessions: key -> list of [start, last, events]
         self.sessions: dict[str, list[list[Any]]] = {}
+        self.sliding: SlidingModel | None = None
+        if segment.window is not None and isinstance(segment.window.spec, Sliding):
+            self.sliding = SlidingModel(
+                segment.window.spec.size_ms, segment.window.grace_ms, bool(self._customs())
+            )
         self.records_seen = 0
 
     # -- driving -------------------------------------------------------------------------
@@ -313,6 +321,8 @@ class _Interpreter:
                 self._records(batch.right, self.right_decoder, RIGHT_STAGE)
             if self.join is not None:
                 self._drain_join()
+            if self.sliding is not None and self.segment.emit_updates:
+                self._sliding_updates(self.sliding)
             self._mark_activity(batch.now_ms)
         # The end, in the chain's order: the processes before the window move to where the
         # workers left them, the windows close, then the processes after them.
@@ -810,8 +820,12 @@ class _Interpreter:
             if st is not None and event.ts + grace < st:
                 self._late(event)
                 return False
+        elif self.sliding is not None:
+            if self.sliding.late(event.ts, st):
+                self._late(event)
+                return False
         else:
-            assert spec is not None
+            assert isinstance(spec, Hopping)
             starts = range(
                 event.ts - event.ts % spec.step_ms, event.ts - spec.size_ms, -spec.step_ms
             )
@@ -824,6 +838,8 @@ class _Interpreter:
             self._check_inputs(event)
             if isinstance(spec, Session):
                 self._join_session(event, spec.gap_ms)
+            elif self.sliding is not None:
+                self.sliding.accept(event.key, event, self._fold)
             else:
                 # Every window's custom accumulators first, on copies: an event that fails in
                 # any of them changes none (decision 0014).
@@ -845,6 +861,41 @@ class _Interpreter:
         self._accept(event, marks, self.main)
         self._close(self.stream_time)
         return True
+
+    def _fold(self, events: list[_Event]) -> dict[str, Any]:
+        """Each custom aggregator's accumulator over ``events``, from ``initial()``; raises
+        :class:`_Dead` when a call raises or an accumulator is not JSON, or when the last
+        event's value is not (a sliding window keeps it)."""
+        try:
+            dumps(events[-1].value)
+        except USER_ERRORS as exc:
+            raise _Dead("aggregate", reason(exc)) from None
+        accs: dict[str, Any] | None = None
+        for event in events:
+            accs = self._custom_add(accs, event)
+        assert accs is not None
+        return accs
+
+    def _sliding_updates(self, model: SlidingModel) -> None:
+        """A batch's update records: each pending window it changed, from scratch; one whose
+        custom ``result`` raises is skipped (its final will say)."""
+        aggregate = self.segment.aggregate
+        assert aggregate is not None
+        for key, t in model.changed():
+            events, accs = model.window(key, t)
+            record: dict[str, Any] = {"key": key, "window_start": t - model.size + 1}
+            record["window_end"] = t + 1
+            try:
+                for name, aggregation in aggregate.named:
+                    if is_builtin(aggregation):
+                        record[name] = _aggregate(aggregation, events)
+                    else:
+                        record[name] = aggregation.result(accs[name])
+                record["final"] = False
+                dumps(record)
+            except USER_ERRORS:
+                continue
+            self.result.updates.append((key.encode(), record))
 
     def _customs(self) -> list[tuple[str, Any]]:
         aggregate = self.segment.aggregate
@@ -992,6 +1043,8 @@ class _Interpreter:
             self._session_close = min(
                 (s[1] + gap + grace for ss in self.sessions.values() for s in ss), default=None
             )
+        elif self.sliding is not None:
+            closing.extend(self.sliding.close(st))
         else:
             assert window.spec is not None
             size = window.spec.size_ms

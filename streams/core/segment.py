@@ -16,6 +16,8 @@ Changelog keys (values are compact JSON, ``None`` a tombstone):
 ``o``               the next input offset the state stands at
 ``w<start>:<key>``  a (key, window) accumulator of tumbling or hopping windows
 ``s<key>``          a key's open sessions ``[[start, last, accumulator], ...]``
+``l<seq>``          a block of a sliding window's stored events; ``L<t>:<key>`` a pending
+                    window's custom accumulators (:mod:`streams.core.sliding`)
 ``d<seq>``          event ids the first dedupe accepted in the chunk starting at ``seq``
 ``D<n>:<seq>``      the same for the segment's dedupe number ``n`` (from 1)
 ``m<tag>``          the fingerprint of the declaration that wrote operator ``tag``'s state
@@ -47,6 +49,7 @@ from streams.core.jsonbytes import dumps
 from streams.core.outcome import Outcome
 from streams.core.process import ProcessState
 from streams.core.sessions import SessionStore
+from streams.core.sliding import EVENT_TAG, WINDOW_TAG, SlidingStore
 from streams.core.spill import KeyValueStore, Spill, SpilledDeduplicator, SpilledWindowStore
 from streams.core.streamtime import NO_TIME, StreamClock
 from streams.core.windows import WindowStore
@@ -246,6 +249,8 @@ class SegmentTask:
         yield from self._run(0, None, out, now_ms, seq, records, idxs, vals)
         if self.compiled.sessions:
             self._session_updates(out)
+        elif self.compiled.sliding is not None and self.segment.emit_updates:
+            self._sliding_updates(out)
         self._mark_activity(now_ms)
         self._queue_time()
         if self._spill is not None:
@@ -698,12 +703,23 @@ class SegmentTask:
                     outputs.append((key.encode(), value, None))
                     finals[end] = finals.get(end, 0) + 1
             return
-        size = self.compiled.size_ms
-        tag = self.compiled.window_tag
-        assert tag is not None
         fast = orjson.dumps
         join, e = b"".join, b""  # a copy of its own size (see jsonbytes.dumps)
         careful = self._final_bytes
+        if self.compiled.sliding is not None:
+            for key, start, end, acc in self.windows.close_until(stream_time):
+                try:
+                    value = join((fast(record(key, start, end, acc, True)), e))
+                except USER_ERRORS:  # an integer beyond 64 bits, or a custom result's fault
+                    value = careful(key, start, end, acc, True, out)
+                    if value is None:
+                        continue
+                outputs.append((key.encode(), value, None))
+                finals[end] = finals.get(end, 0) + 1
+            return
+        size = self.compiled.size_ms
+        tag = self.compiled.window_tag
+        assert tag is not None
         for start, users in self.windows.close_until(stream_time):
             prefix = tag + b"%d:" % start
             end = start + size
@@ -732,6 +748,8 @@ class SegmentTask:
             gap = compiled.gap_ms
             for key, (start, last, acc) in self.windows.close_until(stream_time):
                 closed.append((key, start, last + gap, acc))
+        elif compiled.sliding is not None:
+            closed.extend(self.windows.close_until(stream_time))
         else:
             size = compiled.size_ms
             tag = compiled.window_tag
@@ -762,6 +780,13 @@ class SegmentTask:
                     out.updates += 1
         touched.clear()
 
+    def _sliding_updates(self, out: Outcome) -> None:
+        for key, start, end, acc in self.windows.updates():
+            value = self._final_bytes(key, start, end, acc, False, out)
+            if value is not None:
+                out.outputs.append((key.encode(), value, None))
+                out.updates += 1
+
     # -- changelog -----------------------------------------------------------------------
 
     def note_position(self, offset: int, topic: str | None = None) -> None:
@@ -788,6 +813,8 @@ class SegmentTask:
             self._drain_windows(records)
         elif self.compiled.sessions and self.windows.changed:
             self._drain_sessions(records)
+        elif self.compiled.sliding is not None:
+            self.windows.drain(records)
         for state in self.processes:
             if state.dirty:
                 state.drain(records)
@@ -882,6 +909,11 @@ class SegmentTask:
                 self._apply_window(key, value)
             else:
                 self._foreign.add(tag)
+        elif tag in (EVENT_TAG, WINDOW_TAG):
+            if self._active.get(EVENT_TAG):
+                self.windows.apply(key, value)
+            else:
+                self._foreign.add(EVENT_TAG)
         elif tag == b"d" or tag == b"D":
             dtag = key[: key.index(b":") + 1] if tag == b"D" else tag
             n = self._dedupe_by_tag.get(dtag)
@@ -1012,6 +1044,11 @@ class SegmentTask:
         if compiled.sessions:
             # Sessions stay in memory with any store (decision 0009).
             return SessionStore(compiled.gap_ms, compiled.grace_ms)
+        if compiled.sliding is not None:
+            # So do sliding windows (decision 0018).
+            return SlidingStore(
+                compiled.size_ms, compiled.grace_ms, compiled.sliding, self.segment.emit_updates
+            )
         if self._spill is not None:
             return SpilledWindowStore(compiled.size_ms, compiled.grace_ms, self._spill)
         return WindowStore(compiled.size_ms, compiled.grace_ms)
@@ -1060,6 +1097,8 @@ class SegmentTask:
         if self.compiled.sessions:
             self.windows.changed.clear()
             self.windows.touched.clear()
+        elif self.compiled.sliding is not None:
+            self.windows.finish_restore(self.clock.stream_time)
         self._restored = True
         return started_fresh
 

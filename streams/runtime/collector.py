@@ -176,9 +176,10 @@ class Collector:
             metrics.emitted.labels(name).inc(len(outcome.outputs))
             self.stats.emitted += len(outcome.outputs)
         if outcome.finals:
-            latency = metrics.emit_latency.labels("event_time")
-            for end, count in outcome.finals.items():
-                observe_many(latency, max(0.0, (wall - end) / 1000), count)
+            observe_many(
+                metrics.emit_latency.labels("event_time"),
+                [(max(0.0, (wall - end) / 1000), count) for end, count in outcome.finals.items()],
+            )
         if outcome.dead:
             failures: list[tuple[int, str, str, str | None]] = [
                 (index, stage, reason, where)

@@ -22,7 +22,7 @@ import orjson
 from streams.errors import DeclarationError
 from streams.topology import nodes
 from streams.topology.aggregations import describe
-from streams.topology.windows import Session
+from streams.topology.windows import Session, Sliding
 
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Operators that run inside a segment (the rest end it or make it windowed).
@@ -492,7 +492,7 @@ def _stores(
 
     The fingerprint holds what its stored state depends on, so a changed declaration is
     never fed state it did not build (decision 0009). Tags: ``d`` / ``D<n>:`` for dedupes,
-    ``w`` or ``s`` for the window, ``p<n>:`` for the ``n``-th ``.process``.
+    ``w``, ``s`` or ``l`` for the window, ``p<n>:`` for the ``n``-th ``.process``.
     """
     stores: list[Store] = []
     dedupes = 0
@@ -542,7 +542,7 @@ def _stores(
                 "key": key_desc,
             }
         )
-        tag = b"s" if isinstance(window.spec, Session) else b"w"
+        tag = window_tag(window.spec)
         stores.append(Store(tag, window, fingerprint))
     return tuple(stores)
 
@@ -563,6 +563,14 @@ def _describe_side(side: nodes.StreamSide) -> dict[str, Any]:
             for op in side.ops
         ],
     }
+
+
+def window_tag(spec: Any) -> bytes:
+    """The changelog tag of a window's state: ``w`` tumbling and hopping, ``s`` sessions,
+    ``l`` sliding windows."""
+    if isinstance(spec, Session):
+        return b"s"
+    return b"l" if isinstance(spec, Sliding) else b"w"
 
 
 def _function_id(fn: Any) -> str:

@@ -1,4 +1,4 @@
-"""Window specifications: tumbling, hopping and session windows, as plain values."""
+"""Window specifications: tumbling, hopping, session and sliding windows, as plain values."""
 
 from __future__ import annotations
 
@@ -54,7 +54,24 @@ class Session:
         return f"session({self.gap_ms})"
 
 
-WindowSpec = Hopping | Session
+@dataclass(frozen=True)
+class Sliding:
+    """Per key, one window for each distinct event time ``t`` of an accepted event: the key's
+    events in ``(t - size_ms, t]`` (decision 0018)."""
+
+    size_ms: int
+
+    def __post_init__(self) -> None:
+        _whole("sliding window size", self.size_ms, 1)
+
+    kind = "sliding"
+
+    def describe(self) -> str:
+        """How the declaration reads, for messages and fingerprints."""
+        return f"sliding({self.size_ms})"
+
+
+WindowSpec = Hopping | Session | Sliding
 
 
 def _whole(what: str, value: object, minimum: int) -> None:

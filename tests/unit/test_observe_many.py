@@ -25,7 +25,22 @@ def test_observe_many_is_count_single_observations(amount: float, count: int) ->
     )
     for _ in range(count):
         one.labels("x").observe(amount)
-    observe_many(many.labels("x"), amount, count)
+    observe_many(many.labels("x"), [(amount, count)])
+    singles, batched = _samples(one), _samples(many)
+    assert batched.pop(("h_sum", "")) == pytest.approx(singles.pop(("h_sum", "")))
+    assert singles == batched
+
+
+def test_observations_of_many_amounts_are_grouped_by_bucket() -> None:
+    one, many = (
+        Histogram("h", "h", ["since"], buckets=(0.005, 0.01, 0.1, 1), registry=CollectorRegistry())
+        for _ in range(2)
+    )
+    observations = [(0.0, 2), (0.005, 1), (0.006, 3), (0.01, 1), (0.5, 2), (7.0, 1), (0.004, 4)]
+    for amount, count in observations:
+        for _ in range(count):
+            one.labels("x").observe(amount)
+    observe_many(many.labels("x"), observations)
     singles, batched = _samples(one), _samples(many)
     assert batched.pop(("h_sum", "")) == pytest.approx(singles.pop(("h_sum", "")))
     assert singles == batched

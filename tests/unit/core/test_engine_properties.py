@@ -1,7 +1,7 @@
 """Property tests: the compiled engine equals the plain interpreter on random pipelines.
 
 Random declarations (filters, maps, flat maps, dedupes, joins, batch steps, enrichment,
-group_by, tumbling, hopping and session windows with every aggregation, custom ones
+group_by, tumbling, hopping, session and sliding windows with every aggregation, custom ones
 included) run over random records: out-of-order event times, repeated ids, bad keys and
 timestamps, random chunking and idle ticks. The vocabulary is a fuzzer of user code too:
 functions that raise (``sys.exit`` included), that change their input before raising,
@@ -37,6 +37,7 @@ from streams import (
     Sum,
     hopping,
     session,
+    sliding,
     tumbling,
 )
 from streams.core.compile import compile_segment
@@ -228,7 +229,7 @@ def declarations(draw: st.DrawFn) -> tuple[Segment, bool]:
     stream = app.stream(app.topic("in"), key="k", timestamp="ts")
     for name in draw(st.lists(st.sampled_from(sorted(OPS)), max_size=4)):
         stream = OPS[name](stream)
-    kind = draw(st.sampled_from(["tumbling", "hopping", "session", "none", "group_by"]))
+    kind = draw(st.sampled_from(["tumbling", "hopping", "session", "sliding", "none", "group_by"]))
     if kind == "none":
         stream.to("out")
         return plan(app.decl).segments[0], False
@@ -241,6 +242,7 @@ def declarations(draw: st.DrawFn) -> tuple[Segment, bool]:
         "tumbling": lambda: tumbling(size),
         "hopping": lambda: hopping(size, draw(st.integers(1, size))),
         "session": lambda: session(draw(st.integers(1, 12))),
+        "sliding": lambda: sliding(size),
     }[kind]()
     names = draw(
         st.lists(st.sampled_from(sorted(AGGREGATIONS)), min_size=1, max_size=5, unique=True)
