@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -241,13 +242,15 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """Accepts record batches; ``fail_transactions`` makes every transaction fail."""
+    """Accepts record batches, acknowledging each at the next offsets of its partition (a
+    partition of its own per producer); ``fail_transactions`` makes every transaction fail."""
 
     fail_transactions = False
 
     def __init__(self, **kwargs: Any) -> None:
         self.transactional_id = kwargs.get("transactional_id")
         self.sent: list[tuple[str, int]] = []
+        self.ends: dict[tuple[str, int], int] = {}
         self.stopped = False
 
     def create_batch(self) -> BatchBuilder:
@@ -255,8 +258,10 @@ class FakeProducer:
 
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
         self.sent.append((topic, partition))
+        base = self.ends.get((topic, partition), 0)
+        self.ends[topic, partition] = base + batch.record_count()
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        done.set_result(SimpleNamespace(offset=base))
         return done
 
     async def start(self) -> None:
