@@ -96,7 +96,8 @@ class RocksStore:
         bounds = ReadOptions()
         bounds.set_iterate_upper_bound(end)
         # Raw mode: keys and values are bytes, which the stub's types do not say.
-        return self._db.items(from_key=begin, read_opt=bounds)  # type: ignore[return-value]
+        items = self._db.items(from_key=begin, read_opt=bounds)
+        return _bounded(items, (bounds, end))  # type: ignore[arg-type]
 
     def write(
         self, deleted_ranges: Sequence[tuple[bytes, bytes]], changes: Mapping[bytes, bytes | None]
@@ -114,6 +115,16 @@ class RocksStore:
     def close(self) -> None:
         """Close and delete the database; using the store afterwards raises."""
         self._close()
+
+
+def _bounded(
+    items: Iterator[tuple[bytes, bytes]], bounds: tuple[ReadOptions, bytes]
+) -> Iterator[tuple[bytes, bytes]]:
+    """``items`` with its upper bound alive: rocksdict's iterator reads the bound from the
+    bytes object it was given, not a copy, so a bound freed mid-scan (a temporary) ends the
+    scan early, at whatever key reuses its memory (seen: 1 key of 4)."""
+    yield from items
+    del bounds
 
 
 def _dispose(db: Rdict, lock_fd: int, path: Path, lock_path: Path) -> None:

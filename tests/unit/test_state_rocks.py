@@ -104,3 +104,16 @@ def test_ranges_are_deleted_before_changes_are_applied(tmp_path: Path) -> None:
     assert list(store.scan(b"a", b"c")) == [(b"a2", b"new")]
     store.close()
     assert os.listdir(tmp_path / "app" / "0") == []
+
+
+def test_a_scan_keeps_its_upper_bound_alive(tmp_path: Path) -> None:
+    """rocksdict's iterator reads its bound from the bytes object it got: a bound made for
+    the call (freed once the call returns) used to end the scan at a key that reused its
+    memory."""
+    store = open_store(tmp_path, "app", 0)
+    store.write([], {b"sdc%d" % n: b"1" for n in range(1, 5)})
+    prefix = b"sd"
+    # Not inside the assert: pytest's rewriting keeps the bound alive there.
+    counts = [sum(1 for _ in store.scan(prefix, prefix[:-1] + b"e")) for _ in range(5)]
+    assert counts == [4] * 5
+    store.close()
