@@ -157,7 +157,6 @@ class Worker:
         kafka = s.kafka
         self._layout = layout = await topics.prepare(kafka, self.plan, s.partitions)
         await self._tables.load()
-        self._collector = Collector(self.plan, layout, self.metrics, self.stats)
         self._tasks = TaskManager(
             s,
             self._compiled,
@@ -165,6 +164,9 @@ class Worker:
             self._tables.data,
             self.metrics,
             read_committed=self.eos,
+        )
+        self._collector = Collector(
+            self.plan, layout, self.metrics, self.stats, drained=self._tasks.drained
         )
         self._consumer = RawRecordsConsumer(
             **kafka.client_kwargs(),
@@ -185,7 +187,12 @@ class Worker:
         )
         committer_type = ExactlyOnce if self.eos else AtLeastOnce
         self._committer = committer_type(
-            s, self._consumer, self.metrics, layout.limits, self._purger.committed
+            s,
+            self._consumer,
+            self.metrics,
+            layout.limits,
+            self._purger.committed,
+            on_written=self._tasks.changelog_written,
         )
         await self._committer.start()
         self._consumer.subscribe(list(self.plan.inputs), listener=_Rebalance(self))
@@ -224,7 +231,12 @@ class Worker:
             *(stop_within(c, CLOSE_TIMEOUT_S) for c in clients if c is not None),
             self._tables.stop(),
             self._purger.close(),
-            *([self._tasks.close()] if self._tasks is not None else []),
+            # Stopped after the last batch settled (run returned): stores get a checkpoint.
+            *(
+                [self._tasks.close(clean=self._inflight is None and self._open is None)]
+                if self._tasks is not None
+                else []
+            ),
         )
 
     async def run(
@@ -254,8 +266,9 @@ class Worker:
                         gc.enable()
                 else:
                     await self._submit_open()
-                    if self._inflight is not None:
-                        await self._settle()  # nothing new: let the last batch's commit land
+                    # Nothing new: let the last batch's commit land, and checkpoint.
+                    if self._inflight is None or await self._settle():
+                        self.tasks.checkpoint(idle=True)
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     await self._tick()
                 self._purger.maybe_purge()
@@ -399,6 +412,9 @@ class Worker:
             or self._stop_requested
         ):
             await self._submit_open()
+            # A store due a checkpoint gets it once this batch's commit lands (decision 0017).
+            if self.tasks.checkpoint_due() and await self._settle():
+                self.tasks.checkpoint()
 
     def _behind(self, batches: dict[TopicPartition, list[Any]]) -> bool:
         """True when at least a full fetch more is waiting past this one in its partitions
