@@ -373,3 +373,22 @@ def test_state_kept_in_memory_comes_back_from_the_records_kept_beside_the_store(
     assert _sessions(third) == {"cid": [[200, 200]], "dan": [[70, 70]]}
     assert third.dedupe_size == 4
     last.close()
+
+
+def test_fingerprint_records_after_the_checkpoint_start_the_stored_state_over(
+    store: RocksStore,
+) -> None:
+    """`streams reset` writes each operator's fingerprint into the changelog: replayed after
+    the checkpoint, they empty the store as they empty a restore from the beginning."""
+    processor, _, log = _checkpointed(store)
+    tags = processor.task.stored_fingerprints
+    log.records += [(FINGERPRINT_TAG + tag, fp.encode()) for tag, fp in tags.items()]
+    store.close()
+    metrics = WorkerMetrics()
+    restarted, local = _reopened(store, metrics)
+    assert log.restore(local, restarted.task) == 1 + len(tags)
+    assert (restarted.open_windows, restarted.dedupe_size) == (0, 0)
+    assert local.store.get_many([b"w0:u1"]) == [None]
+    # The event is no duplicate any more; its window starts over.
+    outcome = restarted.process([{"event_id": "e1", "user_id": "u1", "ts": 5}], 0, 1)
+    assert (outcome.accepted, restarted.open_windows) == (1, 1)
