@@ -81,17 +81,19 @@ HEADER_OUTPUT_TOPIC = "output.topic"
 HEADER_OUTPUT_PARTITION = "output.partition"
 
 
-Drained = Callable[[SegmentTask, int, list[tuple[bytes, bytes | None]]], None]
+Drained = Callable[[SegmentTask, int, Sink, list[tuple[bytes, bytes | None]]], None]
 
 
-def _ignore(task: SegmentTask, partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
+def _ignore(
+    task: SegmentTask, partition: int, sender: Sink, records: list[tuple[bytes, bytes | None]]
+) -> None:
     """No one listens to what is drained."""
 
 
 class Collector:
     """Appends a worker's results to senders; counts them in metrics and run totals.
-    ``drained`` hears of every segment task's changelog records (its local store keeps
-    those of state it does not hold, decision 0017)."""
+    ``drained`` hears of every segment task's changelog records, and the sender they went
+    to (a task's local store, decision 0017)."""
 
     def __init__(
         self,
@@ -310,7 +312,7 @@ class Collector:
         if records and topic is not None:
             sender.extend(topic, partition, records)
             self.metrics.produced.labels(topic).inc(len(records))
-            self.drained(task, partition, records)
+            self.drained(task, partition, sender, records)
         return len(records)
 
 

@@ -93,17 +93,18 @@ class Batch:
         return pair is not None and bool(pair[0].records or pair[1].records)
 
 
-Written = Callable[[Mapping[tuple[str, int], Acked]], None]
+Written = Callable[[BatchSender, Mapping[tuple[str, int], Acked]], None]
 
 
-def _ignore(acked: Mapping[tuple[str, int], Acked]) -> None:
+def _ignore(sender: BatchSender, acked: Mapping[tuple[str, int], Acked]) -> None:
     """No one listens to what was written."""
 
 
 class _Committer:
     """What both guarantees share: settings, consumer, metrics, the topics' size limits;
     ``on_committed`` hears of every input offset committed (the repartition purge),
-    ``on_written`` of every (topic, partition)'s records written for good."""
+    ``on_written`` of the records of a batch's sender written for good (where each
+    (topic, partition)'s end)."""
 
     def __init__(
         self,
@@ -173,7 +174,7 @@ class AtLeastOnce(_Committer):
             return set(self.consumer.assignment())
         written = await self._write_changelog(changelog, stopping)
         if written is not None:
-            self.on_written(written)
+            self.on_written(changelog, written)
         if offsets:
             try:
                 await self.consumer.commit(offsets)
@@ -352,7 +353,7 @@ class ExactlyOnce(_Committer):
             return False
         self.metrics.transactions.labels("committed").inc()
         self.metrics.commits.inc()
-        self.on_written(sender.acked)
+        self.on_written(sender, sender.acked)
         if offset is not None:
             self.on_committed({tp: offset})
         return True

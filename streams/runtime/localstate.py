@@ -93,8 +93,8 @@ class LocalState:
         self._ordinal = 0
         # (end offset, digest of the record before it) of what is written for good.
         self._written: tuple[int, str] | None = None
-        # The last record drained, while it is not known to be written.
-        self._unwritten: tuple[bytes | None, bytes | None] | None = None
+        # The sender the last records drained went to, until they are written for good.
+        self._unwritten: object | None = None
         self.unmarked = 0
         self._marked_at = time.monotonic()
 
@@ -205,20 +205,21 @@ class LocalState:
         self._written = (last.offset + 1, checkpoints.digest(last.key, last.value))
         self._unwritten = None
 
-    def drained(self, records: Sequence[tuple[Any, ...]]) -> None:
-        """Changelog records drained from the task, to be written."""
+    def drained(self, records: Sequence[tuple[Any, ...]], sender: object) -> None:
+        """Changelog records drained from the task into ``sender`` (a batch's), to be
+        written."""
         if not records:
             return
         self._keep(records)
         self.unmarked += len(records)
-        key, value, _, _ = fields(records[-1])
-        self._unwritten = (key, value)
+        self._unwritten = sender
 
-    def written(self, acked: Acked) -> None:
-        """The task's changelog records up to ``acked.end`` are written for good."""
+    def written(self, acked: Acked, sender: object) -> None:
+        """The task's changelog records up to ``acked.end`` are written for good, all that
+        ``sender`` held."""
         key, value, _, _ = fields(acked.last)
         self._written = (acked.end, checkpoints.digest(key, value))
-        if self._unwritten == (key, value):
+        if self._unwritten is sender:
             self._unwritten = None
 
     def _keep(self, records: Sequence[tuple[Any, ...]]) -> None:

@@ -288,17 +288,21 @@ class TaskManager:
 
     # -- local stores (the worker's and the committer's calls) ---------------------------
 
-    def drained(self, task: SegmentTask, partition: int, records: list[Record]) -> None:
-        """``task`` (of input partition ``partition``) drained these changelog records."""
+    def drained(
+        self, task: SegmentTask, partition: int, sender: object, records: list[Record]
+    ) -> None:
+        """``task`` (of input partition ``partition``) drained these changelog records into
+        ``sender``."""
         owner = self.active.get(TopicPartition(task.segment.input, partition))
         if owner is None:
             return
         for segment, local in zip(owner.segments, owner.stores, strict=True):
             if segment is task and local is not None:
-                local.drained(records)
+                local.drained(records, sender)
 
-    def changelog_written(self, acked: Mapping[tuple[str, int], Acked]) -> None:
-        """Records of these (topic, partition)s are written for good up to where noted."""
+    def changelog_written(self, sender: object, acked: Mapping[tuple[str, int], Acked]) -> None:
+        """The records ``sender`` held are written for good: each (topic, partition)'s up to
+        where noted."""
         for (topic, partition), done in acked.items():
             where = self._changelogs.get(topic)
             if where is None:
@@ -307,7 +311,7 @@ class TaskManager:
             if owner is not None:
                 local = owner.stores[where[1]]
                 if local is not None:
-                    local.written(done)
+                    local.written(done, sender)
 
     def checkpoint_due(self) -> bool:
         """Whether a store under load is due a checkpoint (the worker then waits for its

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import pytest
 from aiokafka import TopicPartition
 
-from streams.broker.batches import Acked
+from streams.broker.batches import Acked, BatchSender
 from streams.config import KafkaSettings, Settings
 from streams.runtime import committer as committer_module
 from streams.runtime.committer import AtLeastOnce, ExactlyOnce
@@ -103,14 +103,17 @@ async def test_both_guarantees_report_where_written_changelog_records_end(
     monkeypatch.setattr(committer_module, "make_producer", make_producer)
     monkeypatch.setattr(FakeProducer, "fail_transactions", False)
     written: list[dict[tuple[str, int], tuple[int, bytes]]] = []
+    senders: list[BatchSender] = []
 
-    def note(acked: Mapping[tuple[str, int], Acked]) -> None:
+    def note(sender: BatchSender, acked: Mapping[tuple[str, int], Acked]) -> None:
+        assert senders[-1] is sender  # the batch's changelog sender, whoever resent it
         written.append({slot: (done.end, done.last[0]) for slot, done in acked.items()})
 
     alo = AtLeastOnce(_settings(), FakeConsumer(FakeLog()), WorkerMetrics(), {}, _ignore, note)  # type: ignore[arg-type]
     await alo.start()
     batch = alo.batch()
     outputs, changelog = batch.senders(TP)
+    senders.append(changelog)
     outputs.append("out", 0, b"k", b"v")
     changelog.extend("log", 0, [(b"w1", b"{}"), (b"o", b"1")])
     changelog.extend("log", 1, [(b"o", b"7")])
@@ -121,6 +124,7 @@ async def test_both_guarantees_report_where_written_changelog_records_end(
     eos = ExactlyOnce(_settings(), FakeConsumer(FakeLog()), WorkerMetrics(), {}, _ignore, note)  # type: ignore[arg-type]
     await eos.open({TP})
     batch = eos.batch()
+    senders.append(batch.senders(TP)[1])
     batch.senders(TP)[1].extend("log", 0, [(b"w1", b"{}"), (b"w2", b"{}"), (b"o", b"2")])
     assert await eos.commit(batch, {TP: 2}, lambda: False) == set()
     assert written == [{("log", 0): (3, b"o")}]

@@ -55,10 +55,11 @@ class Log:
 
     def write(self, records: list[Record], *locals_: LocalState) -> None:
         self.records += records
+        batch = object()  # the sender the records go to
         for local in locals_:
-            local.drained(records)
+            local.drained(records, batch)
             if records:
-                local.written(Acked(len(self.records), records[-1]))
+                local.written(Acked(len(self.records), records[-1]), batch)
 
     def restore(self, local: LocalState, task: SegmentTask) -> int:
         """What the restorer does: from the checkpoint if the store can be reused (then
@@ -392,3 +393,19 @@ def test_fingerprint_records_after_the_checkpoint_start_the_stored_state_over(
     # The event is no duplicate any more; its window starts over.
     outcome = restarted.process([{"event_id": "e1", "user_id": "u1", "ts": 5}], 0, 1)
     assert (outcome.accepted, restarted.open_windows) == (1, 1)
+
+
+def test_a_checkpoint_waits_until_the_last_batch_drained_is_written(store: RocksStore) -> None:
+    """Its records must be written for good, not those of a batch before with the same last
+    record (two ticks end with the same stage time record)."""
+    processor = PartitionProcessor(CONFIG, store)
+    local = _local(store, processor.task)
+    first, second = object(), object()
+    records: list[Record] = [(b"T1", b"7")]
+    local.drained(records, first)
+    local.drained(records, second)
+    local.written(Acked(1, records[-1]), first)
+    assert not local.write_checkpoint()
+    local.written(Acked(2, records[-1]), second)
+    assert local.write_checkpoint()
+    assert _offset(store) == 2
