@@ -5,7 +5,11 @@ runs a worker until it has consumed them all and reports its peak RSS; then star
 worker on the same group and reports how long it takes from process start to consuming again
 (group join + changelog restore), and the changelog records it replayed.
 
-    python bench/state_1m.py [--events 1000000] [--store memory|rocksdb]
+    python bench/state_1m.py [--events 1000000] [--store memory|rocksdb] [--no-local-state]
+
+With RocksDB the restarted worker takes up the killed one's stores from their checkpoints and
+replays only the changelog after them (decision 0017); ``--no-local-state`` deletes the
+checkpoints first, so it rebuilds the stores from the whole changelog, as before.
 
 ``--core`` needs no broker: it feeds the same events straight into the reference app's
 compiled segment on one partition (:class:`~streams.core.segment.SegmentTask`, batches of
@@ -154,11 +158,18 @@ def main() -> None:
     parser.add_argument("--store", choices=("memory", "rocksdb"), default="memory")
     parser.add_argument("--core", action="store_true", help="the processor alone, no broker")
     parser.add_argument("--batch", type=int, default=5_000, help="events per batch (--core)")
+    parser.add_argument(
+        "--no-local-state",
+        action="store_true",
+        help="restart without the RocksDB stores' checkpoints (a full replay)",
+    )
     args = parser.parse_args()
     if args.core:
         print(orjson.dumps(core(args.events, args.batch, args.store)).decode())
         return
-    figures = measure_state(KafkaSettings.from_env(), args.events, args.store)
+    figures = measure_state(
+        KafkaSettings.from_env(), args.events, args.store, local_state=not args.no_local_state
+    )
     print(orjson.dumps(figures).decode())
 
 

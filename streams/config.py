@@ -302,8 +302,9 @@ class Settings:
         """The state store of a task being adopted (``name``: its segment and input
         partition): None keeps state in memory.
 
-        With ``rocksdb``, a new, empty RocksDB database under ``state_dir`` that the changelog
-        replay then fills (see :mod:`streams.state.rocks`).
+        With ``rocksdb``, the task's RocksDB store under ``state_dir`` as its last owner left
+        it (a new, empty one the first time): the runtime reuses it from its checkpoint or
+        wipes it (:mod:`streams.state.rocks`, decision 0017).
         """
         if self.store == "memory":
             return None

@@ -3,9 +3,13 @@
 N events with N distinct user ids and event ids, all inside one hour-long window, so nothing
 closes and nothing expires: the worker ends up holding N (user, window) aggregates and N
 dedupe ids. The worker is ``python -m streams worker`` (Faust app, metrics server and all);
-its peak RSS (``VmHWM``) is read once it has consumed every event. Then it is SIGKILLed and a
-second worker on the same group is timed from process start to ready (group join + changelog
-replay), and its peak RSS after the restore is read.
+its peak RSS (``VmHWM``) is read once it has consumed every event. Two seconds later (idle:
+a RocksDB store has its checkpoint by then) it is SIGKILLed, and a second worker on the same
+group and state directory is timed from process start to ready (group join + restore), with
+the changelog records it replayed against the changelog's size, and its peak RSS after the
+restore. With ``local_state=False`` the stores' checkpoints are deleted before the restart: a
+RocksDB store is then rebuilt from the whole changelog, as every restart did before decision
+0017.
 
 Used by ``streams bench`` (the ``state`` scenario) and ``bench/state_1m.py``.
 """
@@ -21,12 +25,14 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.bench.probe import cpu_seconds, metrics_text, status_mb
-from streams.broker.admin import TopicSpec, ensure_topics
+from streams.broker.admin import TopicSpec, ensure_topics, partition_counts
 from streams.broker.local import free_port
 from streams.config import KafkaSettings
 from streams.errors import StreamsError
@@ -110,7 +116,21 @@ def wait_ready(port: int, timeout: float = 600) -> float:
     raise StreamsError(f"the worker was not ready within {timeout:.0f}s")
 
 
-def measure_state(kafka: KafkaSettings, events: int, store: str = "memory") -> dict[str, Any]:
+async def changelog_size(kafka: KafkaSettings, topic: str) -> int:
+    """Records written to ``topic`` (the sum of its partitions' end offsets)."""
+    partitions = (await partition_counts(kafka, [topic]))[topic]
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs())
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+def measure_state(
+    kafka: KafkaSettings, events: int, store: str = "memory", *, local_state: bool = True
+) -> dict[str, Any]:
     """Publish ``events`` distinct keys, hold them in a worker, SIGKILL it, restart; figures."""
     run = uuid.uuid4().hex[:6]
     topic = f"state-{run}"
@@ -136,6 +156,7 @@ def measure_state(kafka: KafkaSettings, events: int, store: str = "memory") -> d
             done = wait_for(port, "streams_events_consumed_total", events)
             figures: dict[str, Any] = {
                 "store": store,
+                "local_state": local_state,
                 "events": int(metric(port, "streams_events_consumed_total") or 0),
                 "seconds": done - started,
                 "bytes": input_bytes,
@@ -144,9 +165,17 @@ def measure_state(kafka: KafkaSettings, events: int, store: str = "memory") -> d
                 "peak_rss_mb": round(status_mb(first.pid, "VmHWM"), 1),
                 "cpu_seconds": cpu_seconds(first.pid),
             }
+            time.sleep(2.0)
+            figures["checkpoints"] = metric(port, "streams_state_checkpoints_total")
         finally:
             first.kill()
             first.wait()
+        figures["changelog_size"] = asyncio.run(
+            changelog_size(kafka, f"{env['STREAMS_APP_ID']}-state-changelog")
+        )
+        if not local_state:
+            for path in Path(state_dir).rglob("checkpoint.json"):
+                path.unlink()
         started = time.monotonic()
         second, port = start_worker(env)
         try:
@@ -157,8 +186,12 @@ def measure_state(kafka: KafkaSettings, events: int, store: str = "memory") -> d
                 {
                     "restart_to_ready_s": round(ready - started, 2),
                     "assigned_after_s": round(assigned - started, 2),
+                    "assigned_to_ready_s": round(ready - assigned, 2),
                     "changelog_records_restored": metric(
                         port, "streams_recovery_records_restored_total"
+                    ),
+                    "stores_reused": metric(
+                        port, 'streams_recovery_local_stores_total{outcome="reused"}'
                     ),
                     "open_windows_after_restore": metric(port, "streams_state_open_windows"),
                     "peak_rss_mb_after_restore": round(status_mb(second.pid, "VmHWM"), 1),

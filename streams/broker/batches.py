@@ -112,6 +112,15 @@ def record_size(key: bytes | None, value: bytes | None, headers: Headers | None)
 Record = tuple[Any, ...]
 
 
+@dataclass(frozen=True)
+class Acked:
+    """How far the broker acknowledged a partition's records: ``end`` is the offset after
+    the last one, ``last`` that record (as appended)."""
+
+    end: int
+    last: Record
+
+
 def fields(record: Record) -> tuple[bytes | None, bytes | None, int | None, Headers]:
     """``(key, value, timestamp_ms, headers)`` of a kept record, whatever its length."""
     n = len(record)
@@ -165,6 +174,8 @@ class BatchSender:
         self._partition_counts: dict[str, int] = {}
         self._round_robin = itertools.count()
         self.records = 0
+        # (topic, partition) -> the newest acknowledgement of its records.
+        self.acked: dict[tuple[str, int], Acked] = {}
 
     async def partitions(self, topic: str) -> int:
         """Number of partitions of ``topic`` (fetched once)."""
@@ -310,6 +321,8 @@ class BatchSender:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        for (_, topic, partition, kept), result in zip(pending, results, strict=True):
+            self._note_ack(topic, partition, kept, result)
         if self._retained is not None:
             self._retained = []
 
@@ -328,15 +341,27 @@ class BatchSender:
             key, value, ts, headers = fields(record)
             self.append(topic, partition, key, value, timestamp_ms=ts, headers=headers)
 
+    def _note_ack(self, topic: str, partition: int, kept: list[Record], metadata: Any) -> None:
+        """A batch of ``kept`` was acknowledged with ``metadata`` (its base offset)."""
+        offset = getattr(metadata, "offset", None)
+        if offset is None or not kept:
+            return
+        end = offset + len(kept)
+        slot = (topic, partition)
+        known = self.acked.get(slot)
+        if known is None or end > known.end:
+            self.acked[slot] = Acked(end, kept[-1])
+
     async def _submit(self, topic: str, partition: int, batch: Any, kept: list[Record]) -> None:
         while len(self._pending) >= self._max_pending:
             oldest = self._pending.pop(0)
             try:
-                await oldest[0]
+                metadata = await oldest[0]
             except PERMANENT:
                 # Keep it for flush to report; the wait was only for room.
                 self._pending.insert(0, oldest)
                 break
+            self._note_ack(oldest[1], oldest[2], oldest[3], metadata)
         future = await self._producer.send_batch(batch, topic, partition=partition)
         self._pending.append((future, topic, partition, kept))
 

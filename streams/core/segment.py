@@ -233,6 +233,19 @@ class SegmentTask:
         """Event ids held by the segment's dedupes."""
         return sum(len(d) for d in self.dedupes)
 
+    @property
+    def stored_fingerprints(self) -> dict[bytes, str]:
+        """The fingerprints of the operators whose state lives in the store (dedupes,
+        tumbling and hopping windows): a store kept on disk is taken up (:meth:`reopen`) only
+        by a declaration with the same ones."""
+        if self._spill is None:
+            return {}
+        stored = [spec.tag for spec in self.compiled.dedupes]
+        if isinstance(self.windows, SpilledWindowStore):
+            assert self.compiled.window_tag is not None
+            stored.append(self.compiled.window_tag)
+        return {tag: self._fingerprints[tag] for tag in stored}
+
     # -- batches -------------------------------------------------------------------------
 
     def process(
@@ -1057,6 +1070,21 @@ class SegmentTask:
         if self._spill is not None:
             return SpilledDeduplicator(horizon_ms, self._spill, tag)
         return Deduplicator(horizon_ms, tag)
+
+    def reopen(self) -> None:
+        """Take up a store that already holds this declaration's state (the runtime checked
+        it against its checkpoint, decision 0017): the operators whose state lives in it count
+        as restored from their fingerprint records, without being cleared. The records of the
+        others (which the runtime keeps in the store too) and the changelog after the
+        checkpoint follow through :meth:`apply_changelog`, then :meth:`finish_restore`."""
+        for dedupe in self.dedupes:
+            assert isinstance(dedupe, SpilledDeduplicator)
+            dedupe.reopen()
+        if isinstance(self.windows, SpilledWindowStore):
+            self.windows.reopen()
+        for tag, fingerprint in self.stored_fingerprints.items():
+            self._active[tag] = True
+            self._restored_from[tag] = fingerprint
 
     def finish_restore(self, on_state_change: str = "stop", where: str = "") -> list[str]:
         """After the last changelog record: check that every operator's state was written

@@ -15,8 +15,12 @@ atomic write per batch (two or three when the batch closes windows or forgets ex
 since reads see earlier writes).
 
 This module is pure: no I/O of its own, only calls to the store it is given. Values are encoded
-with :mod:`marshal`, which is exact for ints, floats (infinities included) and ``None``; the
-store is a per-process cache, never read by another Python.
+with :mod:`marshal`, which is exact for ints, floats (infinities included) and ``None``; a
+store is only ever read by the version of streams that wrote it (decision 0017 wipes others).
+
+A store that already holds a partition's state (kept on disk across a restart, decision 0017)
+is taken up with ``reopen``: each variant rebuilds what it keeps in memory from the store, and
+changelog records applied afterwards (the changelog's tail) update the store in place.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ _MISSING = object()
 
 # Writes buffered while restoring before they go to the store in one write.
 RESTORE_FLUSH_AT = 50_000
+# The first byte of the changelog keys whose state this module keeps in the store itself
+# under the same key: window accumulators, dedupe batches (``d<seq>``, ``D<n>:<seq>``).
+_HELD = frozenset((b"w", b"d", b"D"))
 
 _dumps = marshal.dumps
 _loads = marshal.loads
@@ -60,6 +67,12 @@ class KeyValueStore(Protocol):
     ) -> None:
         """Atomically delete each ``[begin, end)`` range, then put (or delete: ``None``)."""
         ...
+
+
+def held(key: bytes) -> bool:
+    """True when a spilled segment keeps the state of changelog key ``key`` in its store
+    (window accumulators, dedupe batches), so that a reopened store has it already."""
+    return key[:1] in _HELD
 
 
 def _window_range(start: int) -> tuple[bytes, bytes]:
@@ -214,6 +227,11 @@ class SpilledWindowStore(WindowStore):
         self._spill.delete_range(*_WINDOWS)
         self._stale = True
 
+    def reopen(self) -> None:
+        """Take up the windows the store already holds (found at the next :meth:`ensure_index`,
+        after the changelog's tail is applied)."""
+        self._stale = True
+
     def ensure_index(self) -> None:
         """After :meth:`put`, :meth:`discard` or :meth:`clear`: find the open windows and
         their sizes."""
@@ -240,7 +258,7 @@ class SpilledDeduplicator(Deduplicator):
     live batch's ids are in the store under the batch's changelog key.
     """
 
-    __slots__ = ("_base", "_count", "_seen_prefix", "_spill")
+    __slots__ = ("_base", "_count", "_indexed", "_seen_prefix", "_spill")
 
     def __init__(self, horizon_ms: int, spill: Spill, tag: bytes = changelog.DEDUPE_TAG) -> None:
         super().__init__(horizon_ms, tag)
@@ -249,6 +267,10 @@ class SpilledDeduplicator(Deduplicator):
         # id -> its value in the store when read into seen (None: not held).
         self._base: dict[str, int | None] = {}
         self._count = 0
+        # Until the index is built (ensure_index, reopen), restored batches are only kept,
+        # and the ids' ts rebuilt from all of them at once (a restore from the whole
+        # changelog); once it is, each restored batch updates it in place.
+        self._indexed = False
 
     def __len__(self) -> int:
         self.ensure_index()
@@ -336,8 +358,30 @@ class SpilledDeduplicator(Deduplicator):
         self._spill.delete(self.tag + b"%d" % seq)
 
     def apply(self, seq: int, ids: dict[str, int] | None) -> None:
-        super().apply(seq, ids)
-        self._spill.flush_if_full()
+        if not self._indexed:
+            super().apply(seq, ids)
+            self._spill.flush_if_full()
+        elif ids is None:
+            newest = self._newest.pop(seq, None)
+            if newest is not None:
+                batch = self._batch_ids(seq)
+                self._drop_ids(seq)
+                # It was purged at a stream time of at least newest + horizon: its ids are
+                # forgotten as that purge forgot them, unless a later batch holds them again
+                # (an expired id left behind is harmless: it never makes a duplicate).
+                self._forget(batch, newest + self._horizon)
+        elif ids:
+            newest = max(ids.values())
+            self._newest[seq] = newest
+            self._keep_ids(seq, ids)
+            heapq.heappush(self._expiries, (newest + self._horizon, seq))
+            self._fetch(ids)
+            seen = self.seen
+            for event_id, ts in ids.items():
+                previous = seen[event_id]
+                if previous is None or ts > previous:
+                    seen[event_id] = ts
+            self._save()
 
     def clear(self) -> None:
         """Forget every id (a changed declaration starts afresh)."""
@@ -349,9 +393,31 @@ class SpilledDeduplicator(Deduplicator):
         self.seen.clear()
         self._base.clear()
         self._count = 0
+        # Batches restored after this (the records after a fingerprint) are kept in bulk.
+        self._indexed = False
+
+    def reopen(self) -> None:
+        """Take up the ids the store already holds: the live batches with their expiries, and
+        the number of ids; batches restored afterwards update them in place."""
+        newest: dict[int, int] = {}
+        skip = len(self.tag)
+        for key, value in self._spill.scan(self.tag, _after(self.tag)):
+            ids: dict[str, int] = _loads(value)
+            if ids:
+                newest[int(key[skip:])] = max(ids.values())
+        self._newest = newest
+        self._expiries = [(ts + self._horizon, seq) for seq, ts in newest.items()]
+        heapq.heapify(self._expiries)
+        seen = self._spill.scan(self._seen_prefix, _after(self._seen_prefix))
+        self._count = sum(1 for _ in seen)
+        self.seen.clear()
+        self._base.clear()
+        self._stale = False
+        self._indexed = True
 
     def ensure_index(self) -> None:
         """Rebuild the ids' ts and the expiry queue after :meth:`apply`, batch by batch."""
+        self._indexed = True
         if not self._stale:
             return
         spill = self._spill

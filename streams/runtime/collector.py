@@ -12,7 +12,7 @@ stage ``produce``, and processing goes on.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -82,12 +82,29 @@ HEADER_OUTPUT_TOPIC = "output.topic"
 HEADER_OUTPUT_PARTITION = "output.partition"
 
 
+Drained = Callable[[SegmentTask, int, Sink, list[tuple[bytes, bytes | None]]], None]
+
+
+def _ignore(
+    task: SegmentTask, partition: int, sender: Sink, records: list[tuple[bytes, bytes | None]]
+) -> None:
+    """No one listens to what is drained."""
+
+
 class Collector:
-    """Appends a worker's results to senders; counts them in metrics and run totals."""
+    """Appends a worker's results to senders; counts them in metrics and run totals.
+    ``drained`` hears of every segment task's changelog records, and the sender they went
+    to (a task's local store, decision 0017)."""
 
     def __init__(
-        self, plan: Plan, layout: TopicLayout, metrics: WorkerMetrics, stats: RunStats
+        self,
+        plan: Plan,
+        layout: TopicLayout,
+        metrics: WorkerMetrics,
+        stats: RunStats,
+        drained: Drained = _ignore,
     ) -> None:
+        self.drained = drained
         self.partitions = layout.partitions
         self.metrics = metrics
         self.stats = stats
@@ -360,6 +377,7 @@ class Collector:
         if records and topic is not None:
             sender.extend(topic, partition, records)
             self.metrics.produced.labels(topic).inc(len(records))
+            self.drained(task, partition, sender, records)
         return len(records)
 
 

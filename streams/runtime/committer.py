@@ -18,7 +18,9 @@ partition is adopted fences the previous owner and aborts its open transaction.
 
 Both wait for a slow output with the input paused (backpressure). A batch the broker
 refuses for good fails the commit (``refused`` keeps it); the worker learns its poison and
-replays.
+replays. Once a batch's changelog records are written for good (acknowledged; under
+exactly_once, their transaction committed), ``on_written`` hears where each partition's
+records end (the local state checkpoints, decision 0017).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.broker.admin import start_client, stop_within
-from streams.broker.batches import BatchSender, Refused
+from streams.broker.batches import Acked, BatchSender, Refused
 from streams.config import Settings
 from streams.errors import StreamsError
 from streams.publish import make_producer
@@ -104,9 +106,18 @@ class Batch:
         return pair is not None and bool(pair[0].records or pair[1].records)
 
 
+Written = Callable[[BatchSender, Mapping[tuple[str, int], Acked]], None]
+
+
+def _ignore(sender: BatchSender, acked: Mapping[tuple[str, int], Acked]) -> None:
+    """No one listens to what was written."""
+
+
 class _Committer:
     """What both guarantees share: settings, consumer, metrics, the topics' size limits;
-    ``on_committed`` hears of every input offset committed (the repartition purge)."""
+    ``on_committed`` hears of every input offset committed (the repartition purge),
+    ``on_written`` of the records of a batch's sender written for good (where each
+    (topic, partition)'s end)."""
 
     def __init__(
         self,
@@ -116,6 +127,7 @@ class _Committer:
         limits: dict[str, int],
         on_committed: Callable[[Mapping[TopicPartition, int]], None],
         task_of: Callable[[TopicPartition], TopicPartition] = alone,
+        on_written: Written = _ignore,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
@@ -123,6 +135,7 @@ class _Committer:
         self.limits = limits
         self.on_committed = on_committed
         self.task_of = task_of
+        self.on_written = on_written
         self._backpressure = Backpressure(consumer, metrics)
         # The last flush the broker refused for good (the worker learns poison from it).
         self.refused: Refused | None = None
@@ -174,7 +187,9 @@ class AtLeastOnce(_Committer):
             await self.restart()
             # The senders held every partition's outputs (a tick's too, with no offsets).
             return set(self.consumer.assignment())
-        await self._write_changelog(changelog, stopping)
+        written = await self._write_changelog(changelog, stopping)
+        if written is not None:
+            self.on_written(changelog, written)
         if offsets:
             try:
                 await self.consumer.commit(offsets)
@@ -189,8 +204,12 @@ class AtLeastOnce(_Committer):
             self.on_committed(offsets)
         return set()
 
-    async def _write_changelog(self, pending: BatchSender, stopping: Callable[[], bool]) -> None:
-        """The state in memory is complete: write its changelog until it is acknowledged."""
+    async def _write_changelog(
+        self, pending: BatchSender, stopping: Callable[[], bool]
+    ) -> dict[tuple[str, int], Acked] | None:
+        """The state in memory is complete: write its changelog until it is acknowledged;
+        returns where each partition's records end (None when it gave up, stopping)."""
+        acked: dict[tuple[str, int], Acked] = {}
         while True:
             try:
                 await self._backpressure.wait(pending.flush())
@@ -206,15 +225,17 @@ class AtLeastOnce(_Committer):
                         "replays the batch",
                         exc,
                     )
-                    return
+                    return None
                 log.error("changelog write failed (%r); retrying with a new producer", exc)
+                _merge(acked, pending.acked)
                 unsent = pending.unacked()
                 await self.restart()
                 assert self.producer is not None
                 pending = BatchSender(self.producer, limits=self.limits, retain=True)
                 pending.resend(unsent)
                 continue
-            return
+            _merge(acked, pending.acked)
+            return acked
 
     async def restart(self) -> None:
         """A new producer (the old one may be dead for good), retrying while the broker is
@@ -249,8 +270,9 @@ class ExactlyOnce(_Committer):
         limits: dict[str, int],
         on_committed: Callable[[Mapping[TopicPartition, int]], None],
         task_of: Callable[[TopicPartition], TopicPartition] = alone,
+        on_written: Written = _ignore,
     ) -> None:
-        super().__init__(settings, consumer, metrics, limits, on_committed, task_of)
+        super().__init__(settings, consumer, metrics, limits, on_committed, task_of, on_written)
         # One producer per task (an input partition; a join's partition pair), named after
         # the task: the transaction of a join holds both inputs' offsets.
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
@@ -357,6 +379,7 @@ class ExactlyOnce(_Committer):
             return False
         self.metrics.transactions.labels("committed").inc()
         self.metrics.commits.inc()
+        self.on_written(sender, sender.acked)
         if offsets:
             self.on_committed(offsets)
         return True
@@ -381,3 +404,12 @@ class ExactlyOnce(_Committer):
 
 
 Committer = AtLeastOnce | ExactlyOnce
+
+
+def _merge(into: dict[tuple[str, int], Acked], more: Mapping[tuple[str, int], Acked]) -> None:
+    """Keep the furthest acknowledgement of each partition (a resend acknowledges records a
+    failed attempt had written too, at later offsets)."""
+    for slot, acked in more.items():
+        known = into.get(slot)
+        if known is None or acked.end > known.end:
+            into[slot] = acked

@@ -149,6 +149,18 @@ class WorkerMetrics:
             "State restores that failed and were retried.",
             registry=r,
         )
+        self.local_stores = Counter(
+            "streams_recovery_local_stores_total",
+            "Adoptions of a task with a RocksDB store: reused from its checkpoint (only the "
+            "changelog after it replayed), else why it was rebuilt from the whole changelog.",
+            ["outcome"],
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "streams_state_checkpoints_total",
+            "Checkpoints written of RocksDB stores (decision 0017).",
+            registry=r,
+        )
         self.kept_partitions = Counter(
             "streams_rebalance_kept_partitions_total",
             "Input partitions whose state a worker kept across a rebalance (no replay).",

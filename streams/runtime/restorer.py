@@ -3,7 +3,10 @@
 A changelog is compacted and co-partitioned with its segment's input: the state of input
 partition ``p`` lives in partition ``p`` of the changelog. A task adopted by a worker (at
 start, after a crash, in a rebalance) replays that partition from the beginning before it
-processes a single input record.
+processes a single input record; or, when it has a RocksDB store kept on disk with a
+checkpoint (:mod:`streams.runtime.localstate`), only the records after the checkpoint: the
+first record read must be the one the checkpoint follows, else the store is wiped and the
+restore starts over from the beginning.
 
 The :class:`ChangelogReader` (Kafka Streams' ``StoreChangelogReader``) replays in steps: the
 worker calls :meth:`~ChangelogReader.step` once per turn of its poll loop, and each step
@@ -31,6 +34,7 @@ from streams.broker.reading import bulk_reader
 from streams.config import KafkaSettings
 from streams.core.segment import SegmentTask
 from streams.errors import BrokerError, RestoreError
+from streams.runtime.localstate import LocalState
 from streams.runtime.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -49,13 +53,16 @@ CLOSE_TIMEOUT_S = 10.0
 @dataclass
 class Restore:
     """One segment task to rebuild from one changelog partition, for the task of input
-    partition ``owner``."""
+    partition ``owner``; ``local``: the task's store kept on disk, if it has one."""
 
     task: SegmentTask
     changelog: TopicPartition
     owner: TopicPartition
+    local: LocalState | None = None
     # The changelog's end when the restore started: the restore is whole there.
     end: int = 0
+    # Reading from a checkpoint: its record is still to be checked.
+    verifying: bool = False
 
 
 class ChangelogReader:
@@ -88,6 +95,7 @@ class ChangelogReader:
         self._progress_at = 0.0
         self._applied = 0
         self._count = 0
+        self._reused = 0
         self._topics: set[str] = set()
 
     @property
@@ -97,11 +105,12 @@ class ChangelogReader:
 
     async def start(self, restores: Sequence[Restore]) -> None:
         """Begin replaying ``restores`` (nothing may be in progress): each changelog partition
-        from its beginning to its end as of now. A restore with nothing to replay is finished
-        here."""
+        from its beginning, or its store's checkpoint, to its end as of now. A restore with
+        nothing to replay is finished here."""
         assert self.done, "a restore is in progress"
         self._started = self._progress_at = time.monotonic()
         self._applied = 0
+        self._reused = 0
         self._count = len(restores)
         self._topics = {r.changelog.topic for r in restores}
         if not restores:
@@ -114,14 +123,23 @@ class ChangelogReader:
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         begins = await consumer.beginning_offsets(tps)
+        remaining = 0
         for r in restores:
             tp = r.changelog
             r.end = ends[tp]
-            if ends[tp] > begins[tp]:
+            start = begins[tp]
+            if r.local is not None:
+                resume = r.local.resume_at(begins[tp], ends[tp])
+                if resume is not None:
+                    consumer.seek(tp, resume)
+                    start = resume
+                    r.verifying = True
+            if ends[tp] > start:
                 self._restores[tp] = r
+                remaining += ends[tp] - start
             else:
                 self._finish(r)
-        self._metrics.restore_remaining.set(sum(ends[tp] - begins[tp] for tp in self._restores))
+        self._metrics.restore_remaining.set(remaining)
         if self.done:
             await self._complete()
 
@@ -145,7 +163,12 @@ class ChangelogReader:
                 max_records=min(FETCH_RECORDS, max_records - applied),
             )
             for tp, records in batches.items():
-                _apply(self._restores[tp], records)
+                r = self._restores[tp]
+                if r.verifying and not await self._verified(consumer, r, records[0]):
+                    continue
+                _apply(r, records)
+                if r.local is not None:
+                    r.local.replayed(records)
                 applied += len(records)
                 self._metrics.restored.inc(len(records))
             # Also without records: a transaction's end marker moves the position alone.
@@ -184,11 +207,28 @@ class ChangelogReader:
         if consumer is not None:
             await stop_within(consumer, CLOSE_TIMEOUT_S)
 
+    async def _verified(self, consumer: AIOKafkaConsumer, r: Restore, first: Any) -> bool:
+        """The first record read after a checkpoint: the store is taken up if it is the one
+        the checkpoint follows (True); else wiped, and its restore starts over."""
+        assert r.local is not None
+        r.verifying = False
+        if first is not None and r.local.verify(first):
+            r.local.reopen(r.task)
+            self._reused += 1
+            return True
+        await consumer.seek_to_beginning(r.changelog)
+        return False
+
     async def _finish_read(self, consumer: AIOKafkaConsumer) -> None:
         """Finish the restores whose changelog is read to its end; count what is left."""
         left = 0
         for tp, r in list(self._restores.items()):
             position = await asyncio.wait_for(consumer.position(tp), POSITION_TIMEOUT_S)
+            if position >= r.end and r.verifying:
+                # Read to the end without the record the checkpoint follows.
+                await self._verified(consumer, r, None)
+                left += r.end
+                continue
             if position >= r.end:
                 del self._restores[tp]
                 consumer.pause(tp)
@@ -200,15 +240,22 @@ class ChangelogReader:
 
     def _finish(self, r: Restore) -> None:
         where = f" (partition {r.changelog.partition})"
-        for line in r.task.finish_restore(self._on_state_change, where=where):
+        started_fresh = r.task.finish_restore(self._on_state_change, where=where)
+        for line in started_fresh:
             log.warning("%s", line)
+        if r.local is not None and not started_fresh:
+            # The store is the changelog's state, up to the last record read: a crash from
+            # here on replays only what comes after.
+            r.local.write_checkpoint()
 
     async def _complete(self) -> None:
         log.info(
-            "restored %d changelog records for %d partitions of %s in %.2fs",
+            "restored %d changelog records for %d partitions of %s (%d from a local store's "
+            "checkpoint) in %.2fs",
             self._applied,
             self._count,
             ", ".join(sorted(self._topics)),
+            self._reused,
             time.monotonic() - self._started,
         )
         await self.close()

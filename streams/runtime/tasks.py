@@ -21,6 +21,11 @@ assigned and drops them when they are gone, and in between:
 - **a task survives a rebalance that gives its partition back**: on revocation its
   changelogs' end offsets are noted, and if nobody wrote to them before the partition comes
   back, the task carries on from memory instead of replaying its changelog.
+- **a RocksDB store kept on disk** (STREAMS_STORE=rocksdb) goes with a
+  :class:`~streams.runtime.localstate.LocalState`: checked when its task is adopted (reused,
+  replaying only the changelog after its checkpoint, or wiped), told what the task drains and
+  what is written of it, checkpointed where the worker says everything is committed
+  (:meth:`TaskManager.checkpoint`), when its partition is revoked, and when the worker stops.
 """
 
 from __future__ import annotations
@@ -35,12 +40,16 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams.broker.admin import topic_config
+from streams.broker.batches import Acked
 from streams.config import Settings
+from streams.core.changelog import Record
 from streams.core.compile import Compiled
 from streams.core.decode import TopicDecoder
 from streams.core.enrich import TtlCache
 from streams.core.segment import SegmentTask
 from streams.errors import StateMismatchError, StreamsError
+from streams.runtime.localstate import LocalState
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.restorer import ChangelogReader, Restore
 
@@ -49,6 +58,8 @@ log = logging.getLogger(__name__)
 RETRY_BACKOFF_S = 2.0
 MAX_BACKOFF_S = 30.0
 POSITION_TIMEOUT_S = 30.0
+# Kafka's default delete.retention.ms, for a changelog whose own the broker does not say.
+DELETE_RETENTION_MS = 86_400_000
 
 
 @dataclass
@@ -58,6 +69,8 @@ class PartitionTask:
     tp: TopicPartition
     decoder: TopicDecoder
     segments: list[SegmentTask]
+    # Each segment's store kept on disk (None: state in memory, or a temporary store).
+    stores: list[LocalState | None] = field(default_factory=list)
     # Changelog end offsets when the task was suspended (a rebalance took the partition).
     suspended_at: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -83,6 +96,19 @@ class PartitionTask:
             if committed is None or ahead > committed:
                 return ahead
         return committed
+
+    def checkpoint(self) -> None:
+        """Checkpoint the stores with records drained since their last checkpoint
+        (everything drained must be committed, and nothing processed since)."""
+        for local in self.stores:
+            if local is not None and local.unmarked:
+                local.write_checkpoint()
+
+    def close_stores(self, *, clean: bool) -> None:
+        """Close the kept stores (``clean``: with a checkpoint, as :meth:`checkpoint`)."""
+        for local in self.stores:
+            if local is not None:
+                local.close(clean=clean)
 
 
 class TaskManager:
@@ -119,6 +145,14 @@ class TaskManager:
         self._caches: dict[str, dict[int, TtlCache]] = {}
         # Tasks made for the adoption under way, while it makes them (joins share).
         self._building: dict[TopicPartition, PartitionTask] = {}
+        # Changelog topic -> an input topic and index of the segment it belongs to (a
+        # join's is in both its inputs' tasks, with the same store).
+        self._changelogs = {
+            each.segment.changelog: (topic, n)
+            for topic, segments in compiled.items()
+            for n, each in enumerate(segments)
+            if each.segment.changelog is not None
+        }
         self._attempt = 0
         self._retry_at = 0.0
         self.kept = 0
@@ -134,32 +168,50 @@ class TaskManager:
 
     def _new(self, tp: TopicPartition) -> PartitionTask:
         segments = []
+        stores: list[LocalState | None] = []
         for compiled in self.compiled[tp.topic]:
             name = compiled.segment.name
             if compiled.segment.right is not None:
-                shared = self._join_task(compiled, tp)
-                if shared is not None:  # the partner topic's task made it: one state
-                    segments.append(shared)
+                found = self._join_task(compiled, tp)
+                if found is not None:  # the partner topic's task made it: one state
+                    segments.append(found[0])
+                    stores.append(found[1])
                     continue
             caches = self._caches.setdefault(name, {})
             store = None
             if compiled.spilled:
-                store = self.settings.open_store(f"{name}/{tp.topic}-{tp.partition}")
-            segments.append(
-                SegmentTask(
-                    compiled,
-                    idle_timeout_ms=self.settings.idle_timeout_ms,
-                    tables=self.tables,
-                    caches=caches,
-                    store=store,
-                )
+                # A join's store is named after its first input, whichever task opens it.
+                store = self.settings.open_store(f"{name}/{compiled.segment.input}-{tp.partition}")
+            task = SegmentTask(
+                compiled,
+                idle_timeout_ms=self.settings.idle_timeout_ms,
+                tables=self.tables,
+                caches=caches,
+                store=store,
             )
-        return PartitionTask(tp, self.decoders[tp.topic], segments)
+            segments.append(task)
+            local = None
+            changelog = compiled.segment.changelog
+            if store is not None and changelog is not None:
+                if store.persistent:
+                    local = LocalState(
+                        store,
+                        TopicPartition(changelog, tp.partition),
+                        task.stored_fingerprints,
+                        self.metrics,
+                    )
+                    local.open()
+                else:
+                    self.metrics.local_stores.labels("in_use").inc()
+            stores.append(local)
+        return PartitionTask(tp, self.decoders[tp.topic], segments, stores)
 
-    def _join_task(self, compiled: Compiled, tp: TopicPartition) -> SegmentTask | None:
-        """The join's segment task of partition ``tp.partition`` if the task of its other
-        input topic has it (adopted, being adopted, or set aside): a join's two inputs share
-        one state."""
+    def _join_task(
+        self, compiled: Compiled, tp: TopicPartition
+    ) -> tuple[SegmentTask, LocalState | None] | None:
+        """The join's segment task of partition ``tp.partition`` and its store if the task
+        of its other input topic has them (adopted, being adopted, or set aside): a join's
+        two inputs share one state."""
         segment = compiled.segment
         for topic in segment.inputs:
             if topic == tp.topic:
@@ -168,9 +220,9 @@ class TaskManager:
             for tasks in (self._building, self.restoring, self.active, self.suspended):
                 task = tasks.get(other)
                 if task is not None:
-                    for each in task.segments:
+                    for each, local in zip(task.segments, task.stores, strict=True):
                         if each.compiled is compiled:
-                            return each
+                            return each, local
         return None
 
     # -- the rebalance callbacks ---------------------------------------------------------
@@ -185,6 +237,8 @@ class TaskManager:
         if interrupted:
             log.info("the rebalance interrupts the adoption of partitions %s", _names(interrupted))
             await self._leave_adoption(interrupted)
+        for task in tasks:
+            task.checkpoint()
         changelogs = [ctp for task in tasks for ctp in task.changelog_tps()]
         ends: dict[TopicPartition, int] = {}
         if changelogs:
@@ -192,6 +246,8 @@ class TaskManager:
                 ends = await asyncio.wait_for(consumer.end_offsets(changelogs), 10.0)
             except (KafkaError, TimeoutError) as exc:
                 log.info("changelog end offsets unknown (%r): revoked state will be replayed", exc)
+                for task in tasks:
+                    task.close_stores(clean=True)
                 return
         for task in tasks:
             task.suspended_at = {ctp: ends[ctp] for ctp in task.changelog_tps()}
@@ -203,9 +259,10 @@ class TaskManager:
         await self._leave_adoption(set(self.restoring) - assigned)
         self.pending = assigned - set(self.active) - set(self.restoring)
         for tp in [tp for tp in self.active if tp not in assigned]:
-            del self.active[tp]
+            self.active.pop(tp).close_stores(clean=False)
         for tp in [tp for tp in self.suspended if tp not in assigned]:
-            del self.suspended[tp]
+            # Checkpointed when suspended, untouched since.
+            self.suspended.pop(tp).close_stores(clean=True)
 
     # -- adoption (in the poll loop) -----------------------------------------------------
 
@@ -247,9 +304,63 @@ class TaskManager:
         consumer.resume(*[t.tp for t in tasks])
         return {t.tp for t in tasks}
 
-    async def close(self) -> None:
-        """Drop an adoption under way (the worker stops)."""
+    async def close(self, *, clean: bool = False) -> None:
+        """Drop an adoption under way and close every store (the worker stops); ``clean``:
+        every batch is committed, so the active tasks' stores are checkpointed first."""
         await self.reader.close()
+        for task in self.restoring.values():
+            task.close_stores(clean=False)
+        for task in self.active.values():
+            task.close_stores(clean=clean)
+        for task in self.suspended.values():
+            task.close_stores(clean=True)
+
+    # -- local stores (the worker's and the committer's calls) ---------------------------
+
+    def drained(
+        self, task: SegmentTask, partition: int, sender: object, records: list[Record]
+    ) -> None:
+        """``task`` (of input partition ``partition``) drained these changelog records into
+        ``sender``."""
+        owner = self.active.get(TopicPartition(task.segment.input, partition))
+        if owner is None:
+            return
+        for segment, local in zip(owner.segments, owner.stores, strict=True):
+            if segment is task and local is not None:
+                local.drained(records, sender)
+
+    def changelog_written(self, sender: object, acked: Mapping[tuple[str, int], Acked]) -> None:
+        """The records ``sender`` held are written for good: each (topic, partition)'s up to
+        where noted."""
+        for (topic, partition), done in acked.items():
+            where = self._changelogs.get(topic)
+            if where is None:
+                continue
+            owner = self.active.get(TopicPartition(where[0], partition))
+            if owner is not None:
+                local = owner.stores[where[1]]
+                if local is not None:
+                    local.written(done, sender)
+
+    def checkpoint_due(self) -> bool:
+        """Whether a store under load is due a checkpoint (the worker then waits for its
+        commit and calls :meth:`checkpoint`)."""
+        now = time.monotonic()
+        return any(
+            local.due(now, idle=False)
+            for task in self.active.values()
+            for local in task.stores
+            if local is not None
+        )
+
+    def checkpoint(self, *, idle: bool = False) -> None:
+        """Everything drained is committed and nothing processed since: checkpoint the stores
+        that drained records since their last checkpoint (``idle``: those due one)."""
+        now = time.monotonic()
+        for task in self.active.values():
+            for local in task.stores:
+                if local is not None and (local.due(now, idle=True) if idle else local.unmarked):
+                    local.write_checkpoint()
 
     async def _start(
         self,
@@ -264,11 +375,13 @@ class TaskManager:
         kept, fresh = await self._tasks_for(mine, consumer)
         self.restoring = {t.tp: t for t in kept + fresh}
         self.pending = set()
+        locals_ = {id(local): local for t in fresh for local in t.stores if local is not None}
+        await self._expire(list(locals_.values()))
         restores = []
         seen: set[int] = set()  # a join's segment task is in two partitions' tasks
         kept_segments = {id(s) for t in kept for s in t.segments}
         for t in fresh:
-            for s in t.segments:
+            for s, local in zip(t.segments, t.stores, strict=True):
                 if id(s) in seen or id(s) in kept_segments:
                     continue
                 seen.add(id(s))
@@ -276,8 +389,20 @@ class TaskManager:
                     s.finish_restore()
                 else:
                     changelog = TopicPartition(s.segment.changelog, t.tp.partition)
-                    restores.append(Restore(s, changelog, t.tp))
+                    restores.append(Restore(s, changelog, t.tp, local))
         await self.reader.start(restores)
+
+    async def _expire(self, stores: list[LocalState]) -> None:
+        """Wipe the stores whose checkpoint is older than their changelog's
+        ``delete.retention.ms``."""
+        candidates = [local for local in stores if local.checkpoint is not None]
+        if not candidates:
+            return
+        topics = {local.changelog.topic for local in candidates}
+        retention = await topic_config(self.settings.kafka, topics, "delete.retention.ms")
+        now_ms = time.time_ns() // 1_000_000
+        for local in candidates:
+            local.expire(int(retention.get(local.changelog.topic, DELETE_RETENTION_MS)), now_ms)
 
     async def _retry_later(self, exc: BaseException) -> None:
         """The adoption failed: it starts over after a backoff."""
@@ -302,6 +427,8 @@ class TaskManager:
         for task in left:
             if task.suspended_at:
                 self.suspended[task.tp] = task
+            else:
+                task.close_stores(clean=False)
 
     async def _tasks_for(
         self, tps: set[TopicPartition], consumer: AIOKafkaConsumer
@@ -322,6 +449,8 @@ class TaskManager:
                 ):
                     kept.append(task)
                 else:
+                    # Checkpointed when suspended: its stores replay what was written since.
+                    task.close_stores(clean=True)
                     fresh.append(self._new(task.tp))
         self._building = {t.tp: t for t in kept + fresh}
         for tp in sorted(tps - set(self._building), key=lambda tp: (tp.partition, tp.topic)):

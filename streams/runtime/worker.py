@@ -171,7 +171,6 @@ class Worker:
         self._layout = layout = await topics.prepare(kafka, self.plan, s.partitions)
         topics.check_copartitioned(self.plan, layout.partitions)
         await self._tables.load()
-        self._collector = Collector(self.plan, layout, self.metrics, self.stats)
         self._tasks = TaskManager(
             s,
             self._compiled,
@@ -179,6 +178,9 @@ class Worker:
             self._tables.data,
             self.metrics,
             read_committed=self.eos,
+        )
+        self._collector = Collector(
+            self.plan, layout, self.metrics, self.stats, drained=self._tasks.drained
         )
         self._consumer = RawRecordsConsumer(
             **kafka.client_kwargs(),
@@ -213,6 +215,7 @@ class Worker:
             layout.limits,
             self._purger.committed,
             self._task_of,
+            on_written=self._tasks.changelog_written,
         )
         await self._committer.start()
         self._consumer.subscribe(list(self.plan.inputs), listener=_Rebalance(self))
@@ -265,7 +268,12 @@ class Worker:
             *(stop_within(c, CLOSE_TIMEOUT_S) for c in clients if c is not None),
             self._tables.stop(),
             self._purger.close(),
-            *([self._tasks.close()] if self._tasks is not None else []),
+            # Stopped after the last batch settled (run returned): stores get a checkpoint.
+            *(
+                [self._tasks.close(clean=self._inflight is None and self._open is None)]
+                if self._tasks is not None
+                else []
+            ),
         )
 
     async def run(
@@ -297,8 +305,9 @@ class Worker:
                         gc.enable()
                 else:
                     await self._submit_open()
-                    if self._inflight is not None:
-                        await self._settle()  # nothing new: let the last batch's commit land
+                    # Nothing new: let the last batch's commit land, and checkpoint.
+                    if self._inflight is None or await self._settle():
+                        self.tasks.checkpoint(idle=True)
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     await self._tick()
                 self._purger.maybe_purge()
@@ -454,6 +463,9 @@ class Worker:
             or self._stop_requested
         ):
             await self._submit_open()
+            # A store due a checkpoint gets it once this batch's commit lands (decision 0017).
+            if self.tasks.checkpoint_due() and await self._settle():
+                self.tasks.checkpoint()
 
     async def _drain_joins(self, batch: Batch, wall: int, partitions: set[int]) -> None:
         """After a fetch: each join of these partitions takes its pending events in event

@@ -11,7 +11,8 @@ from aiokafka.partitioner import murmur2 as reference_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.broker.batches import BatchSender, fields, murmur2, partition_for
+from streams.broker.batches import Acked, BatchSender, fields, murmur2, partition_for
+from tests.unit.runtime.fakes import FakeProducer
 
 
 @given(st.binary(max_size=80))
@@ -94,3 +95,18 @@ def test_extend_without_timestamps_keeps_pairs(producer: AIOKafkaProducer) -> No
     kept += sender._open[("changelog", 4)][1]
     assert [fields(r)[:2] for r in kept] == pairs
     assert all(fields(r)[2] is None for r in kept)
+
+
+async def test_acknowledgements_note_where_each_partitions_records_end() -> None:
+    """Batches acknowledged while waiting for room count too, not only those of the flush."""
+    producer = FakeProducer()
+    sender = BatchSender(producer, max_pending=1)  # type: ignore[arg-type]
+    for n in range(3):
+        sender.append("log", 0, b"k%d" % n, b"v")
+        await sender.send_all()  # one batch each; the second waits for the first
+    sender.extend("log", 1, [(b"a", b"1"), (b"b", None)])
+    await sender.flush()
+    assert sender.acked == {
+        ("log", 0): Acked(3, (b"k2", b"v", None, [])),
+        ("log", 1): Acked(2, (b"b", None)),
+    }

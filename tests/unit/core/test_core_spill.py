@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,14 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("state")
 
 
+def new_store(state_dir: Path) -> RocksStore:
+    """A new, empty store (stores are kept on disk under their task's name)."""
+    return open_store(state_dir, "unit", uuid.uuid4().hex)
+
+
 @pytest.fixture
 def store(state_dir: Path) -> Iterator[RocksStore]:
-    opened = open_store(state_dir, "unit", 0)
+    opened = new_store(state_dir)
     yield opened
     opened.close()
 
@@ -70,8 +76,8 @@ def test_rocksdb_processor_emits_and_logs_what_the_memory_one_does(
     split = data.draw(st.integers(0, len(steps)))
     steps.append(Tick(FAR_FUTURE, caught_up=True))
     memory = PartitionProcessor(config)
-    first_store = open_store(state_dir, "props", 0)
-    second_store = open_store(state_dir, "props", 0)
+    first_store = new_store(state_dir)
+    second_store = new_store(state_dir)
     try:
         rocks = PartitionProcessor(config, first_store)
         changelog: list[Record] = []

@@ -322,7 +322,7 @@ def test_forgotten_events_leave_memory_and_a_restore_does_not_bring_them_back() 
 
 def test_a_spilled_segment_keeps_sliding_windows_in_memory(tmp_path: Path) -> None:
     segment = plan(payments(size_ms=10).decl).segments[0]
-    store = open_store(tmp_path, "spend", 0)
+    store = open_store(tmp_path, "rolling", "spend/payments-0")
     try:
         task = SegmentTask(compile_segment(segment, spilled=True), idle_timeout_ms=1, store=store)
         task.finish_restore()

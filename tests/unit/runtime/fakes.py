@@ -13,17 +13,21 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
 
 from streams.apps.reference import build
 from streams.config import KafkaSettings, Settings
 from streams.runtime import committer as committer_module
 from streams.runtime import restorer as restorer_module
+from streams.runtime import tasks as tasks_module
 from streams.runtime import worker as worker_module
 from streams.runtime.collector import Collector
 from streams.runtime.committer import AtLeastOnce, ExactlyOnce
@@ -241,13 +245,17 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """Accepts record batches; ``fail_transactions`` makes every transaction fail."""
+    """Accepts record batches, acknowledging each at the next offsets of its partition (a
+    partition of its own per producer, or the partition of ``log`` when set: the records
+    then land there); ``fail_transactions`` makes every transaction fail."""
 
     fail_transactions = False
+    log: FakeLog | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         self.transactional_id = kwargs.get("transactional_id")
         self.sent: list[tuple[str, int]] = []
+        self.ends: dict[tuple[str, int], int] = {}
         self.stopped = False
 
     def create_batch(self) -> BatchBuilder:
@@ -255,8 +263,15 @@ class FakeProducer:
 
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
         self.sent.append((topic, partition))
+        base = self.ends.get((topic, partition), 0)
+        self.ends[topic, partition] = base + batch.record_count()
+        if self.log is not None:
+            tp = TopicPartition(topic, partition)
+            base = self.log.end(tp)
+            for built in DefaultRecordBatch(bytes(batch._build())):
+                self.log.append(tp, built.key, built.value)
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
+        done.set_result(SimpleNamespace(offset=base))
         return done
 
     async def start(self) -> None:
@@ -286,18 +301,34 @@ async def topic_limits(kafka: KafkaSettings, topics: Iterable[str]) -> dict[str,
     return {}
 
 
-def fake_worker(monkeypatch: pytest.MonkeyPatch, log: FakeLog, *, guarantee: str) -> Worker:
+async def topic_config(kafka: KafkaSettings, topics: Iterable[str], key: str) -> dict[str, str]:
+    """``streams.broker.admin.topic_config``'s signature: the broker's defaults."""
+    return {}
+
+
+def fake_worker(
+    monkeypatch: pytest.MonkeyPatch,
+    log: FakeLog,
+    *,
+    guarantee: str,
+    state_dir: Path | None = None,
+) -> Worker:
     """A reference-app worker of two input partitions whose clients are fakes (what
-    ``Worker.start`` would set up, minus the broker)."""
+    ``Worker.start`` would set up, minus the broker). With ``state_dir``, its state is in
+    RocksDB stores there, and what it produces lands in ``log``."""
     monkeypatch.setattr(committer_module, "make_producer", make_producer)
     monkeypatch.setattr(restorer_module, "bulk_reader", log.reader)
     monkeypatch.setattr(worker_module, "topic_limits", topic_limits)
+    monkeypatch.setattr(tasks_module, "topic_config", topic_config)
     monkeypatch.setattr(FakeProducer, "fail_transactions", False)
+    monkeypatch.setattr(FakeProducer, "log", None if state_dir is None else log)
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers="fake:9092"),
         app_id=APP_ID,
         partitions=2,
         guarantee=guarantee,
+        store="memory" if state_dir is None else "rocksdb",
+        state_dir=str(state_dir),
     )
     planned = plan(build(settings).decl, APP_ID)
     worker = Worker(settings, planned, WorkerMetrics(), Health())
@@ -305,7 +336,6 @@ def fake_worker(monkeypatch: pytest.MonkeyPatch, log: FakeLog, *, guarantee: str
     layout = TopicLayout({t.name: 2 for t in planned.topics}, {})
     worker._consumer = consumer  # type: ignore[assignment]
     worker._layout = layout
-    worker._collector = Collector(planned, layout, worker.metrics, worker.stats)
     worker._tasks = TaskManager(
         settings,
         worker._compiled,
@@ -314,6 +344,9 @@ def fake_worker(monkeypatch: pytest.MonkeyPatch, log: FakeLog, *, guarantee: str
         worker.metrics,
         read_committed=guarantee == "exactly_once",
     )
+    worker._collector = Collector(
+        planned, layout, worker.metrics, worker.stats, drained=worker._tasks.drained
+    )
     committer_type = ExactlyOnce if guarantee == "exactly_once" else AtLeastOnce
     committer = committer_type(
         settings,
@@ -321,6 +354,7 @@ def fake_worker(monkeypatch: pytest.MonkeyPatch, log: FakeLog, *, guarantee: str
         worker.metrics,
         layout.limits,
         worker._purger.committed,
+        on_written=worker._tasks.changelog_written,
     )
     if isinstance(committer, AtLeastOnce):
         committer.producer = FakeProducer()  # type: ignore[assignment]

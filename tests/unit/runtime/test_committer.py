@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import pytest
 from aiokafka import TopicPartition
 
+from streams.broker.batches import Acked, BatchSender
 from streams.config import KafkaSettings, Settings
 from streams.runtime import committer as committer_module
 from streams.runtime.committer import AtLeastOnce, ExactlyOnce
@@ -91,3 +92,48 @@ async def test_offsets_committed_at_least_once_are_reported() -> None:
     batch.senders(TP)[0].append("out", 0, b"k", b"v")
     assert await committer.commit(batch, {TP: 9}, lambda: False) == set()
     assert reported == [{TP: 7}]
+
+
+async def test_both_guarantees_report_where_written_changelog_records_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the local stores' checkpoints go by: under at_least_once once the changelog is
+    acknowledged, under exactly_once once the transaction is committed (and not when it
+    failed); each partition's end offset and last record."""
+    monkeypatch.setattr(committer_module, "make_producer", make_producer)
+    monkeypatch.setattr(FakeProducer, "fail_transactions", False)
+    written: list[dict[tuple[str, int], tuple[int, bytes]]] = []
+    senders: list[BatchSender] = []
+
+    def note(sender: BatchSender, acked: Mapping[tuple[str, int], Acked]) -> None:
+        assert senders[-1] is sender  # the batch's changelog sender, whoever resent it
+        written.append({slot: (done.end, done.last[0]) for slot, done in acked.items()})
+
+    alo = AtLeastOnce(
+        _settings(), FakeConsumer(FakeLog()), WorkerMetrics(), {}, _ignore, on_written=note
+    )  # type: ignore[arg-type]
+    await alo.start()
+    batch = alo.batch()
+    outputs, changelog = batch.senders(TP)
+    senders.append(changelog)
+    outputs.append("out", 0, b"k", b"v")
+    changelog.extend("log", 0, [(b"w1", b"{}"), (b"o", b"1")])
+    changelog.extend("log", 1, [(b"o", b"7")])
+    assert await alo.commit(batch, {TP: 1}, lambda: False) == set()
+    assert written == [{("log", 0): (2, b"o"), ("log", 1): (1, b"o")}]
+
+    written.clear()
+    eos = ExactlyOnce(
+        _settings(), FakeConsumer(FakeLog()), WorkerMetrics(), {}, _ignore, on_written=note
+    )  # type: ignore[arg-type]
+    await eos.open({TP})
+    batch = eos.batch()
+    senders.append(batch.senders(TP)[1])
+    batch.senders(TP)[1].extend("log", 0, [(b"w1", b"{}"), (b"w2", b"{}"), (b"o", b"2")])
+    assert await eos.commit(batch, {TP: 2}, lambda: False) == set()
+    assert written == [{("log", 0): (3, b"o")}]
+    FakeProducer.fail_transactions = True
+    batch = eos.batch()
+    batch.senders(TP)[1].extend("log", 0, [(b"o", b"3")])
+    assert await eos.commit(batch, {TP: 3}, lambda: False) == {TP}
+    assert len(written) == 1

@@ -171,3 +171,68 @@ async def test_a_restore_that_makes_no_progress_fails(monkeypatch: pytest.Monkey
     await reader.start([restore])
     with pytest.raises(BrokerError, match="made no progress"):
         await reader.step(max_seconds=0.01)
+
+
+class _Local:
+    """What the reader uses of a task's kept store: a checkpoint at ``offset``, whose record
+    before it has key ``last``."""
+
+    def __init__(self, offset: int, last: bytes) -> None:
+        self.offset = offset
+        self.last = last
+        self.reopened = 0
+        self.wiped = False
+        self.read: list[int] = []
+        self.checkpoints = 0
+
+    def resume_at(self, begin: int, end: int) -> int | None:
+        if begin <= self.offset - 1 < end:
+            return self.offset - 1
+        self.wiped = True
+        return None
+
+    def verify(self, record: Any) -> bool:
+        if record.offset == self.offset - 1 and record.key == self.last:
+            return True
+        self.wiped = True
+        return False
+
+    def reopen(self, task: Any) -> None:
+        self.reopened += 1
+
+    def replayed(self, records: list[Any]) -> None:
+        self.read += [record.offset for record in records]
+
+    def write_checkpoint(self) -> bool:
+        self.checkpoints += 1
+        return True
+
+
+@pytest.mark.parametrize(
+    ("offset", "last", "replayed", "reused"),
+    [
+        (21, b"k20", 30 - 20, True),  # the changelog's tail only, from the checkpoint's record
+        (21, b"other", 30, False),  # another record there: wiped, from the beginning
+        (31, b"k30", 30, False),  # beyond the changelog's end: wiped, from the beginning
+    ],
+)
+async def test_a_restore_from_a_checkpoint_reads_the_tail_once_its_record_matches(
+    monkeypatch: pytest.MonkeyPatch, offset: int, last: bytes, replayed: int, reused: bool
+) -> None:
+    log = FakeLog()
+    _fill(log, 0, 30)
+    metrics = WorkerMetrics()
+    reader = _reader(monkeypatch, log, metrics)
+    local = _Local(offset, last)
+    restore, task = _restore(0)
+    restore.local = local  # type: ignore[assignment]
+    await reader.start([restore])
+    while not reader.done:
+        await reader.step(max_records=7)
+    assert task.applied == [b"k%d" % n for n in range(30 - replayed, 30)]
+    assert local.read == list(range(30 - replayed, 30))
+    assert (local.reopened, local.wiped) == (int(reused), not reused)
+    assert task.finished == 1
+    assert local.checkpoints == 1  # the store is the changelog's state at its end
+    restored = metrics.registry.get_sample_value("streams_recovery_records_restored_total")
+    assert restored == replayed

@@ -8,13 +8,18 @@ import contextlib
 import gc
 import weakref
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka import TopicPartition
 
+from streams.runtime import localstate as localstate_module
 from streams.runtime.committer import ExactlyOnce
 from streams.runtime.worker import Worker
+from streams.state import checkpoint
 from tests.unit.runtime.fakes import (
+    APP_ID,
     CHANGELOG,
     INPUT,
     FakeLog,
@@ -144,3 +149,91 @@ async def test_a_long_restore_keeps_polling_and_gives_way_to_a_revocation(
         assert log.readers[-1].fetched == 1_000
         assert TP not in consumer.paused
         assert worker.health.ready()
+
+
+def _events(first: int, count: int) -> list[Rec]:
+    """Valid reference events of users ``u<first>``…, one each, in one window."""
+    return [
+        Rec(
+            n,
+            b"u%d" % n,
+            orjson.dumps(
+                {"event_id": f"e{n}", "type": "page_view", "user_id": f"u{n}", "ts": 1_000 + n}
+            ),
+        )
+        for n in range(first, first + count)
+    ]
+
+
+async def _process_and_stop(worker: Worker, records: list[Rec]) -> None:
+    """Adopt TP, process ``records``, and stop the way the worker stops (its tasks closed,
+    each store checkpointed)."""
+    consumer = consumer_of(worker)
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: not _alive(run) or TP in worker.tasks.active, "adopted")
+        consumer.deliver({TP: records})
+        end = records[-1].offset + 1
+        await until(
+            lambda: not _alive(run) or any(c.get(TP) == end for c in consumer.commits),
+            "the batch committed",
+        )
+    await worker.tasks.close(clean=True)
+
+
+async def test_a_worker_takes_its_store_up_again_replaying_only_what_was_written_since(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Its partition moved to a worker on another machine meanwhile, then came back."""
+    log = FakeLog()
+    changelog = TopicPartition(CHANGELOG, TP.partition)
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    await _process_and_stop(
+        fake_worker(monkeypatch, log, guarantee="at_least_once", state_dir=here), _events(0, 40)
+    )
+    checkpointed = log.end(changelog)
+    await _process_and_stop(
+        fake_worker(monkeypatch, log, guarantee="at_least_once", state_dir=elsewhere),
+        _events(40, 20),
+    )
+    assert log.readers[-1].fetched == checkpointed  # elsewhere: the whole changelog
+
+    back = fake_worker(monkeypatch, log, guarantee="at_least_once", state_dir=here)
+    async with _running(back) as run:
+        await assign(back, {TP})
+        await until(lambda: not _alive(run) or TP in back.tasks.active, "adopted")
+    # From the record the checkpoint follows on.
+    assert log.readers[-1].fetched == log.end(changelog) - checkpointed + 1
+    [segment] = back.tasks.active[TP].segments
+    assert segment.open_windows == 60
+    assert segment.position == 60
+    reused = back.metrics.registry.get_sample_value(
+        "streams_recovery_local_stores_total", {"outcome": "reused"}
+    )
+    assert reused == 1
+    await back.tasks.close(clean=True)
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_under_load_a_store_is_checkpointed_once_its_batch_is_committed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, guarantee: str
+) -> None:
+    monkeypatch.setattr(localstate_module, "CHECKPOINT_RECORDS", 10)
+    monkeypatch.setattr(localstate_module, "CHECKPOINT_INTERVAL_S", 0.0)
+    monkeypatch.setattr(localstate_module, "IDLE_CHECKPOINT_S", 3600.0)
+    log = FakeLog()
+    worker = fake_worker(monkeypatch, log, guarantee=guarantee, state_dir=tmp_path)
+    consumer = consumer_of(worker)
+    written = tmp_path / APP_ID / "aggregates" / f"{INPUT}-0" / "checkpoint.json"
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: not _alive(run) or TP in worker.tasks.active, "adopted")
+        consumer.deliver({TP: _events(0, 30)})
+        await until(lambda: not _alive(run) or written.exists(), "a checkpoint")
+        found = checkpoint.read(written)
+        assert found is not None
+        # Where the batch's changelog records end: known once they are written for good
+        # (its commit), and only then checkpointed.
+        assert found.offset == log.end(TopicPartition(CHANGELOG, 0))
+        assert worker.tasks.active[TP].stores[0] is not None
+        assert worker.tasks.active[TP].stores[0].unmarked == 0
