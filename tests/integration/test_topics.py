@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,42 @@ async def test_a_changelog_with_more_partitions_than_the_input_stops_the_worker(
         r"recreated with fewer partitions\? delete \S+ .*STREAMS_APP_ID",
         line,
     ), line
+
+
+JOIN_APP = """
+from streams import App
+
+app = App("copart")
+clicks = app.stream(app.topic("{left}"), key="user", timestamp="ts")
+views = app.stream(app.topic("{right}"), key="user", timestamp="ts")
+clicks.join_stream(views, within_ms=60_000, into="view").to("{out}")
+"""
+
+
+async def test_a_join_of_topics_with_other_partition_counts_stops_with_one_line(
+    project_env: dict[str, str],
+    kafka_settings: KafkaSettings,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """A join reads partition p of both inputs as one task: a worker whose inputs have other
+    partition counts stops before consuming, with one line naming the declaring line, both
+    counts and what to do."""
+    left, right, out = unique_name("clicks"), unique_name("views"), unique_name("attributed")
+    await ensure_topics(kafka_settings, [TopicSpec(left, 3), TopicSpec(right, 2)])
+    app = tmp_path / "copart.py"
+    app.write_text(JOIN_APP.format(left=left, right=right, out=out))
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "streams", "worker", str(app)],
+        env={**project_env, "STREAMS_APP_ID": unique_name("copart")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: copart.py:7: .join_stream() reads"), line
+    assert f"{left!r} (3 partitions) with {right!r} (2)" in line
+    assert "re-key one side with .group_by(...) first" in line
