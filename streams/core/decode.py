@@ -85,9 +85,8 @@ class TopicDecoder:
             return self._decode_one_by_one(values)
         check = self._check
         validate = self._validate
-        if check is not None and all(v.__class__ is dict for v in decoded):
-            passed = list(map(check, decoded))
-            if all(passed):
+        if all(v.__class__ is dict for v in decoded):
+            if validate is None or (check is not None and all(list(map(check, decoded)))):
                 return range(len(decoded)), decoded, []
         idxs: list[int] = []
         vals: list[Any] = []
