@@ -85,9 +85,10 @@ class TopicDecoder:
             return self._decode_one_by_one(values)
         check = self._check
         validate = self._validate
-        if all(v.__class__ is dict for v in decoded):
-            if validate is None or (check is not None and all(list(map(check, decoded)))):
-                return range(len(decoded)), decoded, []
+        if all(v.__class__ is dict for v in decoded) and (
+            validate is None or (check is not None and all(list(map(check, decoded))))
+        ):
+            return range(len(decoded)), decoded, []
         idxs: list[int] = []
         vals: list[Any] = []
         failures: list[tuple[int, str]] = []
