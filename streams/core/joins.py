@@ -61,10 +61,13 @@ class JoinState:
         self.left_join = how == "left"
         self.into = into
         self.late_topics = late  # (left's late topic, right's)
-        self.clear()
+        self._reset()
 
     def clear(self) -> None:
         """Start empty (also when a changed declaration starts afresh)."""
+        self._reset()
+
+    def _reset(self) -> None:
         self.pending: tuple[deque[Pending], deque[Pending]] = (deque(), deque())
         # side -> key -> [[ts, seq, value bytes, matched], ...] by (ts, seq)
         self.buffers: tuple[dict[str, list[list[Any]]], dict[str, list[list[Any]]]] = ({}, {})
@@ -97,29 +100,69 @@ class JoinState:
         """Take pending events in event-time order while both sides have some; with one side
         empty, go on with the other unless that side is ``waiting`` for records not fetched
         yet, for less than ``wait_ms``. Returns the pairs (and misses) made, in order."""
-        left, right = self.pending
-        emitted: list[Item] = []
-        blocked = False
-        while left or right:
-            if left and right:
-                side = LEFT if left[0][0] <= right[0][0] else RIGHT
-            else:
-                side = LEFT if left else RIGHT
-                if waiting[1 - side]:
-                    if self.blocked_since is None:
-                        self.blocked_since = now_ms
-                    if now_ms - self.blocked_since < wait_ms:
-                        blocked = True
-                        break
-            event = self.pending[side].popleft()
-            ident = (side, event[3], event[6])
-            if ident in self.logged:
-                self.pending_changes[ident] = None  # its record becomes a tombstone
-            else:
-                self.pending_changes.pop(ident, None)  # never written: nothing to undo
-            self._take(side, event, emitted, out)
+        order, blocked = self._schedule(now_ms, waiting, wait_ms)
+        emitted = self._take_all(order, out) if order else []
         if not blocked:
             self.blocked_since = None
+        return emitted
+
+    def _schedule(
+        self, now_ms: int, waiting: tuple[bool, bool], wait_ms: int
+    ) -> tuple[list[int], bool]:
+        """The sides of the pending events to take now, in order (each takes its queue's
+        head), and whether the drain then waits for a side."""
+        left, right = self.pending
+        if not right:  # the common cases: one side's fetch, nothing to merge
+            if left and waiting[RIGHT] and self._blocked(now_ms, wait_ms):
+                return [], True
+            return [LEFT] * len(left), False
+        if not left:
+            if waiting[LEFT] and self._blocked(now_ms, wait_ms):
+                return [], True
+            return [RIGHT] * len(right), False
+        order: list[int] = []
+        lefts, rights = iter(left), iter(right)
+        left_ts, right_ts = next(lefts)[0], next(rights)[0]
+        while True:
+            if left_ts <= right_ts:
+                order.append(LEFT)
+                head = next(lefts, None)
+                if head is None:
+                    rest, side = 1 + sum(1 for _ in rights), RIGHT
+                    break
+                left_ts = head[0]
+            else:
+                order.append(RIGHT)
+                head = next(rights, None)
+                if head is None:
+                    rest, side = 1 + sum(1 for _ in lefts), LEFT
+                    break
+                right_ts = head[0]
+        if waiting[1 - side] and self._blocked(now_ms, wait_ms):
+            return order, True
+        order.extend([side] * rest)
+        return order, False
+
+    def _blocked(self, now_ms: int, wait_ms: int) -> bool:
+        """A side is waited for: True while that wait lasts less than ``wait_ms``."""
+        if self.blocked_since is None:
+            self.blocked_since = now_ms
+        return now_ms - self.blocked_since < wait_ms
+
+    def _take_all(self, order: list[int], out: Outcome) -> list[Item]:
+        """Take the pending queues' heads, one per side in ``order``."""
+        pending = self.pending
+        pending_changes = self.pending_changes
+        logged = self.logged
+        emitted: list[Item] = []
+        for side in order:
+            event = pending[side].popleft()
+            ident = (side, event[3], event[6])
+            if ident in logged:
+                pending_changes[ident] = None  # its record becomes a tombstone
+            else:
+                pending_changes.pop(ident, None)  # never written: nothing to undo
+            self._take(side, event, emitted, out)
         return emitted
 
     # -- one event -----------------------------------------------------------------------
@@ -260,10 +303,7 @@ class JoinState:
     def finish_restore(self) -> None:
         """After the last record: pending queues in offset order, buffers in order, the
         expiry queue, the count."""
-        for (side, _, _), event in sorted(self.restored_pending.items()):
-            self.pending[side].append(event)
-        self.logged = set(self.restored_pending)
-        self.restored_pending = {}
+        self._finish_pending()
         expiry: list[tuple[int, int, int, str]] = []
         held = 0
         for side, buffers in enumerate(self.buffers):
@@ -276,6 +316,13 @@ class JoinState:
         self.held = held
         self.changes = {}
         self.pending_changes = {}
+
+    def _finish_pending(self) -> None:
+        """The restored pending events, into their queues in offset order."""
+        for (side, _, _), event in sorted(self.restored_pending.items()):
+            self.pending[side].append(event)
+        self.logged = set(self.restored_pending)
+        self.restored_pending = {}
 
 
 def _b64(raw: bytes | None) -> str | None:

@@ -23,12 +23,18 @@ their last touch (stream time only grows, so that is also the order of expiry): 
 touches its key, and after each round the keys untouched for ``ttl_ms`` are forgotten,
 timers included.
 
-Changelog records (decision 0015): ``p<n>:<key>`` -> ``{"s": {name: value}, "u": last
-touch}`` (``u`` only with a TTL; a tombstone when the key holds nothing), one record per
-timer ``P<n>:<at_ms>:<key>`` -> ``1`` (a tombstone once it fired or was cancelled: a busy key
-with thousands of pending timers costs one record per change, not a rewrite of all of them
-per batch; a timer set and gone between two drains writes nothing), and ``q<n>:`` -> the
-operator's ``[stream time, stream time at the last activity]``.
+Changelog records (decision 0015): ``p<n>:<key>`` -> ``{"s": {name: value}, "t": [at_ms,
+...], "u": last touch}`` (timers in order; ``u`` only with a TTL; a tombstone when the key
+holds nothing). A key with more than ``INLINE_TIMERS`` timers has ``"T": 1`` instead of
+``t``, and its timers in bucket records ``P<n>:<bucket>:<key>`` -> ``[at_ms, ...]`` (in
+order), one per ``TIMER_BUCKET_MS`` of ``at_ms`` (``bucket = at_ms // TIMER_BUCKET_MS``), a
+tombstone once empty, until it is down to ``INLINE_AGAIN``: a busy key with thousands of
+pending timers rewrites the buckets a drain changed, not all of them. Timer records come
+before key records in a drain. ``q<n>:`` -> the operator's ``[stream time, stream time at
+the last activity]``.
+
+With ``STREAMS_STORE=rocksdb`` the keys live in the task's store instead of ``keys``
+(:mod:`streams.core.spilled_process`); the records are the same.
 """
 
 from __future__ import annotations
@@ -109,7 +115,8 @@ class KeyState:
         if self.split:
             record += b',"T":1'
         elif self.timers:
-            record += b',"t":[%b]' % b",".join([b"%d" % at for at in self.timers])
+            # In order: the same timers make the same bytes, however they came to be held.
+            record += b',"t":[%b]' % b",".join([b"%d" % at for at in sorted(self.timers)])
         if with_touch:
             record += b',"u":%d' % self.touched
         return record + b"}"
@@ -235,6 +242,10 @@ class State:
 
     def __repr__(self) -> str:
         return f"State(key={self._key!r})"
+
+
+def _touch_then_key(item: tuple[int, str, KeyState]) -> tuple[int, str]:
+    return item[0], item[1]
 
 
 def _not_emittable(what: str, returned: Any) -> str:
@@ -432,7 +443,7 @@ class ProcessState:
         assert held.buckets is not None
         tag = self.timer_tag
         encoded = key.encode()
-        for bucket in held.buckets:
+        for bucket in sorted(held.buckets):
             self.timer_changes[b"%b%d:%b" % (tag, bucket, encoded)] = None
         held.split = False
         held.buckets = None
@@ -445,7 +456,7 @@ class ProcessState:
             return
         held.split = True
         held.buckets = {}
-        for at in held.timers:
+        for at in sorted(held.timers):
             self._timer_set(key, held, at)
         self.changed[key] = None
 
@@ -538,16 +549,23 @@ class ProcessState:
             self.changed[key] = None
 
     def _expire(self, st: int) -> None:
-        """Forget the keys no call touched for ``ttl_ms`` of stream time."""
+        """Forget the keys no call touched for ``ttl_ms`` of stream time (their records in
+        ``(touch, key)`` order: the same order whatever order of equal touches the keys are
+        held in, after a restore or in a store)."""
         keys = self.keys
         assert self.ttl_ms is not None
         horizon = st - self.ttl_ms
+        gone: list[tuple[int, str, KeyState]] = []
         while keys:
             key = next(iter(keys))
             held = keys[key]
             if held.touched > horizon:
-                return
+                break
             keys.popitem(last=False)  # type: ignore[call-arg]
+            gone.append((held.touched, key, held))
+        if len(gone) > 1:
+            gone.sort(key=_touch_then_key)
+        for _, key, held in gone:
             self._drop_timers(key, held)
             self.changed[key] = None
 

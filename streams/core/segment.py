@@ -51,6 +51,8 @@ from streams.core.process import ProcessState
 from streams.core.sessions import SessionStore
 from streams.core.sliding import EVENT_TAG, WINDOW_TAG, SlidingStore
 from streams.core.spill import KeyValueStore, Spill, SpilledDeduplicator, SpilledWindowStore
+from streams.core.spilled_join import SpilledJoinState
+from streams.core.spilled_process import SpilledProcessState
 from streams.core.streamtime import NO_TIME, StreamClock
 from streams.core.windows import WindowStore
 from streams.errors import StateMismatchError, StreamsError
@@ -154,6 +156,16 @@ class SegmentTask:
             ProcessState(
                 spec.op.fn, spec.op.on_timer, spec.op.ttl_ms, spec.tag, spec.site, spec.timer_site
             )
+            if self._spill is None
+            else SpilledProcessState(
+                spec.op.fn,
+                spec.op.on_timer,
+                spec.op.ttl_ms,
+                spec.tag,
+                spec.site,
+                spec.timer_site,
+                self._spill,
+            )
             for spec in compiled.processes
         ]
         self._process_by_tag = {spec.tag: n for n, spec in enumerate(compiled.processes)}
@@ -163,13 +175,13 @@ class SegmentTask:
             right = self.segment.right
             assert right is not None
             assert self.segment.join_late is not None
-            self.join = JoinState(
-                join.within_ms,
-                join.grace_ms,
-                join.how,
-                join.into,
-                (self.segment.join_late, right.late),
-            )
+            late = (self.segment.join_late, right.late)
+            if self._spill is None:
+                self.join = JoinState(join.within_ms, join.grace_ms, join.how, join.into, late)
+            else:
+                self.join = SpilledJoinState(
+                    join.within_ms, join.grace_ms, join.how, join.into, late, self._spill
+                )
             self._join_site = compiled.sites.get(join.stage, join.where)
         self._right_position: int | None = None
         self._record = compiled.record
@@ -236,14 +248,17 @@ class SegmentTask:
     @property
     def stored_fingerprints(self) -> dict[bytes, str]:
         """The fingerprints of the operators whose state lives in the store (dedupes,
-        tumbling and hopping windows): a store kept on disk is taken up (:meth:`reopen`) only
-        by a declaration with the same ones."""
+        tumbling and hopping windows, ``.process`` operators, a join): a store kept on disk
+        is taken up (:meth:`reopen`) only by a declaration with the same ones."""
         if self._spill is None:
             return {}
         stored = [spec.tag for spec in self.compiled.dedupes]
         if isinstance(self.windows, SpilledWindowStore):
             assert self.compiled.window_tag is not None
             stored.append(self.compiled.window_tag)
+        stored.extend(spec.tag for spec in self.compiled.processes)
+        if self.join is not None:
+            stored.append(JOIN_TAG)
         return {tag: self._fingerprints[tag] for tag in stored}
 
     # -- batches -------------------------------------------------------------------------
@@ -554,8 +569,8 @@ class SegmentTask:
                 moved |= yield from self._advance_process(n, now_ms, last, out)
         if moved:
             self._queue_time()
-            if self._spill is not None:
-                self._spill.flush()
+        if self._spill is not None:
+            self._spill.flush()  # a join may have taken events without moving
         return out
 
     def flush_windows(self, now_ms: int = 0) -> CallGen:
@@ -569,6 +584,8 @@ class SegmentTask:
         if post_start is not None:
             closed, out.closed = out.closed, []
             yield from self._run(post_start, closed, out, now_ms, -1)
+        if self._spill is not None:
+            self._spill.flush()
         return out
 
     def _advance_join(
@@ -1082,6 +1099,12 @@ class SegmentTask:
             dedupe.reopen()
         if isinstance(self.windows, SpilledWindowStore):
             self.windows.reopen()
+        for state in self.processes:
+            assert isinstance(state, SpilledProcessState)
+            state.reopen()
+        if self.join is not None:
+            assert isinstance(self.join, SpilledJoinState)
+            self.join.reopen()
         for tag, fingerprint in self.stored_fingerprints.items():
             self._active[tag] = True
             self._restored_from[tag] = fingerprint

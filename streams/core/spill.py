@@ -36,16 +36,21 @@ from streams.core.windows import NEVER, WindowStore
 
 # Key spaces. Window keys are the changelog's (``w<start>:<key>``), and each dedupe's batch
 # keys too (its tag and the batch's seq); ``s<tag><event id>`` holds the largest ts an id was
-# accepted with by the dedupe with that tag.
+# accepted with by the dedupe with that tag. ``.process`` operators use ``p``, ``i``, ``u``
+# and ``c`` (:mod:`streams.core.spilled_process`), a join ``J`` and ``E``
+# (:mod:`streams.core.spilled_join`); keys from ``\x00`` up are the runtime's.
 _WINDOWS = (b"w", b"x")
 _SEEN_TAG = b"s"
 _MISSING = object()
 
 # Writes buffered while restoring before they go to the store in one write.
 RESTORE_FLUSH_AT = 50_000
-# The first byte of the changelog keys whose state this module keeps in the store itself
-# under the same key: window accumulators, dedupe batches (``d<seq>``, ``D<n>:<seq>``).
-_HELD = frozenset((b"w", b"d", b"D"))
+# The beginnings of the changelog keys whose state a spilled segment keeps in its store
+# (decision 0017): window accumulators, dedupe batches (``d<seq>``, ``D<n>:<seq>``), under
+# the same keys; ``.process`` keys and their timer buckets (``p<n>:<key>``,
+# ``P<n>:<bucket>:<key>``: :mod:`streams.core.spilled_process`) and a join's buffered events
+# (``jl:...``, ``jr:...``: :mod:`streams.core.spilled_join`), in layouts of their own.
+_HELD = (b"w", b"d", b"D", b"p", b"P", b"jl", b"jr")
 
 _dumps = marshal.dumps
 _loads = marshal.loads
@@ -71,8 +76,9 @@ class KeyValueStore(Protocol):
 
 def held(key: bytes) -> bool:
     """True when a spilled segment keeps the state of changelog key ``key`` in its store
-    (window accumulators, dedupe batches), so that a reopened store has it already."""
-    return key[:1] in _HELD
+    (window accumulators, dedupe batches, ``.process`` keys, a join's buffered events), so
+    that a reopened store has it already."""
+    return key.startswith(_HELD)
 
 
 def _window_range(start: int) -> tuple[bytes, bytes]:
@@ -389,7 +395,7 @@ class SpilledDeduplicator(Deduplicator):
             self._drop_ids(seq)
         self._newest.clear()
         self._expiries.clear()
-        self._spill.delete_range(self._seen_prefix, _after(self._seen_prefix))
+        self._spill.delete_range(self._seen_prefix, after(self._seen_prefix))
         self.seen.clear()
         self._base.clear()
         self._count = 0
@@ -401,14 +407,14 @@ class SpilledDeduplicator(Deduplicator):
         the number of ids; batches restored afterwards update them in place."""
         newest: dict[int, int] = {}
         skip = len(self.tag)
-        for key, value in self._spill.scan(self.tag, _after(self.tag)):
+        for key, value in self._spill.scan(self.tag, after(self.tag)):
             ids: dict[str, int] = _loads(value)
             if ids:
                 newest[int(key[skip:])] = max(ids.values())
         self._newest = newest
         self._expiries = [(ts + self._horizon, seq) for seq, ts in newest.items()]
         heapq.heapify(self._expiries)
-        seen = self._spill.scan(self._seen_prefix, _after(self._seen_prefix))
+        seen = self._spill.scan(self._seen_prefix, after(self._seen_prefix))
         self._count = sum(1 for _ in seen)
         self.seen.clear()
         self._base.clear()
@@ -421,7 +427,7 @@ class SpilledDeduplicator(Deduplicator):
         if not self._stale:
             return
         spill = self._spill
-        spill.delete_range(self._seen_prefix, _after(self._seen_prefix))
+        spill.delete_range(self._seen_prefix, after(self._seen_prefix))
         self._count = 0
         self.seen.clear()
         self._base.clear()
@@ -439,6 +445,14 @@ class SpilledDeduplicator(Deduplicator):
         self._stale = False
 
 
-def _after(prefix: bytes) -> bytes:
+def after(prefix: bytes) -> bytes:
     """The smallest key greater than every key that starts with ``prefix``."""
     return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def ordered(number: int) -> bytes:
+    """``number`` (an int >= 0, of any size) as bytes whose byte order is the numbers'
+    order: its length, then its big-endian bytes. No encoding is a prefix of another, so
+    ``ordered(n) + suffix`` keys sort by ``n`` first."""
+    size = (number.bit_length() + 7) >> 3
+    return bytes((size,)) + number.to_bytes(size, "big")

@@ -44,6 +44,7 @@ from streams.core.compile import compile_segment
 from streams.core.interpreter import Batch, Tick, interpret, same_value
 from streams.core.outcome import Outcome, resolve_origin
 from streams.core.segment import Call, CallGen, CallResult, SegmentTask
+from streams.core.spill import KeyValueStore
 from streams.topology.plan import Segment, plan
 
 Record = namedtuple("Record", "offset key value timestamp headers")
@@ -328,11 +329,24 @@ def _answer(call: Call) -> CallResult:
 
 
 class Engine:
-    """A segment task fed like the runtime feeds it, recording what it produced."""
+    """A segment task fed like the runtime feeds it, recording what it produced; with
+    ``stores`` (a new empty key-value store per call), its state in a store (a new one at
+    each restart), as with ``STREAMS_STORE=rocksdb``."""
 
-    def __init__(self, segment: Segment) -> None:
-        self.compiled = compile_segment(segment)
-        self.task = self._new()
+    def __init__(
+        self,
+        segment: Segment,
+        stores: Callable[[], KeyValueStore] | None = None,
+        *,
+        task: SegmentTask | None = None,
+    ) -> None:
+        self.stores = stores
+        if task is None:
+            self.compiled = compile_segment(segment, spilled=stores is not None)
+            self.task = self._new()
+        else:  # a task restored already (from a store kept on disk, say)
+            self.compiled = task.compiled
+            self.task = task
         self.changelog: list[tuple[bytes, bytes | None]] = []
         self.finals: list[Any] = []
         self.dead: dict[int, tuple[str, str]] = {}
@@ -348,9 +362,15 @@ class Engine:
         self.index_of: dict[int, int] = {}  # record offset -> index over all batches
 
     def _new(self) -> SegmentTask:
-        task = SegmentTask(self.compiled, idle_timeout_ms=7, tables={"products": TABLE})
+        task = self._task()
         task.finish_restore()
         return task
+
+    def _task(self) -> SegmentTask:
+        store = None if self.stores is None else self.stores()
+        return SegmentTask(
+            self.compiled, idle_timeout_ms=7, tables={"products": TABLE}, store=store
+        )
 
     def feed(self, item: Batch | Tick) -> None:
         if isinstance(item, Tick):
@@ -406,7 +426,7 @@ class Engine:
         if compacted:
             last = {key: i for i, (key, _) in enumerate(records)}
             records = [r for i, r in enumerate(records) if last[r[0]] == i and r[1] is not None]
-        task = SegmentTask(self.compiled, idle_timeout_ms=7, tables={"products": TABLE})
+        task = self._task()
         for key, value in records:
             task.apply_changelog(key, value)
         task.finish_restore()

@@ -20,13 +20,16 @@ from streams import App, Count, session
 from streams.broker.batches import Acked
 from streams.core import CoreConfig
 from streams.core.changelog import Record
+from streams.core.compile import compile_segment
+from streams.core.interpreter import Batch
+from streams.core.interpreter import Tick as EngineTick
 from streams.core.segment import FINGERPRINT_TAG, SegmentTask, run_sync
 from streams.runtime.localstate import CHECKPOINT_FILE, LocalState
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.processing import compile_plan
 from streams.state import checkpoint
 from streams.state.rocks import RocksStore, open_store
-from streams.topology.plan import plan
+from streams.topology.plan import Segment, plan
 from tests.unit.core.engine import PartitionProcessor, Raw
 from tests.unit.core.test_core_properties import (
     FAR_FUTURE,
@@ -36,6 +39,11 @@ from tests.unit.core.test_core_properties import (
     perform,
     schedules,
 )
+from tests.unit.core.test_engine_properties import TABLE, Engine, flush_finals
+from tests.unit.core.test_engine_properties import inputs as engine_inputs
+from tests.unit.core.test_join_properties import declarations as join_declarations
+from tests.unit.core.test_join_properties import inputs as join_inputs
+from tests.unit.core.test_process_properties import declarations as process_declarations
 from tests.unit.runtime.fakes import Rec
 
 CHANGELOG = TopicPartition("app-state-changelog", 0)
@@ -409,3 +417,120 @@ def test_a_checkpoint_waits_until_the_last_batch_drained_is_written(store: Rocks
     local.written(Acked(2, records[-1]), second)
     assert local.write_checkpoint()
     assert _offset(store) == 2
+
+
+# -- .process and join state in the store --------------------------------------------
+
+
+def _since(engine: Engine, marks: dict[str, int]) -> tuple[Any, ...]:
+    """What ``engine`` produced since ``marks`` (see :func:`_marks`), comparable across
+    engines that saw the same input from there on."""
+    return (
+        engine.finals[marks["finals"] :],
+        {i: v for i, v in engine.dead.items() if i >= marks["seen"]},
+        engine.derived[marks["derived"] :],
+        engine.late_derived[marks["late_derived"] :],
+        engine.late[marks["late"] :],
+        engine.late_join[marks["late_join"] :],
+        sorted(i for i in engine.duplicates if i >= marks["seen"]),
+        engine.derived_duplicates - marks["derived_duplicates"],
+        engine.timers_fired - marks["timers_fired"],
+        {name: count - marks[name] for name, count in engine.counts.items()},
+    )
+
+
+def _marks(engine: Engine) -> dict[str, int]:
+    return {
+        "finals": len(engine.finals),
+        "seen": engine.seen,
+        "derived": len(engine.derived),
+        "late_derived": len(engine.late_derived),
+        "late": len(engine.late),
+        "late_join": len(engine.late_join),
+        "derived_duplicates": engine.derived_duplicates,
+        "timers_fired": engine.timers_fired,
+        **engine.counts,
+    }
+
+
+def _sizes(task: SegmentTask) -> tuple[Any, ...]:
+    join = task.join
+    return (
+        task.process_keys,
+        task.timers_pending,
+        None if join is None else (join.held, join.seq, join.stream_time),
+        [state.stream_time for state in task.processes],
+        task.stream_time,
+    )
+
+
+def _step(engine: Engine, item: Batch | EngineTick) -> list[Record]:
+    before = len(engine.changelog)
+    engine.feed(item)
+    return engine.changelog[before:]
+
+
+@st.composite
+def _stateful_runs(draw: st.DrawFn) -> tuple[Segment, list[Batch | EngineTick]]:
+    """A pipeline with ``.process`` (before a window, after an aggregation, or alone) or a
+    ``join_stream`` (followed by nothing, a window, or a ``.process``), and its input."""
+    if draw(st.booleans()):
+        return draw(process_declarations()), draw(engine_inputs())
+    return draw(join_declarations()), draw(join_inputs())
+
+
+@settings(max_examples=120, deadline=None)
+@given(run=_stateful_runs(), data=st.data())
+def test_process_and_join_state_reopened_at_its_checkpoint_goes_on_like_a_task_that_never_stopped(
+    state_dir: Path, run: tuple[Segment, list[Batch | EngineTick]], data: st.DataObject
+) -> None:
+    """The same with ``.process`` keys and timers, and a join's buffered and pending events
+    (the first in the store, the others in memory, their records kept beside it): a worker
+    checkpoints after some steps and is killed later; the next reopens its store, replays the
+    changelog after the checkpoint, and from then on emits and logs what a worker that never
+    stopped (state in memory) does, with the same keys, timers and buffered events."""
+    segment, items = run
+    marked = data.draw(st.integers(0, len(items)))
+    killed = data.draw(st.integers(marked, len(items)))
+    compiled = compile_segment(segment, spilled=True)
+    name = uuid.uuid4().hex
+
+    def adopted(store: RocksStore) -> tuple[SegmentTask, LocalState]:
+        task = SegmentTask(compiled, idle_timeout_ms=7, tables={"products": TABLE}, store=store)
+        return task, _local(store, task)
+
+    never = Engine(segment)
+    twin_store = open_store(state_dir, "app", name)
+    task, twin_local = adopted(twin_store)
+    task.finish_restore()
+    twin = Engine(segment, task=task)
+    log = Log()
+    for item in items[:marked]:
+        records = _step(never, item)
+        assert _step(twin, item) == records
+        log.write(records, twin_local)
+    checkpointed = twin_local.write_checkpoint()
+    assert checkpointed == bool(log.records)
+    twin_store.close()
+    for item in items[marked:killed]:
+        log.write(_step(never, item))
+
+    store = open_store(state_dir, "app", name)
+    task, local = adopted(store)
+    replayed = log.restore(local, task)
+    if checkpointed:
+        assert replayed == len(log.records) - _offset(store) + 1
+    else:
+        assert replayed == len(log.records)
+    task.finish_restore()
+    restarted = Engine(segment, task=task)
+    restarted.seen, restarted.index_of = never.seen, dict(never.index_of)
+    marks, restarted_marks = _marks(never), _marks(restarted)
+    assert _sizes(restarted.task) == _sizes(never.task)
+    for item in items[killed:]:
+        assert _step(restarted, item) == _step(never, item)
+        assert _sizes(restarted.task) == _sizes(never.task)
+    flush_finals(never)
+    flush_finals(restarted)
+    assert _since(restarted, restarted_marks) == _since(never, marks)
+    store.close()
