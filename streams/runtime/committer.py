@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -89,6 +90,9 @@ class Batch:
         self._make = make
         self.task_of = task_of
         self.by_tp: dict[TopicPartition, tuple[BatchSender, BatchSender]] = {}
+        # When the committer saw its last outputs acknowledged (time.monotonic()): the end of
+        # its produce phase (streams_batch_phase_seconds).
+        self.produced = 0.0
 
     def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
         """``tp``'s task's outputs and changelog senders in this batch."""
@@ -164,6 +168,7 @@ class AtLeastOnce(_Committer):
         outputs, changelog = next(iter(batch.by_tp.values()))
         try:
             await self._backpressure.wait(outputs.flush())
+            batch.produced = time.monotonic()
         except KafkaError as exc:
             if isinstance(exc, Refused):
                 self.refused = exc
@@ -320,17 +325,17 @@ class ExactlyOnce(_Committer):
         gone = {task for task in by_task if task not in self.producers}
         tasks = [task for task in by_task if task not in gone]
         results = await asyncio.gather(
-            *(self._commit(task, batch.senders(task)[0], by_task[task]) for task in tasks)
+            *(self._commit(task, batch, by_task[task]) for task in tasks)
         )
         failed = gone | {task for task, ok in zip(tasks, results, strict=True) if not ok}
         return failed | {tp for task in failed for tp in by_task[task]}
 
     async def _commit(
-        self, tp: TopicPartition, sender: BatchSender, offsets: dict[TopicPartition, int]
+        self, tp: TopicPartition, batch: Batch, offsets: dict[TopicPartition, int]
     ) -> bool:
         producer = self.producers[tp]
         try:
-            await asyncio.wait_for(self._transaction(producer, sender, offsets), TXN_TIMEOUT_S)
+            await asyncio.wait_for(self._transaction(producer, batch, tp, offsets), TXN_TIMEOUT_S)
         except Exception as exc:
             if isinstance(exc, Refused):
                 self.refused = exc
@@ -364,13 +369,15 @@ class ExactlyOnce(_Committer):
     async def _transaction(
         self,
         producer: AIOKafkaProducer,
-        sender: BatchSender,
+        batch: Batch,
+        tp: TopicPartition,
         offsets: dict[TopicPartition, int],
     ) -> None:
         await producer.begin_transaction()
         # A refused batch raises before the commit: the transaction is abandoned (the next
         # producer of the transactional id aborts it), never committed with a hole in it.
-        await self._backpressure.wait(sender.flush())
+        await self._backpressure.wait(batch.senders(tp)[0].flush())
+        batch.produced = max(batch.produced, time.monotonic())
         if offsets:
             await producer.send_offsets_to_transaction(offsets, self.settings.app_id)
         await producer.commit_transaction()

@@ -75,6 +75,10 @@ class _OpenBatch:
         self.consumed: dict[str, int] = {}
         self.fetches = 0
         self.newest_append = 0
+        # The age of its first fetch's oldest record when the loop took it (ms), and the
+        # loop's time spent on it (s): its fetch_wait and process phases.
+        self.fetch_wait_ms = -1
+        self.busy = 0.0
 
     @property
     def records(self) -> int:
@@ -413,6 +417,7 @@ class Worker:
         two, and the commit (offsets; under exactly_once, one transaction per partition) is
         paid once. Otherwise (caught up, or nearly: latency matters) it commits at once.
         """
+        started = time.monotonic()
         wall = now_ms()
         committer = self._committer
         collector = self._collector
@@ -421,6 +426,9 @@ class Worker:
         open_ = self._open
         if open_ is None:
             open_ = self._open = _OpenBatch(committer.batch())
+        if open_.fetch_wait_ms < 0:
+            oldest = min((r[0].timestamp for r in batches.values() if r), default=wall)
+            open_.fetch_wait_ms = max(0, wall - oldest)
         batch = open_.batch
         offsets = open_.offsets
         consumed = open_.consumed
@@ -444,6 +452,7 @@ class Worker:
         if self._joins:
             await self._drain_joins(batch, wall, {tp.partition for tp in batches})
         open_.fetches += 1
+        open_.busy += time.monotonic() - started
         behind = self._behind(batches)
         if (
             not behind
@@ -525,16 +534,20 @@ class Worker:
         batch = open_.batch
         offsets = open_.offsets
         active = self.tasks.active
+        draining = time.monotonic()
         for tp, end in offsets.items():
             task = active.get(tp)
             if task is not None:
                 drain_partition(task, end, collector, batch.senders(tp)[1])
+        processed = time.monotonic()
+        busy = open_.busy + processed - draining
+        fetch_wait = open_.fetch_wait_ms / 1000
         started_mono = open_.opened
         consumed = open_.consumed
         newest_append = open_.newest_append
         fetches = open_.fetches
 
-        def committed() -> None:
+        def committed(commit_started: float) -> None:
             self.uncommitted.committed(offsets)
             self.last_work = time.monotonic()
             self._update_state_gauges()
@@ -553,25 +566,37 @@ class Worker:
             if newest_append:
                 latency = max(0.0, (now_ms() - newest_append) / 1000)
                 m.emit_latency.labels("append").observe(latency)
+            phase = m.batch_phase
+            produced = batch.produced or commit_started
+            if fetch_wait >= 0:
+                phase.labels("fetch_wait").observe(fetch_wait)
+            phase.labels("process").observe(busy)
+            phase.labels("queue").observe(commit_started - processed)
+            phase.labels("produce").observe(produced - commit_started)
+            phase.labels("commit").observe(time.monotonic() - produced)
 
         await self._submit(batch, offsets, committed)
 
     async def _submit(
-        self, batch: Batch, offsets: dict[TopicPartition, int], committed: Callable[[], None]
+        self,
+        batch: Batch,
+        offsets: dict[TopicPartition, int],
+        committed: Callable[[float], None],
     ) -> None:
         """Commit ``batch`` once the one before it is committed, without waiting for it: the
         loop fetches and processes the next batch meanwhile (its I/O overlaps that work).
         A batch processed on state that its predecessor's failed commit voided is dropped:
-        the replay re-reads its input."""
+        the replay re-reads its input. ``committed`` hears when its commit started."""
         if not await self._settle():
             return
         committer = self._committer
         assert committer is not None
 
         async def commit() -> set[TopicPartition]:
+            started = time.monotonic()
             failed = await committer.commit(batch, offsets, lambda: self.health.stopping)
             if not failed:
-                committed()
+                committed(started)
             return failed | (set(batch.by_tp) if failed else set())
 
         self._inflight = asyncio.ensure_future(commit())
@@ -707,7 +732,7 @@ class Worker:
                 if open_ is None or tp not in open_.offsets:
                     produced |= collector.changelog(changelog, segment, tp.partition) > 0
         if produced and open_ is None:
-            await self._submit(batch, {}, self._update_state_gauges)
+            await self._submit(batch, {}, lambda _: self._update_state_gauges())
 
     async def _idle_for(self, seconds: float) -> bool:
         """True when assigned, caught up, every window emitted, and nothing was consumed or

@@ -144,3 +144,29 @@ async def test_a_long_restore_keeps_polling_and_gives_way_to_a_revocation(
         assert log.readers[-1].fetched == 1_000
         assert TP not in consumer.paused
         assert worker.health.ready()
+
+
+def _phase_counts(worker: Worker) -> dict[str, float]:
+    return {
+        sample.labels["phase"]: sample.value
+        for family in worker.metrics.registry.collect()
+        if family.name == "streams_batch_phase_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_count")
+    }
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_each_committed_batch_reports_where_its_time_went(
+    monkeypatch: pytest.MonkeyPatch, guarantee: str
+) -> None:
+    worker = fake_worker(monkeypatch, FakeLog(), guarantee=guarantee)
+    consumer = consumer_of(worker)
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: TP in worker.tasks.active, "the partition adopted")
+        consumer.deliver({TP: [Rec(0, b"u1", b"not json"), Rec(1, b"u1", b"not json")]})
+        await until(lambda: not _alive(run) or worker.stats.consumed == 2, "the batch committed")
+    assert _phase_counts(worker) == dict.fromkeys(
+        ("fetch_wait", "process", "queue", "produce", "commit"), 1.0
+    )
