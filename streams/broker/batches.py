@@ -275,11 +275,15 @@ class BatchSender:
             await self._submit(topic, partition, batch, kept)
 
     async def send_all(self) -> None:
-        """Send every batch, full or not, without waiting for acknowledgements."""
+        """Send every batch, full or not, now, without waiting for acknowledgements."""
         await self.send_full()
         open_batches, self._open = self._open, {}
         for (topic, partition), (batch, kept) in open_batches.items():
             if batch.record_count():
+                # Closed, it goes out at once: aiokafka holds an open batch for the producer's
+                # linger (5 ms) waiting for records nobody will add; an at_least_once commit
+                # waited twice, outputs then changelog (docs/decisions/0019-latency.md).
+                batch.close()
                 await self._submit(topic, partition, batch, kept)
 
     async def flush(self) -> None:

@@ -4,10 +4,12 @@ client's) murmur2, and ``BatchSender.extend`` against record-by-record ``append`
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2 as reference_murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder, MessageBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +96,29 @@ def test_extend_without_timestamps_keeps_pairs(producer: AIOKafkaProducer) -> No
     kept += sender._open[("changelog", 4)][1]
     assert [fields(r)[:2] for r in kept] == pairs
     assert all(fields(r)[2] is None for r in kept)
+
+
+async def test_a_flush_sends_its_batches_without_the_producers_linger() -> None:
+    class Producer:
+        """Keeps what is sent; a batch as aiokafka's accumulator would hold it."""
+
+        def __init__(self) -> None:
+            self.queued: list[MessageBatch] = []
+
+        def create_batch(self) -> BatchBuilder:
+            return BatchBuilder(1 << 16, 0, is_transactional=False)
+
+        async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
+            self.queued.append(MessageBatch(TopicPartition(topic, partition), batch, 30, 0.005))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    producer = Producer()
+    sender = BatchSender(producer)  # type: ignore[arg-type]
+    sender.append("out", 0, b"k", b"v")
+    sender.extend("out", 1, [(b"k", b"v")])
+    await sender.flush()
+    assert len(producer.queued) == 2
+    # Ready to send now: an open batch would wait 5 ms for more records first.
+    assert [batch.remaining_linger() for batch in producer.queued] == [None, None]
