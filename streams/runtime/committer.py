@@ -90,8 +90,9 @@ class Batch:
         self._make = make
         self.task_of = task_of
         self.by_tp: dict[TopicPartition, tuple[BatchSender, BatchSender]] = {}
-        # When the committer saw its last outputs acknowledged (time.monotonic()): the end of
-        # its produce phase (streams_batch_phase_seconds).
+        # When its outputs began to go and when the last of them was acknowledged
+        # (time.monotonic()): its produce phase (streams_batch_phase_seconds).
+        self.sent = 0.0
         self.produced = 0.0
 
     def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
@@ -151,6 +152,16 @@ class AtLeastOnce(_Committer):
         outputs = BatchSender(producer, limits=self.limits)
         changelog = BatchSender(producer, limits=self.limits, retain=True)
         return Batch(lambda tp: (outputs, changelog), self.task_of)
+
+    async def send(self, batch: Batch) -> None:
+        """Send the batch's outputs now, before the batch before it is committed: only its
+        changelog must wait for that (and for these outputs' acknowledgement), its offsets
+        for its changelog. Outputs of a batch whose predecessor then fails are repeated by
+        the replay: duplicates, which at_least_once allows; none is lost."""
+        if batch.by_tp:
+            batch.sent = time.monotonic()
+            outputs, _ = next(iter(batch.by_tp.values()))
+            await outputs.send_all()
 
     async def open(self, tps: set[TopicPartition]) -> None:
         """Nothing to do per partition."""
@@ -298,6 +309,10 @@ class ExactlyOnce(_Committer):
             if producer is not None:
                 await stop_within(producer, CLOSE_TIMEOUT_S)
 
+    async def send(self, batch: Batch) -> None:
+        """Nothing before the commit: a task's producer is in the previous batch's
+        transaction until that one is committed."""
+
     def batch(self) -> Batch:
         """A new batch: outputs and changelog of each partition share its transaction."""
 
@@ -374,10 +389,15 @@ class ExactlyOnce(_Committer):
         offsets: dict[TopicPartition, int],
     ) -> None:
         await producer.begin_transaction()
+        batch.sent = batch.sent or time.monotonic()
         # A refused batch raises before the commit: the transaction is abandoned (the next
         # producer of the transactional id aborts it), never committed with a hole in it.
         await self._backpressure.wait(batch.senders(tp)[0].flush())
         batch.produced = max(batch.produced, time.monotonic())
+        # The offsets join after the records are acknowledged, not beside them: sooner, the
+        # group coordinator refuses them while the task's previous transaction is still being
+        # completed (COORDINATOR_NOT_AVAILABLE, which aiokafka retries after 100 ms; measured,
+        # docs/decisions/0019-latency.md).
         if offsets:
             await producer.send_offsets_to_transaction(offsets, self.settings.app_id)
         await producer.commit_transaction()

@@ -136,8 +136,10 @@ class WorkerMetrics:
             "when the poll loop took it: broker append or producer time), process (the loop "
             "running it through the tasks, changelog drain included), queue (processed until "
             "its commit starts: the previous batch's commit in flight), produce (its outputs "
-            "sent until acknowledged; exactly_once: from the transaction's start), commit "
-            "(then until committed: changelog and offsets; exactly_once: the transaction's end).",
+            "sent until acknowledged: at_least_once sends them when the batch is processed, "
+            "so this overlaps queue; exactly_once from its transaction's start), commit (its "
+            "commit's start or its outputs' acknowledgement, the later, until committed: "
+            "changelog and offsets; exactly_once: the transaction's end).",
             ["phase"],
             buckets=_PHASE_BUCKETS,
             registry=r,

@@ -572,8 +572,8 @@ class Worker:
                 phase.labels("fetch_wait").observe(fetch_wait)
             phase.labels("process").observe(busy)
             phase.labels("queue").observe(commit_started - processed)
-            phase.labels("produce").observe(produced - commit_started)
-            phase.labels("commit").observe(time.monotonic() - produced)
+            phase.labels("produce").observe(produced - (batch.sent or commit_started))
+            phase.labels("commit").observe(time.monotonic() - max(produced, commit_started))
 
         await self._submit(batch, offsets, committed)
 
@@ -586,11 +586,15 @@ class Worker:
         """Commit ``batch`` once the one before it is committed, without waiting for it: the
         loop fetches and processes the next batch meanwhile (its I/O overlaps that work).
         A batch processed on state that its predecessor's failed commit voided is dropped:
-        the replay re-reads its input. ``committed`` hears when its commit started."""
-        if not await self._settle():
-            return
+        the replay re-reads its input. ``committed`` hears when its commit started.
+
+        What the guarantee lets go before the previous batch is committed leaves first
+        (at_least_once: the outputs), so a commit in flight does not hold it back."""
         committer = self._committer
         assert committer is not None
+        await committer.send(batch)
+        if not await self._settle():
+            return
 
         async def commit() -> set[TopicPartition]:
             started = time.monotonic()

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from aiokafka import TopicPartition
 
-from streams.runtime.committer import ExactlyOnce
+from streams.runtime.committer import AtLeastOnce, ExactlyOnce
 from streams.runtime.worker import Worker
 from tests.unit.runtime.fakes import (
     CHANGELOG,
@@ -170,3 +170,32 @@ async def test_each_committed_batch_reports_where_its_time_went(
     assert _phase_counts(worker) == dict.fromkeys(
         ("fetch_wait", "process", "queue", "produce", "commit"), 1.0
     )
+
+
+async def test_at_least_once_sends_a_batchs_outputs_while_the_one_before_commits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = fake_worker(monkeypatch, FakeLog(), guarantee="at_least_once")
+    consumer = consumer_of(worker)
+    committer = worker._committer
+    assert isinstance(committer, AtLeastOnce)
+    producer = committer.producer
+    assert isinstance(producer, FakeProducer)
+    dlq = worker._dlq_of_input[INPUT]
+    consumer.held_commits = asyncio.Event()
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: TP in worker.tasks.active, "the partition adopted")
+        # Each fetch's one record is a dead letter: an output of its batch. The second fetch
+        # comes back once the first batch's commit is under way.
+        consumer.deliver({TP: [Rec(0, b"u1", b"not json")]})
+        consumer.deliver(
+            {TP: [Rec(1, b"u1", b"not json")]}, after=lambda: producer.sent.count((dlq, 0)) == 1
+        )
+        # The first batch's offsets are not committed yet: the second batch's output left
+        # anyway, while its changelog and offsets wait for the first batch's.
+        await until(lambda: producer.sent.count((dlq, 0)) == 2, "the second batch's output")
+        assert consumer.commits == []
+        consumer.held_commits.set()
+        await until(lambda: not _alive(run) or len(consumer.commits) == 2, "both committed")
+    assert consumer.commits == [{TP: 1}, {TP: 2}]
