@@ -94,6 +94,8 @@ class Batch:
         # (time.monotonic()): its produce phase (streams_batch_phase_seconds).
         self.sent = 0.0
         self.produced = 0.0
+        # Sending its outputs before its commit failed (at_least_once): so does its commit.
+        self.unsent: KafkaError | None = None
 
     def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
         """``tp``'s task's outputs and changelog senders in this batch."""
@@ -161,7 +163,11 @@ class AtLeastOnce(_Committer):
         if batch.by_tp:
             batch.sent = time.monotonic()
             outputs, _ = next(iter(batch.by_tp.values()))
-            await outputs.send_all()
+            try:
+                await outputs.send_all()
+            except KafkaError as exc:
+                # Some may not have left: the commit fails (a replay), as if its flush had.
+                batch.unsent = exc
 
     async def open(self, tps: set[TopicPartition]) -> None:
         """Nothing to do per partition."""
@@ -178,6 +184,8 @@ class AtLeastOnce(_Committer):
             return set()
         outputs, changelog = next(iter(batch.by_tp.values()))
         try:
+            if batch.unsent is not None:
+                raise batch.unsent
             await self._backpressure.wait(outputs.flush())
             batch.produced = time.monotonic()
         except KafkaError as exc:

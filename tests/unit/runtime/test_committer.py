@@ -5,9 +5,11 @@ committed (and only those) are reported for the repartition purge."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
 from streams.config import KafkaSettings, Settings
 from streams.runtime import committer as committer_module
@@ -91,3 +93,23 @@ async def test_offsets_committed_at_least_once_are_reported() -> None:
     batch.senders(TP)[0].append("out", 0, b"k", b"v")
     assert await committer.commit(batch, {TP: 9}, lambda: False) == set()
     assert reported == [{TP: 7}]
+
+
+async def test_outputs_that_could_not_be_sent_before_the_commit_fail_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Refusing(FakeProducer):
+        async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+            raise KafkaTimeoutError()
+
+    monkeypatch.setattr(committer_module, "make_producer", make_producer)
+    consumer = FakeConsumer(FakeLog())
+    consumer.assigned = {TP}
+    committer = AtLeastOnce(_settings(), consumer, WorkerMetrics(), {}, _ignore)  # type: ignore[arg-type]
+    committer.producer = Refusing()  # type: ignore[assignment]
+    batch = committer.batch()
+    batch.senders(TP)[0].append("out", 0, b"k", b"v")
+    await committer.send(batch)  # the loop goes on; the commit reports it
+    assert await committer.commit(batch, {TP: 1}, lambda: False) == {TP}
+    assert consumer.commits == []
+    assert not isinstance(committer.producer, Refusing)  # a new producer for the replay
