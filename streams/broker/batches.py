@@ -315,6 +315,13 @@ class BatchSender:
         if self._retained is not None:
             self._retained = []
 
+    def abandon(self) -> None:
+        """Give up on the batches sent and not flushed (their records are produced again
+        elsewhere): their outcomes, a failure included, are of no further interest."""
+        pending, self._pending = self._pending, []
+        for future, _, _, _ in pending:
+            future.add_done_callback(_seen)
+
     def unacked(self) -> list[tuple[str, int, Record]]:
         """With ``retain``: the records appended since the last successful flush."""
         assert self._retained is not None, "a BatchSender(retain=True) keeps them"
@@ -337,6 +344,13 @@ class BatchSender:
                 break
         future = await self._producer.send_batch(batch, topic, partition=partition)
         self._pending.append((future, topic, partition, kept))
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Retrieve a finished future's outcome, so that asyncio does not report its error as
+    never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Refused(KafkaError):

@@ -110,6 +110,13 @@ class Batch:
         pair = self.by_tp.get(self.task_of(tp))
         return pair is not None and bool(pair[0].records or pair[1].records)
 
+    def abandon(self) -> None:
+        """The batch will not be committed (a failure before it voided it; the replay
+        produces its records again): what it sent already is of no further interest."""
+        for outputs, changelog in self.by_tp.values():
+            outputs.abandon()
+            changelog.abandon()
+
 
 class _Committer:
     """What both guarantees share: settings, consumer, metrics, the topics' size limits;

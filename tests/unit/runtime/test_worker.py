@@ -199,3 +199,31 @@ async def test_at_least_once_sends_a_batchs_outputs_while_the_one_before_commits
         consumer.held_commits.set()
         await until(lambda: not _alive(run) or len(consumer.commits) == 2, "both committed")
     assert consumer.commits == [{TP: 1}, {TP: 2}]
+
+
+async def test_fetches_taken_while_a_commit_is_under_way_commit_together_when_it_lands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = fake_worker(monkeypatch, FakeLog(), guarantee="at_least_once")
+    consumer = consumer_of(worker)
+    consumer.held_commits = asyncio.Event()
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: TP in worker.tasks.active, "the partition adopted")
+        consumer.deliver({TP: [Rec(0, b"u1", b"not json")]})
+        await until(lambda: worker._committing(), "the first batch's commit under way")
+        # The loop does not wait for that commit: it takes the next fetches meanwhile, into
+        # one batch.
+        consumer.deliver({TP: [Rec(1, b"u1", b"not json")]})
+        consumer.deliver({TP: [Rec(2, b"u1", b"not json")]})
+        await until(lambda: not consumer.fetches, "both fetches taken")
+        await until(lambda: worker._processed == 3, "both fetches processed")
+        assert consumer.commits == []
+        open_ = worker._open
+        assert open_ is not None
+        assert open_.fetches == 2
+        # The commit lands: the batch that waited for it is committed at once, with no
+        # further fetch to prompt it.
+        consumer.held_commits.set()
+        await until(lambda: not _alive(run) or len(consumer.commits) == 2, "both committed")
+    assert consumer.commits == [{TP: 1}, {TP: 3}]
