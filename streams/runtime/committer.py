@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams import compat
 from streams.broker.admin import start_client, stop_within
 from streams.broker.batches import BatchSender, Refused
 from streams.config import Settings
@@ -294,6 +295,7 @@ class ExactlyOnce(_Committer):
 
     async def start(self) -> None:
         """Producers start per partition, when it is adopted."""
+        compat.quick_transaction_retry()
 
     def transactional_id(self, tp: TopicPartition) -> str:
         """``<app id>-<topic>-<partition>``: stable per input partition, so the next owner
