@@ -1,6 +1,6 @@
 """Every use of another library's private internals, and the start-up check that they exist.
 
-Three measured speed-ups reach past a library's public API (docs/BENCHMARKS.md):
+Four measured speed-ups reach past a library's public API (docs/BENCHMARKS.md):
 
 - aiokafka's fetcher hands out its parsed C records, taken batch by batch, instead of one
   ``ConsumerRecord`` per record (:func:`use_raw_records`, for the consumers that
@@ -9,6 +9,8 @@ Three measured speed-ups reach past a library's public API (docs/BENCHMARKS.md):
   sized below the producer's own size (:func:`raw_builder`, :func:`sized_batch`);
 - prometheus-client takes many equal observations of a histogram in one step
   (:func:`observe_many`);
+- aiokafka retries a transaction that the broker finds still busy with the one before it
+  after 5 ms instead of 20 (:func:`quick_transaction_retry`);
 
 and the lag collector sends requests through the admin client's own client
 (:func:`admin_connection`). Such internals change without notice, so ``pyproject.toml``
@@ -83,6 +85,7 @@ _AIOKAFKA: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
         ("_builder", "_relative_offset", "close"),
     ),
     ("aiokafka.admin.client", "AIOKafkaAdminClient", ("_client",)),
+    ("aiokafka.producer.sender", None, ("BACKOFF_OVERRIDE",)),
 )
 
 
@@ -341,6 +344,24 @@ def raw_builder(batch: Any) -> tuple[Any, int]:
 def appended(batch: Any, count: int) -> None:
     """The batch's C builder now holds ``count`` records (see :func:`raw_builder`)."""
     batch._relative_offset = count
+
+
+# -- aiokafka: transactions ---------------------------------------------------------------
+
+# A transaction's first AddPartitionsToTxn that the broker answers CONCURRENT_TRANSACTIONS
+# (the producer's previous transaction is committed, its markers not all written yet) is
+# retried after this long; aiokafka's own value is 20 ms (Kafka's KAFKA-5477).
+TRANSACTION_RETRY_S = 0.005
+
+
+def quick_transaction_retry() -> None:
+    """Retry the first partitions of a transaction after :data:`TRANSACTION_RETRY_S` when
+    the one before it is still completing. An exactly_once worker begins a task's next
+    transaction as soon as the last one is committed, and the markers of that one take a
+    few milliseconds: 20 ms per such retry was a fifth of its latency's tail (measured,
+    docs/decisions/0019-latency.md)."""
+    sender: Any = import_module("aiokafka.producer.sender")
+    sender.BACKOFF_OVERRIDE = TRANSACTION_RETRY_S
 
 
 # -- aiokafka: the admin client's connection ------------------------------------------------

@@ -57,6 +57,14 @@ PIPELINES = (
     "pipeline-join-stream",
     "pipeline-sliding",
 )
+# A latency rate of half the median pipeline-alo of the run (the worker's maximum rate).
+HALF = "half"
+# The rows of the latency scenario at each rate: the echo floor, then both guarantees.
+LATENCY_RUNS = (
+    ("echo", {"scenario": "echo"}),
+    ("alo", {"scenario": "latency", "guarantee": "at_least_once"}),
+    ("eos", {"scenario": "latency", "guarantee": "exactly_once"}),
+)
 
 
 @dataclass
@@ -69,7 +77,8 @@ class BenchConfig:
     scenarios: tuple[str, ...] = ALL_SCENARIOS
     faust_events: int = 100_000
     latency_seconds: float = 15.0
-    latency_rate: float | None = None
+    # Events/s of the latency runs: numbers, or HALF (half the run's median pipeline-alo).
+    latency_rates: tuple[float | str, ...] = (HALF,)
     users: int = 100_000
     rounds: int = 1
     # pipeline-alo again through `streams worker --processes N`, once per N here (rows
@@ -239,23 +248,41 @@ async def run_bench(
             args = {**base, "scenario": "limit", "app_id": f"bench-{run_id}-limit-again-{round_}"}
             results.append(_row("limit-again", run_scenario(args, timeout_s=1800), round_))
     if "latency" in config.scenarios:
-        alo = [r.events_per_second for r in results if r.scenario == "pipeline-alo"]
-        rate = config.latency_rate or (statistics.median(alo) / 2 if alo else 5_000.0)
-        progress(f"running latency at {rate:,.0f} events/s")
-        args = {
-            **base,
-            "scenario": "latency",
-            "app_id": f"bench-{run_id}-latency",
-            "rate": rate,
-            "seconds": config.latency_seconds,
-            "guarantee": "at_least_once",
-        }
-        results.append(_row("latency", run_scenario(args, timeout_s=600), config.rounds))
+        if HALF in config.latency_rates and not any(r.scenario == "pipeline-alo" for r in results):
+            progress("running pipeline-alo once: the half-rate latency runs need its rate")
+            args = {**base, **plans["pipeline-alo"], "app_id": f"bench-{run_id}-alo-for-half"}
+            results.append(_row("pipeline-alo", run_scenario(args, timeout_s=1800), config.rounds))
+        for rate, label in _latency_rates(config.latency_rates, results):
+            for kind, plan in LATENCY_RUNS:
+                name = f"latency-{kind}-{label}"
+                progress(f"running {name} at {rate:,.0f} events/s")
+                args = {
+                    **base,
+                    **plan,
+                    "app_id": f"bench-{run_id}-{name}",
+                    "rate": rate,
+                    "seconds": config.latency_seconds,
+                }
+                results.append(_row(name, run_scenario(args, timeout_s=600), config.rounds))
     if "state" in config.scenarios:
         progress(f"running state: a worker holding {config.events:,} distinct keys")
         args = {**base, "scenario": "state", "app_id": f"bench-{run_id}-state"}
         results.append(_row("state", run_scenario(args, timeout_s=1800), config.rounds))
     return results
+
+
+def _latency_rates(
+    rates: tuple[float | str, ...], results: list[BenchResult]
+) -> list[tuple[float, str]]:
+    """Each latency rate in events/s with the label of its rows (``2000``, ``half``)."""
+    out = []
+    for rate in rates:
+        if rate == HALF:
+            alo = [r.events_per_second for r in results if r.scenario == "pipeline-alo"]
+            out.append((statistics.median(alo) / 2, HALF))
+        else:
+            out.append((float(rate), f"{float(rate):g}"))
+    return out
 
 
 def summarise(results: list[BenchResult]) -> list[dict[str, Any]]:

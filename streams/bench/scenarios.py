@@ -336,106 +336,17 @@ def _faust_watchdog(
 
 
 async def latency(args: Args) -> dict[str, Any]:
-    """Append-to-output latency in update mode at a fixed input rate.
+    """The reference app's append-to-output latency (:func:`streams.bench.latency.latency`)."""
+    from streams.bench import latency as scenario
 
-    Input and output topics use broker append time, so both ends of each latency are stamped
-    by the broker. An event's latency is from its append to the append of the first update of
-    its (key, window) whose count includes it.
-    """
-    from streams.broker.admin import TopicSpec, ensure_topics
-    from streams.broker.reading import read_topic
-    from streams.worker.app import create_worker
+    return await scenario.latency(args)
 
-    kafka = _kafka(args)
-    app_id, parts, rate = args["app_id"], args["partitions"], args["rate"]
-    total = int(rate * args["seconds"])
-    log_append = {"message.timestamp.type": "LogAppendTime"}
-    topics = [f"{app_id}-in", f"{app_id}-aggregates"]
-    await ensure_topics(kafka, [TopicSpec(t, parts, log_append) for t in topics])
-    settings = Settings.from_env(
-        {
-            **_kafka_env(args),
-            "STREAMS_APP_ID": app_id,
-            "STREAMS_INPUT_TOPIC": topics[0],
-            "STREAMS_OUTPUT_TOPIC": topics[1],
-            "STREAMS_DLQ_TOPIC": f"{app_id}-dlq",
-            "STREAMS_LATE_TOPIC": f"{app_id}-late",
-            "STREAMS_PARTITIONS": str(parts),
-            "STREAMS_EMIT": "updates",
-            "STREAMS_GUARANTEE": args["guarantee"],
-        }
-    )
-    worker = create_worker(settings)
-    await worker.start()
-    running = asyncio.ensure_future(worker.run(stop_after=total))
-    await asyncio.wait_for(worker.assigned.wait(), timeout=60)
-    # The publisher runs in its own process, as a real producer would: it must not share the
-    # worker's event loop or CPU time slice.
-    publisher = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "streams",
-        "generate",
-        "--count",
-        str(total),
-        "--rate",
-        str(rate),
-        "--start-ts",
-        "now",
-        "--seed",
-        "3",
-        "--topic",
-        topics[0],
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": args["bootstrap"]},
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    if await publisher.wait() != 0:
-        raise RuntimeError("the latency publisher failed")
-    await asyncio.wait_for(running, timeout=120)
-    await worker.stop()
 
-    size = settings.window_size_ms
-    appended: dict[tuple[str, int], list[int]] = {}
-    input_bytes = 0
-    for records in (await read_topic(kafka, topics[0])).values():
-        for record in records:
-            input_bytes += len(record.value)
-            event = orjson.loads(record.value)
-            key = (event["user_id"], event["ts"] - event["ts"] % size)
-            appended.setdefault(key, []).append(record.timestamp)
-    latencies: list[int] = []
-    covered: dict[tuple[str, int], int] = {}
-    updates = [
-        (orjson.loads(r.value), r.timestamp)
-        for records in (await read_topic(kafka, topics[1])).values()
-        for r in records
-    ]
-    for value, out_ts in sorted(
-        updates, key=lambda u: (u[0]["key"], u[0]["window_start"], u[0]["count"])
-    ):
-        key = (value["key"], value["window_start"])
-        done = covered.get(key, 0)
-        latencies.extend(out_ts - t for t in appended.get(key, [])[done : value["count"]])
-        covered[key] = max(done, value["count"])
-    latencies.sort()
+async def echo(args: Args) -> dict[str, Any]:
+    """The latency floor: a plain consume -> produce echo (:func:`streams.bench.latency.echo`)."""
+    from streams.bench import latency as scenario
 
-    def pct(q: float) -> float:
-        return (
-            float(latencies[min(len(latencies) - 1, int(q * len(latencies)))])
-            if latencies
-            else -1.0
-        )
-
-    return {
-        "events": total,
-        "seconds": args["seconds"],
-        "bytes": input_bytes,
-        "rate": rate,
-        "measured": len(latencies),
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "max_ms": float(latencies[-1]) if latencies else -1.0,
-    }
+    return await scenario.echo(args)
 
 
 def state(args: Args) -> dict[str, Any]:
@@ -448,6 +359,7 @@ def state(args: Args) -> dict[str, Any]:
 SCENARIOS: dict[str, Callable[[Args], Any]] = {
     "state": state,
     "latency": latency,
+    "echo": echo,
     "limit": limit,
     "decode": decode,
     "pipeline": pipeline,

@@ -288,11 +288,15 @@ class BatchSender:
             await self._submit(topic, partition, batch, kept)
 
     async def send_all(self) -> None:
-        """Send every batch, full or not, without waiting for acknowledgements."""
+        """Send every batch, full or not, now, without waiting for acknowledgements."""
         await self.send_full()
         open_batches, self._open = self._open, {}
         for (topic, partition), (batch, kept) in open_batches.items():
             if batch.record_count():
+                # Closed, it goes out at once: aiokafka holds an open batch for the producer's
+                # linger (5 ms) waiting for records nobody will add; an at_least_once commit
+                # waited twice, outputs then changelog (docs/decisions/0019-latency.md).
+                batch.close()
                 await self._submit(topic, partition, batch, kept)
 
     async def flush(self) -> None:
@@ -325,6 +329,13 @@ class BatchSender:
             self._note_ack(topic, partition, kept, result)
         if self._retained is not None:
             self._retained = []
+
+    def abandon(self) -> None:
+        """Give up on the batches sent and not flushed (their records are produced again
+        elsewhere): their outcomes, a failure included, are of no further interest."""
+        pending, self._pending = self._pending, []
+        for future, _, _, _ in pending:
+            future.add_done_callback(_seen)
 
     def unacked(self) -> list[tuple[str, int, Record]]:
         """With ``retain``: the records appended since the last successful flush."""
@@ -364,6 +375,13 @@ class BatchSender:
             self._note_ack(oldest[1], oldest[2], oldest[3], metadata)
         future = await self._producer.send_batch(batch, topic, partition=partition)
         self._pending.append((future, topic, partition, kept))
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """Retrieve a finished future's outcome, so that asyncio does not report its error as
+    never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Refused(KafkaError):

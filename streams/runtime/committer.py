@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams import compat
 from streams.broker.admin import start_client, stop_within
 from streams.broker.batches import Acked, BatchSender, Refused
 from streams.config import Settings
@@ -91,6 +93,12 @@ class Batch:
         self._make = make
         self.task_of = task_of
         self.by_tp: dict[TopicPartition, tuple[BatchSender, BatchSender]] = {}
+        # When its outputs began to go and when the last of them was acknowledged
+        # (time.monotonic()): its produce phase (streams_batch_phase_seconds).
+        self.sent = 0.0
+        self.produced = 0.0
+        # Sending its outputs before its commit failed (at_least_once): so does its commit.
+        self.unsent: KafkaError | None = None
 
     def senders(self, tp: TopicPartition) -> tuple[BatchSender, BatchSender]:
         """``tp``'s task's outputs and changelog senders in this batch."""
@@ -104,6 +112,13 @@ class Batch:
         """True when ``tp``'s task appended anything to this batch."""
         pair = self.by_tp.get(self.task_of(tp))
         return pair is not None and bool(pair[0].records or pair[1].records)
+
+    def abandon(self) -> None:
+        """The batch will not be committed (a failure before it voided it; the replay
+        produces its records again): what it sent already is of no further interest."""
+        for outputs, changelog in self.by_tp.values():
+            outputs.abandon()
+            changelog.abandon()
 
 
 Written = Callable[[BatchSender, Mapping[tuple[str, int], Acked]], None]
@@ -161,6 +176,20 @@ class AtLeastOnce(_Committer):
         changelog = BatchSender(producer, limits=self.limits, retain=True)
         return Batch(lambda tp: (outputs, changelog), self.task_of)
 
+    async def send(self, batch: Batch) -> None:
+        """Send the batch's outputs now, before the batch before it is committed: only its
+        changelog must wait for that (and for these outputs' acknowledgement), its offsets
+        for its changelog. Outputs of a batch whose predecessor then fails are repeated by
+        the replay: duplicates, which at_least_once allows; none is lost."""
+        if batch.by_tp:
+            batch.sent = time.monotonic()
+            outputs, _ = next(iter(batch.by_tp.values()))
+            try:
+                await outputs.send_all()
+            except KafkaError as exc:
+                # Some may not have left: the commit fails (a replay), as if its flush had.
+                batch.unsent = exc
+
     async def open(self, tps: set[TopicPartition]) -> None:
         """Nothing to do per partition."""
 
@@ -176,7 +205,10 @@ class AtLeastOnce(_Committer):
             return set()
         outputs, changelog = next(iter(batch.by_tp.values()))
         try:
+            if batch.unsent is not None:
+                raise batch.unsent
             await self._backpressure.wait(outputs.flush())
+            batch.produced = time.monotonic()
         except KafkaError as exc:
             if isinstance(exc, Refused):
                 self.refused = exc
@@ -285,6 +317,7 @@ class ExactlyOnce(_Committer):
 
     async def start(self) -> None:
         """Producers start per partition, when it is adopted."""
+        compat.quick_transaction_retry()
 
     def transactional_id(self, tp: TopicPartition) -> str:
         """``<app id>-<topic>-<partition>``: stable per input partition, so the next owner
@@ -315,6 +348,10 @@ class ExactlyOnce(_Committer):
             if producer is not None:
                 await stop_within(producer, CLOSE_TIMEOUT_S)
 
+    async def send(self, batch: Batch) -> None:
+        """Nothing before the commit: a task's producer is in the previous batch's
+        transaction until that one is committed."""
+
     def batch(self) -> Batch:
         """A new batch: outputs and changelog of each partition share its transaction."""
 
@@ -342,17 +379,17 @@ class ExactlyOnce(_Committer):
         gone = {task for task in by_task if task not in self.producers}
         tasks = [task for task in by_task if task not in gone]
         results = await asyncio.gather(
-            *(self._commit(task, batch.senders(task)[0], by_task[task]) for task in tasks)
+            *(self._commit(task, batch, by_task[task]) for task in tasks)
         )
         failed = gone | {task for task, ok in zip(tasks, results, strict=True) if not ok}
         return failed | {tp for task in failed for tp in by_task[task]}
 
     async def _commit(
-        self, tp: TopicPartition, sender: BatchSender, offsets: dict[TopicPartition, int]
+        self, tp: TopicPartition, batch: Batch, offsets: dict[TopicPartition, int]
     ) -> bool:
         producer = self.producers[tp]
         try:
-            await asyncio.wait_for(self._transaction(producer, sender, offsets), TXN_TIMEOUT_S)
+            await asyncio.wait_for(self._transaction(producer, batch, tp, offsets), TXN_TIMEOUT_S)
         except Exception as exc:
             if isinstance(exc, Refused):
                 self.refused = exc
@@ -379,6 +416,7 @@ class ExactlyOnce(_Committer):
             return False
         self.metrics.transactions.labels("committed").inc()
         self.metrics.commits.inc()
+        sender = batch.senders(tp)[0]
         self.on_written(sender, sender.acked)
         if offsets:
             self.on_committed(offsets)
@@ -387,13 +425,20 @@ class ExactlyOnce(_Committer):
     async def _transaction(
         self,
         producer: AIOKafkaProducer,
-        sender: BatchSender,
+        batch: Batch,
+        tp: TopicPartition,
         offsets: dict[TopicPartition, int],
     ) -> None:
         await producer.begin_transaction()
+        batch.sent = batch.sent or time.monotonic()
         # A refused batch raises before the commit: the transaction is abandoned (the next
         # producer of the transactional id aborts it), never committed with a hole in it.
-        await self._backpressure.wait(sender.flush())
+        await self._backpressure.wait(batch.senders(tp)[0].flush())
+        batch.produced = max(batch.produced, time.monotonic())
+        # The offsets join after the records are acknowledged, not beside them: sooner, the
+        # group coordinator refuses them while the task's previous transaction is still being
+        # completed (COORDINATOR_NOT_AVAILABLE, which aiokafka retries after 100 ms; measured,
+        # docs/decisions/0019-latency.md).
         if offsets:
             await producer.send_offsets_to_transaction(offsets, self.settings.app_id)
         await producer.commit_transaction()

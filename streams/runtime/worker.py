@@ -75,6 +75,15 @@ class _OpenBatch:
         self.consumed: dict[str, int] = {}
         self.fetches = 0
         self.newest_append = 0
+        # The age of its first fetch's oldest record when the loop took it (ms), the loop's
+        # time spent on it (s), and when its first fetch was processed (time.monotonic()):
+        # its fetch_wait and process phases and the start of its queue phase.
+        self.fetch_wait_ms = -1
+        self.busy = 0.0
+        self.ready = 0.0
+        # Kept open only because the commit before it was under way: submitted when that
+        # commit lands (see Worker._process).
+        self.waiting = False
 
     @property
     def records(self) -> int:
@@ -126,6 +135,8 @@ class Worker:
         self._stop_requested = False
         # The commit of the last batch, running while the next one is processed.
         self._inflight: asyncio.Future[set[TopicPartition]] | None = None
+        # Submitting an open batch that waited for that commit, once it landed.
+        self._landing: asyncio.Future[None] | None = None
         # Fetches processed and not submitted yet (while the input is behind, see _process).
         self._open: _OpenBatch | None = None
         self._commit_interval_s = settings.commit_interval_ms / 1000
@@ -303,10 +314,15 @@ class Worker:
                         # The fetch dies here, before a collection could walk it.
                         batches = {}
                         gc.enable()
+                elif self._committing():
+                    # Nothing new: an open batch goes when the commit under way lands.
+                    if self._open is not None:
+                        self._open.waiting = True
                 else:
                     await self._submit_open()
-                    # Nothing new: let the last batch's commit land, and checkpoint.
-                    if self._inflight is None or await self._settle():
+                    # Nothing new: let the last batch's commit land (a failed one replays
+                    # now, not at the next batch), and checkpoint.
+                    if await self._settle():
                         self.tasks.checkpoint(idle=True)
                 if time.monotonic() - self._last_tick >= TICK_INTERVAL_S:
                     await self._tick()
@@ -415,15 +431,21 @@ class Worker:
     # -- the hot path ----------------------------------------------------------------------
 
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """Run a fetch through the partitions' tasks into the open batch, and submit it for
-        commit unless the input is behind: then the batch stays open for the next fetch,
-        up to ``STREAMS_COMMIT_INTERVAL_MS`` (like Kafka Streams' ``commit.interval.ms``).
+        """Run a fetch through the partitions' tasks into the open batch, send what may
+        leave before its commit (at_least_once: its outputs), and submit the batch for
+        commit unless the input is behind or the commit before it is still under way: then
+        the batch stays open for the next fetch, up to ``STREAMS_COMMIT_INTERVAL_MS`` (like
+        Kafka Streams' ``commit.interval.ms``).
 
         While a full fetch more is waiting past a fetch (the input is behind), its batch
         waits for the next fetch, so a key changed in both writes one changelog record, not
         two, and the commit (offsets; under exactly_once, one transaction per partition) is
-        paid once. Otherwise (caught up, or nearly: latency matters) it commits at once.
+        paid once. Otherwise (caught up, or nearly: latency matters) it commits as soon as
+        the commit before it has landed: at once, or when that one lands (:meth:`_landed`),
+        with every fetch processed meanwhile. The loop never waits for a commit to take the
+        next fetch, and a batch that arrives during a commit is committed right after it.
         """
+        started = time.monotonic()
         wall = now_ms()
         committer = self._committer
         collector = self._collector
@@ -432,6 +454,9 @@ class Worker:
         open_ = self._open
         if open_ is None:
             open_ = self._open = _OpenBatch(committer.batch())
+        if open_.fetch_wait_ms < 0:
+            oldest = min((r[0].timestamp for r in batches.values() if r), default=wall)
+            open_.fetch_wait_ms = max(0, wall - oldest)
         batch = open_.batch
         offsets = open_.offsets
         consumed = open_.consumed
@@ -455,17 +480,45 @@ class Worker:
         if self._joins:
             await self._drain_joins(batch, wall, {tp.partition for tp in batches})
         open_.fetches += 1
+        done = time.monotonic()
+        open_.busy += done - started
+        open_.ready = open_.ready or done
+        await committer.send(batch)
         behind = self._behind(batches)
         if (
-            not behind
-            or time.monotonic() - open_.opened >= self._commit_interval_s
+            time.monotonic() - open_.opened >= self._commit_interval_s
             or open_.records >= MAX_OPEN_RECORDS
             or self._stop_requested
+            or not (behind or self._committing())
         ):
             await self._submit_open()
-            # A store due a checkpoint gets it once this batch's commit lands (decision 0017).
+            # A store due a checkpoint gets it once this batch's commit lands (decision 0017):
+            # the one wait for a commit, once per checkpoint interval, with RocksDB only.
             if self.tasks.checkpoint_due() and await self._settle():
                 self.tasks.checkpoint()
+        else:
+            open_.waiting = not behind
+
+    def _committing(self) -> bool:
+        """True while the last batch's commit is under way."""
+        return self._inflight is not None and not self._inflight.done()
+
+    def _landed(self, _: asyncio.Future[set[TopicPartition]]) -> None:
+        """A commit landed: an open batch that waited only for it goes now, without waiting
+        for the next fetch."""
+        open_ = self._open
+        if open_ is not None and open_.waiting and self._landing is None:
+            self._landing = asyncio.ensure_future(self._submit_waiting())
+
+    async def _submit_waiting(self) -> None:
+        try:
+            async with self._lock:
+                # The loop may have submitted it meanwhile, or opened another.
+                open_ = self._open
+                if open_ is not None and open_.waiting:
+                    await self._submit_open()
+        finally:
+            self._landing = None
 
     async def _drain_joins(self, batch: Batch, wall: int, partitions: set[int]) -> None:
         """After a fetch: each join of these partitions takes its pending events in event
@@ -539,16 +592,21 @@ class Worker:
         batch = open_.batch
         offsets = open_.offsets
         active = self.tasks.active
+        draining = time.monotonic()
         for tp, end in offsets.items():
             task = active.get(tp)
             if task is not None:
                 drain_partition(task, end, collector, batch.senders(tp)[1])
+        processed = time.monotonic()
+        busy = open_.busy + processed - draining
+        ready = open_.ready or processed
+        fetch_wait = open_.fetch_wait_ms / 1000
         started_mono = open_.opened
         consumed = open_.consumed
         newest_append = open_.newest_append
         fetches = open_.fetches
 
-        def committed() -> None:
+        def committed(commit_started: float) -> None:
             self.uncommitted.committed(offsets)
             self.last_work = time.monotonic()
             self._update_state_gauges()
@@ -567,28 +625,46 @@ class Worker:
             if newest_append:
                 latency = max(0.0, (now_ms() - newest_append) / 1000)
                 m.emit_latency.labels("append").observe(latency)
+            phase = m.batch_phase
+            produced = batch.produced or commit_started
+            if fetch_wait >= 0:
+                phase.labels("fetch_wait").observe(fetch_wait)
+            phase.labels("process").observe(busy)
+            phase.labels("queue").observe(max(0.0, commit_started - ready))
+            phase.labels("produce").observe(produced - (batch.sent or commit_started))
+            phase.labels("commit").observe(time.monotonic() - max(produced, commit_started))
 
         await self._submit(batch, offsets, committed)
 
     async def _submit(
-        self, batch: Batch, offsets: dict[TopicPartition, int], committed: Callable[[], None]
+        self,
+        batch: Batch,
+        offsets: dict[TopicPartition, int],
+        committed: Callable[[float], None],
     ) -> None:
         """Commit ``batch`` once the one before it is committed, without waiting for it: the
         loop fetches and processes the next batch meanwhile (its I/O overlaps that work).
         A batch processed on state that its predecessor's failed commit voided is dropped:
-        the replay re-reads its input."""
-        if not await self._settle():
-            return
+        the replay re-reads its input. ``committed`` hears when its commit started.
+
+        What the guarantee lets go before the previous batch is committed leaves first
+        (at_least_once: the outputs), so a commit in flight does not hold it back."""
         committer = self._committer
         assert committer is not None
+        await committer.send(batch)
+        if not await self._settle():
+            batch.abandon()
+            return
 
         async def commit() -> set[TopicPartition]:
+            started = time.monotonic()
             failed = await committer.commit(batch, offsets, lambda: self.health.stopping)
             if not failed:
-                committed()
+                committed(started)
             return failed | (set(batch.by_tp) if failed else set())
 
         self._inflight = asyncio.ensure_future(commit())
+        self._inflight.add_done_callback(self._landed)
 
     async def _settle(self, *, replay: bool = True) -> bool:
         """Wait for the batch in flight; on its failure replay what it covered (with
@@ -721,7 +797,7 @@ class Worker:
                 if open_ is None or tp not in open_.offsets:
                     produced |= collector.changelog(changelog, segment, tp.partition) > 0
         if produced and open_ is None:
-            await self._submit(batch, {}, self._update_state_gauges)
+            await self._submit(batch, {}, lambda _: self._update_state_gauges())
 
     async def _idle_for(self, seconds: float) -> bool:
         """True when assigned, caught up, every window emitted, and nothing was consumed or

@@ -54,7 +54,10 @@ def test_bench_runs_every_scenario_on_every_event(project_env: dict[str, str]) -
     assert done.returncode == 0, done.stderr[-3000:]
     report = orjson.loads(done.stdout.strip().splitlines()[-1])
     rows = {row["scenario"]: row for row in report["results"]}
-    assert set(rows) == {*ALL_SCENARIOS, "limit-again"}
+    # The latency runs at the default rate (half pipeline-alo's): the echo floor and both
+    # guarantees, each with its own row.
+    latency = {f"latency-{kind}-half" for kind in ("echo", "alo", "eos")}
+    assert set(rows) == {*ALL_SCENARIOS, "limit-again", *latency} - {"latency"}
     for name in (
         "publish",
         "limit",
@@ -66,7 +69,11 @@ def test_bench_runs_every_scenario_on_every_event(project_env: dict[str, str]) -
     ):
         assert rows[name]["events"] == EVENTS, name
     assert rows["faust-naive"]["events"] == FAUST_EVENTS
-    assert rows["latency"]["measured"] == rows["latency"]["events"] > 0
+    for name in latency:
+        assert rows[name]["measured"] == rows[name]["events"] > 0, name
+    for name in latency - {"latency-echo-half"}:
+        phases = rows[name]["phases"]
+        assert all(phases[phase]["batches"] > 0 for phase in phases), name
     # Every scenario but the slow Faust one ran in both rounds, on every event each time.
     for name in ("limit", "limit-again", "decode", "pipeline-alo", "pipeline-eos", "pipeline-user"):
         assert [r["round"] for r in rows[name]["rounds"]] == [1, 2], name

@@ -4,10 +4,14 @@ client's) murmur2, and ``BatchSender.extend`` against record-by-record ``append`
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2 as reference_murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder, MessageBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +114,57 @@ async def test_acknowledgements_note_where_each_partitions_records_end() -> None
         ("log", 0): Acked(3, (b"k2", b"v", None, [])),
         ("log", 1): Acked(2, (b"b", None)),
     }
+
+
+async def test_a_flush_sends_its_batches_without_the_producers_linger() -> None:
+    class Producer:
+        """Keeps what is sent; a batch as aiokafka's accumulator would hold it."""
+
+        def __init__(self) -> None:
+            self.queued: list[MessageBatch] = []
+
+        def create_batch(self) -> BatchBuilder:
+            return BatchBuilder(1 << 16, 0, is_transactional=False)
+
+        async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
+            self.queued.append(MessageBatch(TopicPartition(topic, partition), batch, 30, 0.005))
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    producer = Producer()
+    sender = BatchSender(producer)  # type: ignore[arg-type]
+    sender.append("out", 0, b"k", b"v")
+    sender.extend("out", 1, [(b"k", b"v")])
+    await sender.flush()
+    assert len(producer.queued) == 2
+    # Ready to send now: an open batch would wait 5 ms for more records first.
+    assert [batch.remaining_linger() for batch in producer.queued] == [None, None]
+
+
+async def test_sends_given_up_on_report_no_unretrieved_error() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    futures: list[asyncio.Future[Any]] = []
+
+    class Producer:
+        def create_batch(self) -> BatchBuilder:
+            return BatchBuilder(1 << 16, 0, is_transactional=False)
+
+        async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> Any:
+            futures.append(loop.create_future())
+            return futures[-1]
+
+    for abandon in (False, True):
+        sender = BatchSender(Producer())  # type: ignore[arg-type]
+        sender.append("out", 0, b"k", b"v")
+        await sender.send_all()
+        if abandon:
+            sender.abandon()  # a batch voided before its flush
+        futures.pop().set_exception(KafkaError("the producer died"))
+        await asyncio.sleep(0)
+        del sender
+        gc.collect()
+        assert len(reported) == (0 if abandon else 1)
+        reported.clear()

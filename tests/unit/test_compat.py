@@ -11,12 +11,13 @@ from pathlib import Path
 import prometheus_client.metrics
 import pytest
 from aiokafka.consumer import fetcher
-from aiokafka.producer import message_accumulator
+from aiokafka.producer import message_accumulator, sender
 
 from streams import compat
 from streams.api.loading import load_app
-from streams.config import Settings
+from streams.config import KafkaSettings, Settings
 from streams.errors import DependencyError
+from streams.runtime.committer import ExactlyOnce
 from streams.runtime.health import Health
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.worker import Worker
@@ -79,3 +80,12 @@ async def test_a_worker_checks_before_it_connects(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delattr(fetcher.FetchResult, "_update_position")
     with pytest.raises(DependencyError, match=r"^aiokafka .*FetchResult\._update_position"):
         await worker.start()
+
+
+async def test_an_exactly_once_worker_retries_a_busy_transaction_after_5_ms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sender, "BACKOFF_OVERRIDE", 0.02)  # aiokafka's own, restored after
+    settings = Settings(kafka=KafkaSettings(bootstrap_servers="fake:9092"), app_id="app")
+    await ExactlyOnce(settings, None, WorkerMetrics(), {}, lambda _: None).start()  # type: ignore[arg-type]
+    assert sender.BACKOFF_OVERRIDE == compat.TRANSACTION_RETRY_S == 0.005

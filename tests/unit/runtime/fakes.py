@@ -183,6 +183,8 @@ class FakeConsumer:
         self.seeks: dict[TopicPartition, int | None] = {}
         self.commits: list[dict[TopicPartition, int]] = []
         self.refuse_commits = False
+        # While set and not released, an offset commit waits (a slow group coordinator).
+        self.held_commits: asyncio.Event | None = None
 
     def deliver(
         self, fetch: dict[TopicPartition, list[Rec]], after: Callable[[], bool] | None = None
@@ -217,6 +219,8 @@ class FakeConsumer:
         return None
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.held_commits is not None:
+            await self.held_commits.wait()
         if self.refuse_commits:
             raise KafkaError("the group is rebalancing")
         self.commits.append(dict(offsets))

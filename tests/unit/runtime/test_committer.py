@@ -5,9 +5,11 @@ committed (and only those) are reported for the repartition purge."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
 from streams.broker.batches import Acked, BatchSender
 from streams.config import KafkaSettings, Settings
@@ -137,3 +139,23 @@ async def test_both_guarantees_report_where_written_changelog_records_end(
     batch.senders(TP)[1].extend("log", 0, [(b"o", b"3")])
     assert await eos.commit(batch, {TP: 3}, lambda: False) == {TP}
     assert len(written) == 1
+
+
+async def test_outputs_that_could_not_be_sent_before_the_commit_fail_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Refusing(FakeProducer):
+        async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+            raise KafkaTimeoutError()
+
+    monkeypatch.setattr(committer_module, "make_producer", make_producer)
+    consumer = FakeConsumer(FakeLog())
+    consumer.assigned = {TP}
+    committer = AtLeastOnce(_settings(), consumer, WorkerMetrics(), {}, _ignore)  # type: ignore[arg-type]
+    committer.producer = Refusing()  # type: ignore[assignment]
+    batch = committer.batch()
+    batch.senders(TP)[0].append("out", 0, b"k", b"v")
+    await committer.send(batch)  # the loop goes on; the commit reports it
+    assert await committer.commit(batch, {TP: 1}, lambda: False) == {TP}
+    assert consumer.commits == []
+    assert not isinstance(committer.producer, Refusing)  # a new producer for the replay

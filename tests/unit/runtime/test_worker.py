@@ -15,7 +15,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from streams.runtime import localstate as localstate_module
-from streams.runtime.committer import ExactlyOnce
+from streams.runtime.committer import AtLeastOnce, ExactlyOnce
 from streams.runtime.worker import Worker
 from streams.state import checkpoint
 from tests.unit.runtime.fakes import (
@@ -237,3 +237,86 @@ async def test_under_load_a_store_is_checkpointed_once_its_batch_is_committed(
         assert found.offset == log.end(TopicPartition(CHANGELOG, 0))
         assert worker.tasks.active[TP].stores[0] is not None
         assert worker.tasks.active[TP].stores[0].unmarked == 0
+
+
+def _phase_counts(worker: Worker) -> dict[str, float]:
+    return {
+        sample.labels["phase"]: sample.value
+        for family in worker.metrics.registry.collect()
+        if family.name == "streams_batch_phase_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_count")
+    }
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+async def test_each_committed_batch_reports_where_its_time_went(
+    monkeypatch: pytest.MonkeyPatch, guarantee: str
+) -> None:
+    worker = fake_worker(monkeypatch, FakeLog(), guarantee=guarantee)
+    consumer = consumer_of(worker)
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: TP in worker.tasks.active, "the partition adopted")
+        consumer.deliver({TP: [Rec(0, b"u1", b"not json"), Rec(1, b"u1", b"not json")]})
+        await until(lambda: not _alive(run) or worker.stats.consumed == 2, "the batch committed")
+    assert _phase_counts(worker) == dict.fromkeys(
+        ("fetch_wait", "process", "queue", "produce", "commit"), 1.0
+    )
+
+
+async def test_at_least_once_sends_a_batchs_outputs_while_the_one_before_commits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = fake_worker(monkeypatch, FakeLog(), guarantee="at_least_once")
+    consumer = consumer_of(worker)
+    committer = worker._committer
+    assert isinstance(committer, AtLeastOnce)
+    producer = committer.producer
+    assert isinstance(producer, FakeProducer)
+    dlq = worker._dlq_of_input[INPUT]
+    consumer.held_commits = asyncio.Event()
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: TP in worker.tasks.active, "the partition adopted")
+        # Each fetch's one record is a dead letter: an output of its batch. The second fetch
+        # comes back once the first batch's commit is under way.
+        consumer.deliver({TP: [Rec(0, b"u1", b"not json")]})
+        consumer.deliver(
+            {TP: [Rec(1, b"u1", b"not json")]}, after=lambda: producer.sent.count((dlq, 0)) == 1
+        )
+        # The first batch's offsets are not committed yet: the second batch's output left
+        # anyway, while its changelog and offsets wait for the first batch's.
+        await until(lambda: producer.sent.count((dlq, 0)) == 2, "the second batch's output")
+        assert consumer.commits == []
+        consumer.held_commits.set()
+        await until(lambda: not _alive(run) or len(consumer.commits) == 2, "both committed")
+    assert consumer.commits == [{TP: 1}, {TP: 2}]
+
+
+async def test_fetches_taken_while_a_commit_is_under_way_commit_together_when_it_lands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker = fake_worker(monkeypatch, FakeLog(), guarantee="at_least_once")
+    consumer = consumer_of(worker)
+    consumer.held_commits = asyncio.Event()
+    async with _running(worker) as run:
+        await assign(worker, {TP})
+        await until(lambda: TP in worker.tasks.active, "the partition adopted")
+        consumer.deliver({TP: [Rec(0, b"u1", b"not json")]})
+        await until(lambda: worker._committing(), "the first batch's commit under way")
+        # The loop does not wait for that commit: it takes the next fetches meanwhile, into
+        # one batch.
+        consumer.deliver({TP: [Rec(1, b"u1", b"not json")]})
+        consumer.deliver({TP: [Rec(2, b"u1", b"not json")]})
+        await until(lambda: not consumer.fetches, "both fetches taken")
+        await until(lambda: worker._processed == 3, "both fetches processed")
+        assert consumer.commits == []
+        open_ = worker._open
+        assert open_ is not None
+        assert open_.fetches == 2
+        # The commit lands: the batch that waited for it is committed at once, with no
+        # further fetch to prompt it.
+        consumer.held_commits.set()
+        await until(lambda: not _alive(run) or len(consumer.commits) == 2, "both committed")
+    assert consumer.commits == [{TP: 1}, {TP: 3}]
