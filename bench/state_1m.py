@@ -19,6 +19,10 @@ changelog into a new task and the time to close every window. Run it once per st
 run is its own process, so RSS figures do not mix.
 
     python bench/state_1m.py --core --store rocksdb [--events 1000000] [--batch 5000]
+
+``--core --app process`` does the same for the ``pipeline-process`` app
+(:mod:`streams.bench.process_app`): N keys with one small list and one timer each; the
+"close" is then an idle advance past every timer, which forgets each key.
 """
 
 from __future__ import annotations
@@ -51,10 +55,11 @@ class _Record:
         self.timestamp = BASE_TS
 
 
-def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
-    """The state alone: N keys through the reference app's compiled segment on one
-    partition, no broker, no worker."""
+def core(events: int, batch: int, store_kind: str, app: str = "reference") -> dict[str, Any]:
+    """The state alone: N keys through the app's compiled segment on one partition, no
+    broker, no worker."""
     from streams.apps.reference import build
+    from streams.bench import process_app
     from streams.config import Settings
     from streams.core.segment import SegmentTask, run_sync
     from streams.runtime.processing import compile_plan
@@ -72,8 +77,11 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
             window_step_ms=hour,
             idle_timeout_ms=hour,
         )
+        declared = (
+            build(settings) if app == "reference" else process_app.build("state1m", "in", "out")
+        )
         decoders, compiled = compile_plan(
-            plan(build(settings).decl), settings.max_message_bytes, spilled=store_kind == "rocksdb"
+            plan(declared.decl), settings.max_message_bytes, spilled=store_kind == "rocksdb"
         )
         [(topic, [segment])] = compiled.items()
         decoder = decoders[topic]
@@ -103,11 +111,14 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
                 marshal.dump(records, log)
         gc.collect()
         after = status_mb(pid, "VmRSS")
+        held = task.open_windows if app == "reference" else task.process_keys
         figures: dict[str, Any] = {
+            "app": app,
             "store": store_kind,
             "events": events,
             "batch": batch,
-            "open_windows": task.open_windows,
+            "keys_held": held,
+            "timers_pending": task.timers_pending,
             "dedupe_ids": task.dedupe_size,
             "process_events_per_s": round(events / busy),
             "rss_mb_before": round(baseline, 1),
@@ -127,7 +138,7 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
             applied += len(records)
         restored.finish_restore()
         restored.drain_changelog()
-        assert restored.open_windows == events
+        assert (restored.open_windows if app == "reference" else restored.process_keys) == events
         restore_s = time.perf_counter() - started
         figures["changelog_records"] = applied
         figures["restore_records_per_s"] = round(applied / restore_s)
@@ -136,10 +147,13 @@ def core(events: int, batch: int, store_kind: str) -> dict[str, Any]:
 
         started = time.perf_counter()
         finals = run_sync(restored.tick(BASE_TS + 10 * hour, caught_up=True))
-        if not finals.outputs:  # the first tick after a restore only notes activity
-            finals = run_sync(restored.tick(BASE_TS + 20 * hour, caught_up=True))
+        if not finals.outputs and not finals.timers_fired:  # the first tick after a restore
+            finals = run_sync(restored.tick(BASE_TS + 20 * hour, caught_up=True))  # notes activity
         figures["close_all_s"] = round(time.perf_counter() - started, 2)
-        assert len(finals.outputs) == events, len(finals.outputs)
+        if app == "reference":
+            assert len(finals.outputs) == events, len(finals.outputs)
+        else:
+            assert finals.timers_fired == events and restored.process_keys == 0
         return figures
 
 
@@ -159,13 +173,16 @@ def main() -> None:
     parser.add_argument("--core", action="store_true", help="the processor alone, no broker")
     parser.add_argument("--batch", type=int, default=5_000, help="events per batch (--core)")
     parser.add_argument(
+        "--app", choices=("reference", "process"), default="reference", help="with --core"
+    )
+    parser.add_argument(
         "--no-local-state",
         action="store_true",
         help="restart without the RocksDB stores' checkpoints (a full replay)",
     )
     args = parser.parse_args()
     if args.core:
-        print(orjson.dumps(core(args.events, args.batch, args.store)).decode())
+        print(orjson.dumps(core(args.events, args.batch, args.store, args.app)).decode())
         return
     figures = measure_state(
         KafkaSettings.from_env(), args.events, args.store, local_state=not args.no_local_state

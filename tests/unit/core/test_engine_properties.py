@@ -438,6 +438,19 @@ def flush_finals(engine: Engine) -> None:
     engine._take(drive(engine.task.flush_windows()), 0)
 
 
+def run_to_end(
+    engine: Engine, items: list[Batch | Tick], cut: int | None = None, compacted: bool = False
+) -> Engine:
+    """Feed ``engine`` every item (restarting it from its changelog, ``compacted`` or not,
+    before item ``cut``), then close every window."""
+    for position, item in enumerate(items):
+        if position == cut:
+            engine.restart(compacted)
+        engine.feed(item)
+    flush_finals(engine)
+    return engine
+
+
 def _check(segment: Segment, items: list[Batch | Tick], engine: Engine) -> None:
     expected = interpret(segment, items, tables={"products": TABLE}, idle_timeout_ms=7)
     assert len(engine.finals) == len(expected.outputs), (engine.finals, expected.outputs)
@@ -487,11 +500,7 @@ def test_engine_equals_interpreter(
     declared: tuple[Segment, bool], items: list[Batch | Tick]
 ) -> None:
     segment, _ = declared
-    engine = Engine(segment)
-    for item in items:
-        engine.feed(item)
-    flush_finals(engine)
-    _check(segment, items, engine)
+    _check(segment, items, run_to_end(Engine(segment), items))
 
 
 @settings(max_examples=200, deadline=None)
@@ -500,13 +509,7 @@ def test_a_restored_task_carries_on_as_the_original(
     declared: tuple[Segment, bool], items: list[Batch | Tick], cut: int, compacted: bool
 ) -> None:
     segment, _ = declared
-    engine = Engine(segment)
-    for position, item in enumerate(items):
-        if position == cut:
-            engine.restart(compacted)
-        engine.feed(item)
-    flush_finals(engine)
-    _check(segment, items, engine)
+    _check(segment, items, run_to_end(Engine(segment), items, cut, compacted))
 
 
 def test_a_record_whose_children_fail_in_two_stages_is_dead_with_the_earlier_stage() -> None:

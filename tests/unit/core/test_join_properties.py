@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from streams import App, Count, Max, Sum, tumbling
 from streams.core.interpreter import Batch, Tick
 from streams.topology.plan import Segment, plan
-from tests.unit.core.test_engine_properties import Engine, _check, flush_finals
+from tests.unit.core.test_engine_properties import Engine, _check, run_to_end
 from tests.unit.core.test_process_properties import make_fn, make_on_timer, programs
 
 Record = namedtuple("Record", "offset key value timestamp headers")
@@ -125,10 +125,7 @@ def inputs(draw: st.DrawFn) -> list[Batch | Tick]:
 @settings(max_examples=400, deadline=None)
 @given(declarations(), inputs())
 def test_join_engine_equals_interpreter(segment: Segment, items: list[Batch | Tick]) -> None:
-    engine = Engine(segment)
-    for item in items:
-        engine.feed(item)
-    flush_finals(engine)
+    engine = run_to_end(Engine(segment), items)
     _check(segment, items, engine)
 
 
@@ -137,10 +134,5 @@ def test_join_engine_equals_interpreter(segment: Segment, items: list[Batch | Ti
 def test_a_restored_join_carries_on_as_the_original(
     segment: Segment, items: list[Batch | Tick], cut: int, compacted: bool
 ) -> None:
-    engine = Engine(segment)
-    for position, item in enumerate(items):
-        if position == cut:
-            engine.restart(compacted)
-        engine.feed(item)
-    flush_finals(engine)
+    engine = run_to_end(Engine(segment), items, cut, compacted)
     _check(segment, items, engine)

@@ -25,7 +25,13 @@ from streams import App, Count, Max, Sum, hopping, session, tumbling
 from streams.core import process
 from streams.core.interpreter import Batch, Tick
 from streams.topology.plan import Segment, plan
-from tests.unit.core.test_engine_properties import Engine, _check, flush_finals, inputs
+from tests.unit.core.test_engine_properties import (
+    Engine,
+    _check,
+    flush_finals,
+    inputs,
+    run_to_end,
+)
 
 # One instruction of a process program: (opcode, argument).
 Instruction = tuple[str, int]
@@ -202,10 +208,7 @@ def declarations(draw: st.DrawFn) -> Segment:
 @settings(max_examples=400, deadline=None)
 @given(declarations(), inputs())
 def test_process_engine_equals_interpreter(segment: Segment, items: list[Batch | Tick]) -> None:
-    engine = Engine(segment)
-    for item in items:
-        engine.feed(item)
-    flush_finals(engine)
+    engine = run_to_end(Engine(segment), items)
     _check(segment, items, engine)
 
 

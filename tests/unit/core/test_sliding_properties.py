@@ -27,8 +27,8 @@ from tests.unit.core.test_engine_properties import (
     TABLE_HANDLE,
     Engine,
     _check,
-    flush_finals,
     inputs,
+    run_to_end,
 )
 
 # Operators whose events reach the window with their order and times unchanged but for
@@ -81,10 +81,7 @@ def _check_updates(segment: Segment, items: list[Batch | Tick], engine: Updating
 @settings(max_examples=400, deadline=None)
 @given(sliding_declarations(), inputs())
 def test_sliding_engine_equals_interpreter(segment: Segment, items: list[Batch | Tick]) -> None:
-    engine = UpdatingEngine(segment)
-    for item in items:
-        engine.feed(item)
-    flush_finals(engine)
+    engine = run_to_end(UpdatingEngine(segment), items)
     _check(segment, items, engine)
     _check_updates(segment, items, engine)
 
@@ -94,11 +91,6 @@ def test_sliding_engine_equals_interpreter(segment: Segment, items: list[Batch |
 def test_a_restored_sliding_task_carries_on_as_the_original(
     segment: Segment, items: list[Batch | Tick], cut: int, compacted: bool
 ) -> None:
-    engine = UpdatingEngine(segment)
-    for position, item in enumerate(items):
-        if position == cut:
-            engine.restart(compacted)
-        engine.feed(item)
-    flush_finals(engine)
+    engine = run_to_end(UpdatingEngine(segment), items, cut, compacted)
     _check(segment, items, engine)
     _check_updates(segment, items, engine)
