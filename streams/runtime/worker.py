@@ -32,15 +32,16 @@ from streams.broker.batches import Refused
 from streams.broker.records import RawRecordsConsumer
 from streams.broker.uncommitted import Uncommitted
 from streams.config import Settings
+from streams.core.outcome import Outcome
 from streams.core.segment import SegmentTask
 from streams.errors import StreamsError
-from streams.lag.timelag import HeadHistory, estimate_time_lag
 from streams.runtime import topics
 from streams.runtime.calls import drive
 from streams.runtime.collector import Collector, now_ms
 from streams.runtime.committer import AtLeastOnce, Batch, Committer, ExactlyOnce
 from streams.runtime.health import Health, RunStats
 from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.positions import Positions
 from streams.runtime.processing import compile_plan, drain_partition, run_partition
 from streams.runtime.purger import RepartitionPurger
 from streams.runtime.tables import Tables
@@ -50,11 +51,7 @@ from streams.topology.plan import Plan
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 0.5
-# A partition counts as caught up (for idle advance and --exit-when-idle) only while a fetch
-# response reported its log end within this long (see _fresh_end).
-FRESH_END_S = 1.0
 PROGRESS_EVERY_S = 10.0
-POSITION_WAIT_S = 0.2
 CLOSE_TIMEOUT_S = 10.0
 # How long a client may take to connect (streams.broker.admin.start_client's default).
 CLIENT_START_S = 20.0
@@ -129,7 +126,7 @@ class Worker:
         self._layout: topics.TopicLayout | None = None
         self._last_tick = 0.0
         self._last_progress = (time.monotonic(), 0)
-        self._heads: dict[TopicPartition, HeadHistory] = {}
+        self._positions: Positions | None = None
         # Partitions whose log end was fresh at the last tick (see _tick).
         self._confirmed: set[TopicPartition] = set()
         self._stop_requested = False
@@ -161,6 +158,12 @@ class Worker:
         metrics.declare(
             [s.name for s in plan.segments], plan.inputs, {s.dlq for s in plan.segments}
         )
+
+    @property
+    def positions(self) -> Positions:
+        """The consumer's positions and log ends, the lag gauges (after :meth:`start`)."""
+        assert self._positions is not None, "start() first"
+        return self._positions
 
     @property
     def tasks(self) -> TaskManager:
@@ -218,6 +221,7 @@ class Worker:
                 (RangePartitionAssignor,) if self._joins else (RoundRobinPartitionAssignor,)
             ),
         )
+        self._positions = Positions(self._consumer, eos=self.eos, metrics=self.metrics)
         committer_type = ExactlyOnce if self.eos else AtLeastOnce
         self._committer = committer_type(
             s,
@@ -365,7 +369,7 @@ class Worker:
             if self._committer is not None:
                 await self._committer.close(revoked)
             for tp in revoked:
-                self._forget_lag(tp)
+                self.positions.forget_lag(tp)
                 self._confirmed.discard(tp)
             self.uncommitted.forget(revoked)
             self._purger.forget(revoked)
@@ -527,10 +531,14 @@ class Worker:
         collector = self._collector
         assert collector is not None
         for task, segment in self._join_tasks(partitions):
-            waiting = await self._join_waiting(segment, task.tp.partition)
-            outcome = await drive(segment.drain_join(wall, waiting, self.settings.join_wait_ms))
+            outcome = await self._drain_join(segment, task.tp.partition, wall)
             outputs, _ = batch.senders(task.tp)
             collector.outcome(outputs, segment, task.tp, (), outcome, wall)
+
+    async def _drain_join(self, segment: SegmentTask, partition: int, wall: int) -> Outcome:
+        """A join's pending events, in event time order as far as its sides allow."""
+        waiting = await self.positions.not_taken(segment.segment.inputs, partition)
+        return await drive(segment.drain_join(wall, waiting, self.settings.join_wait_ms))
 
     def _join_tasks(self, partitions: set[int] | None = None) -> list[tuple[Any, SegmentTask]]:
         """Each join's segment task (once, with a partition task holding it) of these
@@ -544,42 +552,11 @@ class Worker:
                     found[id(segment)] = (task, segment)
         return list(found.values())
 
-    async def _join_waiting(self, segment: SegmentTask, partition: int) -> tuple[bool, bool]:
-        """For each input of a join: True when records of it exist that the worker has not
-        taken yet (prefetched, or on the broker): its log end, as the last fetch response
-        reported it, past the consumer's position."""
-        consumer = self._consumer
-        assert consumer is not None
-        end_of = consumer.last_stable_offset if self.eos else consumer.highwater
-        flags = []
-        for topic in segment.segment.inputs:
-            tp = TopicPartition(topic, partition)
-            try:
-                end = end_of(tp)
-            except (AssertionError, KeyError):
-                end = None
-            position = None if end is None else await self._position(tp)
-            flags.append(end is not None and position is not None and end > position)
-        return flags[0], flags[1]
-
     def _behind(self, batches: dict[TopicPartition, list[Any]]) -> bool:
-        """True when at least a full fetch more is waiting past this one in its partitions
-        (their log ends, as the fetch responses reported them, against the last records
-        fetched). A live input at a rate the worker keeps up with always has a little more
-        waiting; that is not behind: its batches commit at once."""
-        consumer = self._consumer
-        assert consumer is not None
-        end_of = consumer.last_stable_offset if self.eos else consumer.highwater
-        waiting = 0
-        for tp, records in batches.items():
-            if records:
-                try:
-                    end = end_of(tp)
-                except (AssertionError, KeyError):  # not assigned any more (a rebalance)
-                    continue
-                if end is not None:
-                    waiting += max(0, end - records[-1].offset - 1)
-        return waiting >= MAX_RECORDS
+        """True when at least a full fetch more is waiting past this one in its partitions.
+        A live input at a rate the worker keeps up with always has a little more waiting;
+        that is not behind: its batches commit at once."""
+        return self.positions.waiting_past(batches) >= MAX_RECORDS
 
     async def _submit_open(self) -> None:
         """Drain the open batch's changelogs (its state stands at its offsets) and submit it
@@ -753,11 +730,11 @@ class Worker:
         batch = committer.batch() if open_ is None else open_.batch
         caught_up: dict[TopicPartition, bool] = {}
         for tp, task in list(self.tasks.active.items()):
-            end = self._fresh_end(tp)
+            end = self.positions.fresh_end(tp)
             if end is None:
                 self._confirmed.discard(tp)
                 continue
-            position = await self._position(tp)
+            position = await self.positions.position(tp)
             if position is None:
                 continue
             if tp not in self._confirmed:
@@ -766,7 +743,7 @@ class Worker:
                 self._confirmed.add(tp)
                 for segment in task.segments:
                     segment.touch(wall)
-            self._record_lag(tp, position, end)
+            self.positions.record_lag(tp, position, end)
             caught_up[tp] = position >= end
         for tp, task in list(self.tasks.active.items()):
             if tp not in caught_up:
@@ -782,10 +759,7 @@ class Worker:
                         for topic in segment.segment.inputs
                     )
                     # Its wait for a side's records may be over.
-                    waiting = await self._join_waiting(segment, tp.partition)
-                    drained = await drive(
-                        segment.drain_join(wall, waiting, self.settings.join_wait_ms)
-                    )
+                    drained = await self._drain_join(segment, tp.partition, wall)
                     produced |= bool(drained.outputs)
                     collector.outcome(outputs, segment, tp, (), drained, wall)
                 outcome = await drive(segment.tick(wall, caught_up=up))
@@ -826,63 +800,11 @@ class Worker:
         consumer = self._consumer
         assert consumer is not None
         for tp in manager.active:
-            end = self._fresh_end(tp)
-            position = await self._position(tp)
+            end = self.positions.fresh_end(tp)
+            position = await self.positions.position(tp)
             if end is None or position is None or position < end:
                 return False
         return True
-
-    def _fresh_end(self, tp: TopicPartition) -> int | None:
-        """The partition's log end (its last stable offset under exactly_once), if a fetch
-        response reported it within FRESH_END_S; else None.
-
-        Without a broker no response comes, and the last end known stays put: every partition
-        looked caught up and idle, so the idle advance closed every open window early (later
-        events then late) and --exit-when-idle exited with the input unread (seen in CI, a
-        broker SIGKILLed under an at_least_once worker).
-        """
-        consumer = self._consumer
-        assert consumer is not None
-        try:
-            polled = consumer.last_poll_timestamp(tp)
-        except AssertionError:  # not assigned (a rebalance)
-            return None
-        if polled is None or now_ms() - polled > FRESH_END_S * 1000:
-            return None
-        return consumer.last_stable_offset(tp) if self.eos else consumer.highwater(tp)
-
-    async def _position(self, tp: TopicPartition) -> int | None:
-        """The consumer's position, or None if it is not known right now.
-
-        ``AIOKafkaConsumer.position`` waits until a position is valid, which during a rebalance
-        only happens after ``on_partitions_assigned`` returns; waiting here, with the lock held,
-        would deadlock with that callback. So the wait is short, and a miss is skipped.
-        """
-        consumer = self._consumer
-        assert consumer is not None
-        try:
-            return await asyncio.wait_for(consumer.position(tp), POSITION_WAIT_S)
-        except (TimeoutError, AssertionError, KafkaError, StreamsError):
-            return None
-
-    def _record_lag(self, tp: TopicPartition, position: int, end: int) -> None:
-        history = self._heads.get(tp)
-        if history is None:
-            history = self._heads[tp] = HeadHistory(max_points=120)
-        wall = time.time()
-        history.add(end, wall)
-        labels = (tp.topic, str(tp.partition))
-        self.metrics.lag.labels(*labels).set(max(0, end - position))
-        seconds = estimate_time_lag(history, position, end, wall).seconds
-        if seconds is not None:
-            self.metrics.lag_seconds.labels(*labels).set(seconds)
-
-    def _forget_lag(self, tp: TopicPartition) -> None:
-        self._heads.pop(tp, None)
-        labels = (tp.topic, str(tp.partition))
-        for gauge in (self.metrics.lag, self.metrics.lag_seconds):
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
 
     def _update_state_gauges(self) -> None:
         windows: dict[str, int] = {}

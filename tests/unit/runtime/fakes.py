@@ -33,6 +33,7 @@ from streams.runtime.collector import Collector
 from streams.runtime.committer import AtLeastOnce, ExactlyOnce
 from streams.runtime.health import Health
 from streams.runtime.metrics import WorkerMetrics
+from streams.runtime.positions import Positions
 from streams.runtime.tasks import TaskManager
 from streams.runtime.topics import TopicLayout
 from streams.runtime.worker import Worker
@@ -339,6 +340,7 @@ def fake_worker(
     consumer = FakeConsumer(log)
     layout = TopicLayout({t.name: 2 for t in planned.topics}, {})
     worker._consumer = consumer  # type: ignore[assignment]
+    worker._positions = Positions(consumer, eos=guarantee == "exactly_once", metrics=worker.metrics)  # type: ignore[arg-type]
     worker._layout = layout
     worker._tasks = TaskManager(
         settings,
