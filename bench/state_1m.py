@@ -153,7 +153,8 @@ def core(events: int, batch: int, store_kind: str, app: str = "reference") -> di
         if app == "reference":
             assert len(finals.outputs) == events, len(finals.outputs)
         else:
-            assert finals.timers_fired == events and restored.process_keys == 0
+            assert finals.timers_fired == events, finals.timers_fired
+            assert restored.process_keys == 0, restored.process_keys
         return figures
 
 
