@@ -43,7 +43,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import TopicPartition
 
@@ -53,7 +53,9 @@ from streams.core.spill import held
 from streams.runtime.metrics import WorkerMetrics
 from streams.state import checkpoint as checkpoints
 from streams.state.checkpoint import Checkpoint
-from streams.state.rocks import RocksStore
+
+if TYPE_CHECKING:  # rocksdict is an extra: a worker without it never makes a LocalState
+    from streams.state.rocks import RocksStore
 
 log = logging.getLogger(__name__)
 

@@ -187,3 +187,20 @@ def test_a_scan_keeps_its_upper_bound_alive(tmp_path: Path) -> None:
     counts = [sum(1 for _ in store.scan(prefix, prefix[:-1] + b"e")) for _ in range(5)]
     assert counts == [4] * 5
     store.close()
+
+
+def test_a_worker_without_rocksdict_imports_and_runs_in_memory() -> None:
+    """rocksdict is an extra (``streams[rocksdb]``): the worker, the CLI and the test driver
+    import without it (an installed wheel without the extra once stopped at start)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["rocksdict"] = None  # as if not installed
+        import streams.cli.worker, streams.cli.verify, streams.cli.explain, streams.cli.bench
+        import streams.runtime.worker, streams.testing
+        from streams.config import Settings
+        assert Settings.from_env({}).open_store("p/t-0") is None
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
