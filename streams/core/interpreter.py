@@ -883,14 +883,8 @@ class _Interpreter:
         assert aggregate is not None
         for key, t in model.changed():
             events, accs = model.window(key, t)
-            record: dict[str, Any] = {"key": key, "window_start": t - model.size + 1}
-            record["window_end"] = t + 1
             try:
-                for name, aggregation in aggregate.named:
-                    if is_builtin(aggregation):
-                        record[name] = _aggregate(aggregation, events)
-                    else:
-                        record[name] = aggregation.result(accs[name])
+                record = _window_record(aggregate, key, t - model.size + 1, t + 1, events, accs)
                 record["final"] = False
                 dumps(record)
             except USER_ERRORS:
@@ -1066,13 +1060,8 @@ class _Interpreter:
         ``result`` raised or the record is not JSON (decision 0014)."""
         aggregate = self.segment.aggregate
         assert aggregate is not None
-        record: dict[str, Any] = {"key": key, "window_start": start, "window_end": end}
         try:
-            for name, aggregation in aggregate.named:
-                if is_builtin(aggregation):
-                    record[name] = _aggregate(aggregation, events)
-                else:
-                    record[name] = aggregation.result(accs[name])
+            record = _window_record(aggregate, key, start, end, events, accs)
             record["final"] = True
             dumps(record)
         except USER_ERRORS:
@@ -1103,6 +1092,25 @@ def _split(ops: tuple[nodes.Op, ...]) -> tuple[list[list[nodes.Op]], list[nodes.
         else:
             stages[-1].append(op)
     return stages, barriers
+
+
+def _window_record(
+    aggregate: nodes.Aggregate,
+    key: str,
+    start: int,
+    end: int,
+    events: list[_Event],
+    accs: dict[str, Any],
+) -> dict[str, Any]:
+    """A window's record without its ``final`` flag: built-ins from scratch over its events,
+    custom aggregations by ``result`` of their accumulators (which may raise)."""
+    record: dict[str, Any] = {"key": key, "window_start": start, "window_end": end}
+    for name, aggregation in aggregate.named:
+        if is_builtin(aggregation):
+            record[name] = _aggregate(aggregation, events)
+        else:
+            record[name] = aggregation.result(accs[name])
+    return record
 
 
 def _aggregate(aggregation: Any, events: list[_Event]) -> Any:
