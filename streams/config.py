@@ -218,6 +218,34 @@ def _reason(exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
+class RegistrySettings:
+    """The schema registry of ``format="avro"``/``"json-schema"`` topics (no default URL:
+    required as soon as an app declares such a topic)."""
+
+    url: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    cafile: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RegistrySettings:
+        """``STREAMS_SCHEMA_REGISTRY_URL``, ``_USER``, ``_PASSWORD`` and ``_CAFILE``."""
+        env = os.environ if env is None else env
+        cafile = env.get("STREAMS_SCHEMA_REGISTRY_CAFILE") or None
+        if cafile is not None and not os.path.isfile(cafile):
+            raise ConfigError(
+                f"STREAMS_SCHEMA_REGISTRY_CAFILE={cafile} is not a file; point it at the PEM "
+                "file of the CA that signed the registry's certificate"
+            )
+        return cls(
+            url=env.get("STREAMS_SCHEMA_REGISTRY_URL") or None,
+            user=env.get("STREAMS_SCHEMA_REGISTRY_USER") or None,
+            password=env.get("STREAMS_SCHEMA_REGISTRY_PASSWORD") or None,
+            cafile=cafile,
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the pipeline reads from the environment."""
 
@@ -251,6 +279,7 @@ class Settings:
     processes: int = 1
     # The consumer's group.instance.id; None: dynamic membership.
     group_instance_id: str | None = None
+    schema_registry: RegistrySettings = field(default_factory=lambda: RegistrySettings())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -296,6 +325,7 @@ class Settings:
             app=env.get("STREAMS_APP") or None,
             processes=parse_processes(env.get("STREAMS_PROCESSES") or "1"),
             group_instance_id=resolve_group_instance_id(env),
+            schema_registry=RegistrySettings.from_env(env),
         )
 
     def open_store(self, name: str) -> RocksStore | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,9 @@ class ReplayFilter:
     until_ms: int | None = None
     matches: tuple[tuple[str, str], ...] = ()
     max_replays: int = 1
+    # How a dead letter's value is read for field matches: JSON, or with a schema registry
+    # (``streams.core.formats.value_reader``) a value in its wire format too.
+    read: Callable[[bytes], Any] = field(default=orjson.loads, compare=False)
 
     def wants(self, headers: dict[str, str], value: bytes | None) -> bool:
         """True when the dead letter passes the time window and every match."""
@@ -98,8 +102,8 @@ class ReplayFilter:
                 continue
             if body is None:
                 try:
-                    body = orjson.loads(value or b"")
-                except orjson.JSONDecodeError:
+                    body = self.read(value or b"")
+                except ValueError:  # orjson's and the wire format's decode errors
                     body = {}
             if not isinstance(body, dict) or str(body.get(name)) != expected:
                 return False

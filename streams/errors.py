@@ -15,6 +15,10 @@ class BrokerError(StreamsError):
     """The Kafka broker cannot be reached, started or used."""
 
 
+class RegistryServerError(BrokerError):
+    """The local Schema Registry server (streams.broker.registry) cannot be built or started."""
+
+
 class DeclarationError(StreamsError):
     """An app's declaration (its topics, pipelines, operators) cannot run as written."""
 
@@ -29,3 +33,11 @@ class RestoreError(StreamsError):
 
 class DependencyError(StreamsError):
     """An installed library lacks what streams relies on: a version outside the range tested."""
+
+
+class SchemaRegistryError(StreamsError):
+    """The schema registry cannot be reached, refuses a schema, or answers nonsense."""
+
+
+class UnknownSchemaError(LookupError):
+    """The schema registry holds no schema with the id a message names."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -253,8 +254,11 @@ def messages_from_lines(
     *,
     key_field: str | None,
     validate: bool,
+    encode: Callable[[Any], bytes] | None = None,
 ) -> Iterator[Message]:
-    """JSON Lines to messages; bad lines are counted in ``report`` with their line number."""
+    """JSON Lines to messages; bad lines are counted in ``report`` with their line number.
+    ``encode`` writes each value (a registry format's encoder; a ValueError rejects the line)
+    instead of sending the line as it is."""
     check = None
     if validate:
         from streams.validation import decode_event
@@ -278,4 +282,12 @@ def messages_from_lines(
         key = None
         if key_field and isinstance(obj, dict) and obj.get(key_field) is not None:
             key = str(obj[key_field]).encode()
-        yield key, line
+        if encode is None:
+            yield key, line
+            continue
+        try:
+            value = encode(obj)
+        except ValueError as exc:
+            report.reject(number, str(exc))
+            continue
+        yield key, value

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +32,11 @@ import orjson
 
 from streams.broker.reading import log_starts, read_topic
 from streams.config import KafkaSettings, Settings
+from streams.core.formats import SCHEMA_TYPES, FormatDecoder, codec_for, schema_text
 from streams.core.interpreter import Batch, interpret, same_value
 from streams.dlq import header_map
 from streams.errors import BrokerError
+from streams.runtime.formats import registry_for
 from streams.topology import nodes
 from streams.topology.plan import Plan, Segment
 
@@ -144,6 +147,9 @@ async def verify_app(
     """Audit every segment of ``plan`` on the cluster of ``settings``."""
     reader = _Reader(settings.kafka)
     tables = {name: await _table(reader, name) for name in plan.tables}
+    registry = registry_for(plan, settings.schema_registry)
+    if registry is not None:
+        await asyncio.to_thread(registry.check)
     reports = []
     for segment in plan.segments:
         reports.append(
@@ -153,6 +159,7 @@ async def verify_app(
                 tables,
                 settings.idle_timeout_ms,
                 max_message_bytes or settings.max_message_bytes,
+                OutputFormat.of(plan, segment.output, registry),
             )
         )
     return AppReport(plan.app_id, reports)
@@ -173,8 +180,10 @@ async def _verify_segment(
     tables: dict[str, Any],
     idle_timeout_ms: int,
     max_bytes: int,
+    output_format: OutputFormat | None = None,
 ) -> VerifyReport:
     report = VerifyReport(pipeline=segment.name, user_functions=_has_user_functions(segment))
+    fmt = output_format or OutputFormat()
     if segment.key_from_message:
         starts = await log_starts(reader.kafka, segment.input)
         report.purged = {p: start for p, start in starts.items() if start > 0}
@@ -199,13 +208,14 @@ async def _verify_segment(
             max_message_bytes=max_bytes,
             process_times=process_times.get(partition),
             join_time=join_times.get(partition),
+            schemas=fmt.schemas,
         )
         report.input_messages += len(records) + len(seconds)
         report.expected_duplicates += len(result.duplicates)
         expected_outputs.extend(result.outputs)
         where = _Sources(segment, records, seconds)
         for index, (stage, _, _) in result.dead.items():
-            if stage == "validate":
+            if stage in ("validate", "decode"):
                 report.invalid += 1
             expected_dead.add((*where.of(index, partition), stage))
         for key, value, stage, _ in result.derived:
@@ -219,14 +229,56 @@ async def _verify_segment(
     report.expected_dead = len(expected_dead)
     output = segment.output
     actual = await reader.read(output)
+    expected_outputs = fmt.written(expected_outputs)
     if segment.emits_finals:
-        _compare_finals(report, expected_outputs, actual)
+        _compare_finals(report, expected_outputs, actual, fmt.load)
     else:
-        _compare_records(report, expected_outputs, actual)
+        _compare_records(report, expected_outputs, actual, fmt.load)
     await _compare_dead(report, reader, segment, expected_dead)
     if _late_topics(segment):
         await _compare_late(report, reader, segment, expected_late)
     return report
+
+
+@dataclass
+class OutputFormat:
+    """How an output topic's values are written: JSON, or a registry format (read back by
+    schema id; expected values written and read with the declared schema, those that do
+    not fit it left out: they are the pipeline's ``produce`` dead letters)."""
+
+    schemas: Any = None
+    decoder: FormatDecoder | None = None
+    codec: Any = None
+
+    @classmethod
+    def of(cls, plan: Plan, topic: str, registry: Any) -> OutputFormat:
+        decl = plan.formats.get(topic)
+        if decl is None or decl.schema is None:
+            return cls(schemas=registry)
+        schema_type = SCHEMA_TYPES[decl.format]
+        codec = codec_for(schema_type, schema_text(decl.format, decl.schema), str(decl.schema))
+        return cls(registry, FormatDecoder(topic, decl.format, registry, 1 << 62), codec)
+
+    def load(self, raw: bytes) -> Any:
+        if self.decoder is None:
+            return orjson.loads(raw)
+        _, values, failures = self.decoder.decode([raw])
+        if failures:
+            raise ValueError(failures[0][1])
+        return values[0]
+
+    def written(
+        self, outputs: list[tuple[bytes | None, Any, int | None]]
+    ) -> list[tuple[bytes | None, Any, int | None]]:
+        if self.codec is None:
+            return outputs
+        out = []
+        for key, value, ts in outputs:
+            try:
+                out.append((key, self.codec.read(self.codec.write(value)), ts))
+            except Exception:
+                continue
+        return out
 
 
 class _Sources:
@@ -260,7 +312,11 @@ def _compare_finals(
     report: VerifyReport,
     expected_outputs: list[tuple[bytes | None, Any, int | None]],
     topic: dict[int, list[Any]],
+    load: Callable[[bytes], Any] = orjson.loads,
 ) -> None:
+    # An output schema without a "final" field writes finals only (updates too, under
+    # emit="updates", indistinguishably): every record read counts as final.
+    fmt_final = load is not orjson.loads
     expected: dict[WindowKey, list[dict[str, Any]]] = defaultdict(list)
     for _, final, _ in expected_outputs:
         expected[(final["key"], final["window_start"], final["window_end"])].append(final)
@@ -269,13 +325,13 @@ def _compare_finals(
     for records in topic.values():
         for record in records:
             try:
-                value = orjson.loads(record.value)
+                value = load(record.value)
                 key: WindowKey = (value["key"], value["window_start"], value["window_end"])
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):
                 report.unreadable += 1
                 report.sample("unreadable", repr((record.value or b"")[:200]))
                 continue
-            if value.get("final") is True:
+            if value.get("final", fmt_final) is True:
                 actual[key].append(value)
             else:
                 report.output_updates += 1
@@ -313,6 +369,7 @@ def _compare_records(
     report: VerifyReport,
     expected_outputs: list[tuple[bytes | None, Any, int | None]],
     topic: dict[int, list[Any]],
+    load: Callable[[bytes], Any] = orjson.loads,
 ) -> None:
     """Stateless outputs: the same (key, value) records, counted."""
     expected = Counter((key, _canonical(value)) for key, value, _ in expected_outputs)
@@ -320,8 +377,8 @@ def _compare_records(
     for records in topic.values():
         for record in records:
             try:
-                actual[(record.key, _canonical(orjson.loads(record.value)))] += 1
-            except (orjson.JSONDecodeError, TypeError):
+                actual[(record.key, _canonical(load(record.value)))] += 1
+            except (ValueError, TypeError):
                 report.unreadable += 1
                 report.sample("unreadable", repr((record.value or b"")[:200]))
     report.expected_finals = sum(expected.values())

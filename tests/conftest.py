@@ -35,6 +35,7 @@ from streams.broker.local import (
     metadata_answers,
 )
 from streams.broker.reading import read_topic
+from streams.broker.registry import LocalRegistry
 from streams.config import KafkaSettings, Settings
 from streams.generator import generate_messages
 from streams.publish import Publisher
@@ -98,6 +99,22 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         pytest.fail(f"no local Kafka cluster for the cluster tests: {exc}", pytrace=False)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL (``http://127.0.0.1:<port>/apis/ccompat/v7``) of a real Schema Registry
+    (Apicurio, Confluent's API, in memory) this session starts on a free port, the first time
+    a test asks for it, and stops at the end. Its first start on a machine builds the server
+    with Maven (about a minute, within the first test's timeout). It is shared: tests use
+    unique subjects. It fails loudly, with the log's tail, if it cannot be built or started."""
+    registry = LocalRegistry(tmp_path_factory.mktemp("registry"), port=free_port())
+    try:
+        registry.start(timeout_s=120)
+    except Exception as exc:
+        pytest.fail(f"no Schema Registry for the tests: {exc}", pytrace=False)
+    yield registry.url
+    registry.stop()
 
 
 @pytest.fixture(scope="session")

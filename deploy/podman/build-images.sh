@@ -6,6 +6,7 @@
 #   localhost/streams-python:3.11-bookworm   + Debian's python3 (3.11): deploy/Dockerfile's BASE
 #   localhost/streams-kafka:<version>        + Debian's Java 17 and the local broker's Kafka jars
 #   localhost/streams-prometheus:bookworm    + Debian's prometheus package
+#   localhost/streams-registry:<version>     + Debian's Java 17 and the local registry's server
 #   <cache>/wheelhouse/                      every wheel deploy/Dockerfile installs, for that base
 #
 # <cache> is STREAMS_CACHE_DIR, else .cache in the checkout. It keeps the Debian root file
@@ -16,7 +17,9 @@
 #   eval "$(deploy/podman/build-images.sh)"
 #
 # Needs root (debootstrap), podman, debootstrap, and a Python with pip and the streams package
-# (PYTHON, default .venv/bin/python: `make install`).
+# (PYTHON, default .venv/bin/python: `make install`); the first run also Maven and Java: the
+# Kafka jars and the registry's server come from Maven Central into <cache>, as for the local
+# broker and `streams registry start`.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -177,10 +180,24 @@ except BrokerError as exc:
 read -r kafka_version kafka_libs <<<"$kafka"
 kafka_image=localhost/streams-kafka:$kafka_version
 
+registry=$("$python" -c '
+import sys
+from streams.broker.registry import REGISTRY_VERSION, ensure_registry_built
+from streams.errors import RegistryServerError
+try:
+    print(REGISTRY_VERSION, ensure_registry_built())
+except RegistryServerError as exc:
+    sys.exit(f"build-images: {exc}")
+') || exit 1
+read -r registry_version registry_server <<<"$registry"
+registry_image=localhost/streams-registry:$registry_version
+
 build "$python_image" "$repo/deploy/podman/python"
 build "$kafka_image" --build-context "kafka-libs=$kafka_libs" \
   --build-context "kafka-config=$repo/deploy/kafka" "$repo/deploy/podman/kafka"
 build "$prometheus_image" "$repo/deploy/podman/prometheus"
+build "$registry_image" --build-context "registry-server=$registry_server" \
+  "$repo/deploy/podman/registry"
 
 cat <<EOF
 export CONTAINERS_CONF=$CONTAINERS_CONF
@@ -188,4 +205,5 @@ export PYTHON_BASE_IMAGE=$python_image
 export WHEELHOUSE=$cache/wheelhouse
 export KAFKA_IMAGE=$kafka_image
 export PROMETHEUS_IMAGE=$prometheus_image
+export REGISTRY_IMAGE=$registry_image
 EOF

@@ -11,6 +11,8 @@ from streams.api.stream import Chains, Head, Stream, caller, fail
 from streams.api.topics import Table, Topic
 from streams.topology import nodes
 
+TOPIC_FORMATS = ("json", "avro", "json-schema")
+
 
 class App:
     """A stream-processing app: its id is the consumer group (``STREAMS_APP_ID`` overrides).
@@ -45,6 +47,7 @@ class App:
             pipelines=tuple(self._chains.pipelines),
             tables=tuple(self.tables),
             dangling=tuple(self._chains.dangling()),
+            topics=tuple(topic.decl for topic in self.topics.values()),
             where=self.where,
         )
 
@@ -54,20 +57,43 @@ class App:
         return str(env.get("STREAMS_APP_ID") or self.name)
 
     def topic(
-        self, name: str, schema: str | os.PathLike[str] | None = None, *, dlq: str | None = None
+        self,
+        name: str,
+        schema: str | os.PathLike[str] | None = None,
+        *,
+        dlq: str | None = None,
+        format: str = "json",
     ) -> Topic:
         """A topic of JSON objects. With ``schema`` (a JSON Schema file), values that do not
         validate are dead letters (``<name>.dlq``, or ``dlq``); without one, anything that is
-        not a UTF-8 JSON object is."""
+        not a UTF-8 JSON object is.
+
+        ``format="avro"`` or ``"json-schema"``: values in the schema registry's wire format,
+        decoded with the writer's schema (fetched by id); ``schema`` is then an ``.avsc`` or
+        JSON Schema file: an output's, registered under ``<name>-value``, or an Avro input's
+        reader schema."""
         where = caller()
         if not isinstance(name, str) or not name:
             fail(where, f"app.topic(name) needs a topic name, got {name!r}")
+        if schema in TOPIC_FORMATS and format == "json" and not Path(str(schema)).exists():
+            # app.topic(name, "avro"): the contract's order (name, format, schema) by position.
+            format, schema = str(schema), None
+        if format not in TOPIC_FORMATS:
+            fail(
+                where,
+                f"app.topic({name!r}, format={format!r}): format must be one of "
+                f"{', '.join(TOPIC_FORMATS)}",
+            )
         path = None if schema is None else _schema_path(where, schema)
-        decl = nodes.TopicDecl(name=name, schema=path, dlq=dlq)
+        if path is not None and format == "avro":
+            _check_avro(where, path)
+        decl = nodes.TopicDecl(name=name, schema=path, dlq=dlq, format=format)
         known = self.topics.get(name)
         if known is not None:
             if known.decl != decl:
-                fail(where, f"topic {name!r} is declared twice, with different schema or dlq")
+                fail(
+                    where, f"topic {name!r} is declared twice, with different schema, dlq or format"
+                )
             return known
         self.topics[name] = topic = Topic(decl)
         return topic
@@ -126,6 +152,19 @@ def _schema_path(where: str, schema: str | os.PathLike[str]) -> Path:
         f"schema file {str(schema)!r} does not exist (looked in "
         f"{', '.join(str(c.parent.resolve()) for c in candidates)}); fix the path",
     )
+
+
+def _check_avro(where: str, path: Path) -> None:
+    """Fail at the declaring line unless ``path`` holds an Avro schema fastavro accepts."""
+    import fastavro
+    import orjson
+
+    try:
+        fastavro.parse_schema(orjson.loads(path.read_bytes()))
+    except orjson.JSONDecodeError as exc:
+        fail(where, f"schema file {path} is not valid JSON: {exc}; fix the file")
+    except Exception as exc:
+        fail(where, f"schema file {path} is not a valid Avro schema ({exc}); fix the file")
 
 
 def _declaring_file() -> Path | None:

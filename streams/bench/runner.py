@@ -6,6 +6,12 @@ is fast (the same ``limit`` loop measured 230k-440k events/s within an hour), so
 measured before and after the pipelines of each round, each scenario is compared with the
 ceiling of its own round, and ``--rounds N`` repeats the whole sequence on the same input and
 reports, per scenario, the median round.
+
+``pipeline-avro`` reads the same events Avro-encoded in a registry's wire format, from a
+second topic published once per run with the input, the schemas in a Schema Registry the run
+starts (:class:`~streams.broker.registry.LocalRegistry`) and stops, both only when it is asked
+for; its row also shows its rate against ``pipeline-alo``'s in the same round. ``codec`` runs
+once, after the rounds, in process: µs per record of each decoding and encoding.
 """
 
 from __future__ import annotations
@@ -13,25 +19,33 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from streams import __version__
+from streams.bench.avro_app import EVENT_AVSC
+from streams.bench.codec import INPUT_SEED, INPUT_START_TS, avro_copy, compact
 from streams.broker.admin import TopicSpec, ensure_topics
-from streams.broker.local import KAFKA_VERSION
+from streams.broker.local import KAFKA_VERSION, free_port
+from streams.broker.registry import LocalRegistry
 from streams.config import KafkaSettings
 from streams.errors import StreamsError
 from streams.generator import generate_messages
 from streams.publish import Publisher
+from streams.registry import RegistryClient
+from streams.runtime.formats import encoder_for
 
 ALL_SCENARIOS = (
     "publish",
@@ -39,6 +53,7 @@ ALL_SCENARIOS = (
     "decode",
     "faust-naive",
     "pipeline-alo",
+    "pipeline-avro",
     "pipeline-eos",
     "pipeline-user",
     "pipeline-process",
@@ -46,11 +61,13 @@ ALL_SCENARIOS = (
     "pipeline-sliding",
     "latency",
     "state",
+    "codec",
 )
 
 
 PIPELINES = (
     "pipeline-alo",
+    "pipeline-avro",
     "pipeline-eos",
     "pipeline-user",
     "pipeline-process",
@@ -76,6 +93,8 @@ class BenchConfig:
     partitions: int = 6
     scenarios: tuple[str, ...] = ALL_SCENARIOS
     faust_events: int = 100_000
+    # Events the codec scenario measures on (the first of the input's).
+    codec_events: int = 100_000
     latency_seconds: float = 15.0
     # Events/s of the latency runs: numbers, or HALF (half the run's median pipeline-alo).
     latency_rates: tuple[float | str, ...] = (HALF,)
@@ -164,24 +183,53 @@ def run_scenario(args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     return dict(orjson.loads(stdout.strip().splitlines()[-1]))
 
 
+@contextlib.contextmanager
+def _registry(wanted: bool, progress: Callable[[str], None]) -> Iterator[str | None]:
+    """The URL of a Schema Registry of the run's own (a temporary home, a free port) while
+    the run lasts, when ``wanted``; else None."""
+    if not wanted:
+        yield None
+        return
+    home = Path(tempfile.mkdtemp(prefix="bench-registry-"))
+    registry = LocalRegistry(home, port=free_port())
+    try:
+        progress(f"starting a Schema Registry on port {registry.port} (for pipeline-avro)")
+        registry.start(timeout_s=180)
+        yield registry.url
+    finally:
+        registry.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 async def run_bench(
     config: BenchConfig, progress: Callable[[str], None] = lambda _: None
 ) -> list[BenchResult]:
     """Publish the input once, then run each scenario in its own process."""
+    with _registry("pipeline-avro" in config.scenarios, progress) as registry_url:
+        return await _run_bench(config, progress, registry_url)
+
+
+async def _run_bench(
+    config: BenchConfig, progress: Callable[[str], None], registry_url: str | None
+) -> list[BenchResult]:
     # The security settings (KAFKA_SECURITY_PROTOCOL, ...) come from the environment, which
     # the scenario processes inherit too.
     kafka = replace(KafkaSettings.from_env(), bootstrap_servers=config.bootstrap)
     run_id = uuid.uuid4().hex[:8]
     topic = f"bench-{run_id}-events"
+    avro_topic = f"{topic}-avro"
     await ensure_topics(kafka, [TopicSpec(topic, config.partitions)])
     progress(f"generating {config.events:,} events")
+    # Copies of their own size: each generated value keeps orjson's 4 KB buffer (4 GB for
+    # a million events, held while publishing).
     messages = [
-        (m.key, m.value)
+        (m.key, compact(m.value))
         for m in generate_messages(
-            config.events, users=config.users, seed=1, start_ts=1_700_000_000_000
+            config.events, users=config.users, seed=INPUT_SEED, start_ts=INPUT_START_TS
         )
     ]
     input_bytes = sum(len(v) for _, v in messages)
+    avro_bytes = 0
     progress(f"publishing to {topic}")
     async with Publisher(kafka) as publisher:
         report = await publisher.publish(topic, messages)
@@ -189,6 +237,18 @@ async def run_bench(
             # The join's second input: the same events, keyed the same, in a topic of its own.
             await ensure_topics(kafka, [TopicSpec(f"{topic}-b", config.partitions)])
             await publisher.publish(f"{topic}-b", messages)
+        if registry_url is not None:
+            # pipeline-avro's input: the same events, keyed the same, Avro in the registry's
+            # wire format (schema registered under <topic>-value); any that do not fit the
+            # schema go as they are, to be dead letters as they are in JSON.
+            encoder = encoder_for(avro_topic, "avro", EVENT_AVSC, RegistryClient(registry_url))
+            values, unencodable = avro_copy([v for _, v in messages], encoder)
+            avro_bytes = sum(map(len, values))
+            note = f"; {unencodable:,} not encodable, sent as they are" if unencodable else ""
+            progress(f"publishing to {avro_topic} (Avro, schema id {encoder.schema_id}{note})")
+            await ensure_topics(kafka, [TopicSpec(avro_topic, config.partitions)])
+            await publisher.publish(avro_topic, zip((k for k, _ in messages), values, strict=True))
+            del values
     del messages
     results: list[BenchResult] = []
     if "publish" in config.scenarios:
@@ -208,6 +268,14 @@ async def run_bench(
             "events": min(config.events, config.faust_events),
         },
         "pipeline-alo": {"scenario": "pipeline", "guarantee": "at_least_once"},
+        # The reference app's shape on the Avro copy of the input (its bytes are its own).
+        "pipeline-avro": {
+            "scenario": "pipeline-avro",
+            "guarantee": "at_least_once",
+            "topic": avro_topic,
+            "input_bytes": avro_bytes,
+            "registry_url": registry_url,
+        },
         "pipeline-eos": {"scenario": "pipeline", "guarantee": "exactly_once"},
         "pipeline-user": {"scenario": "pipeline-user", "guarantee": "at_least_once"},
         "pipeline-process": {"scenario": "pipeline-process", "guarantee": "at_least_once"},
@@ -268,6 +336,11 @@ async def run_bench(
         progress(f"running state: a worker holding {config.events:,} distinct keys")
         args = {**base, "scenario": "state", "app_id": f"bench-{run_id}-state"}
         results.append(_row("state", run_scenario(args, timeout_s=1800), config.rounds))
+    if "codec" in config.scenarios:
+        events = min(config.events, config.codec_events)
+        progress(f"running codec: decoding and encoding {events:,} events in process")
+        args = {"scenario": "codec", "events": events, "users": config.users}
+        results.append(_row("codec", run_scenario(args, timeout_s=1800), config.rounds))
     return results
 
 
@@ -313,8 +386,11 @@ def summarise(results: list[BenchResult]) -> list[dict[str, Any]]:
         ]
         if ratios:
             row["ratio_to_limit"] = statistics.median(ratios)
-        if name == "state":
-            row["ratio_to_limit"] = None  # its rate includes the worker's start: no ratio
+        if name in ("state", "codec"):
+            # state's rate includes the worker's start; codec reads no topic: no ratio
+            row["ratio_to_limit"] = None
+        if name == "pipeline-avro":
+            row["ratio_to_pipeline_alo"] = _ratio_to(runs, results, "pipeline-alo")
         if len(runs) > 1:
             row["rounds"] = [
                 {
@@ -328,6 +404,14 @@ def summarise(results: list[BenchResult]) -> list[dict[str, Any]]:
             ]
         rows.append(row)
     return rows
+
+
+def _ratio_to(runs: list[BenchResult], results: list[BenchResult], other: str) -> float | None:
+    """The median, over the rounds that ran both, of ``runs``' rate over ``other``'s in the
+    same round (None when no round ran both)."""
+    rates = {r.round: r.events_per_second for r in results if r.scenario == other}
+    ratios = [r.events_per_second / rates[r.round] for r in runs if rates.get(r.round)]
+    return round(statistics.median(ratios), 3) if ratios else None
 
 
 def _row(name: str, out: dict[str, Any], round_: int) -> BenchResult:

@@ -179,6 +179,24 @@ async def pipeline_user(args: Args) -> dict[str, Any]:
     return await _run_app(args, build, "revenue")
 
 
+async def pipeline_avro(args: Args) -> dict[str, Any]:
+    """The reference pipeline's shape on the bench's events Avro-encoded (a topic of their
+    own, schemas in the run's registry at ``registry_url``), Avro aggregates out, in process,
+    until it has consumed every event."""
+    from streams.bench.avro_app import build
+
+    registry = {"STREAMS_SCHEMA_REGISTRY_URL": args["registry_url"]}
+    return await _run_app(args, build, "aggregates", env=registry)
+
+
+def codec(args: Args) -> dict[str, Any]:
+    """µs per record of JSON and Avro decoding and encoding, in process, no broker
+    (:func:`streams.bench.codec.measure_codecs`)."""
+    from streams.bench.codec import measure_codecs
+
+    return measure_codecs(args["events"], users=args["users"], repeats=args.get("repeats", 5))
+
+
 async def pipeline_process(args: Args) -> dict[str, Any]:
     """The card example's shape (``.process``: a list per key, one timer per event), declared
     with the public API, in process, until it has consumed every event."""
@@ -204,10 +222,14 @@ async def pipeline_sliding(args: Args) -> dict[str, Any]:
 
 
 async def _run_app(
-    args: Args, build: Callable[[str, str, str], Any], output: str, events: int | None = None
+    args: Args,
+    build: Callable[[str, str, str], Any],
+    output: str,
+    events: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run the app ``build(app_id, input topic, output topic)`` makes in process until it
-    has consumed ``events`` (default: the bench's)."""
+    has consumed ``events`` (default: the bench's); ``env``: more settings (``STREAMS_*``)."""
     from streams.runtime.health import Health
     from streams.runtime.metrics import WorkerMetrics
     from streams.runtime.worker import Worker
@@ -220,6 +242,7 @@ async def _run_app(
             "STREAMS_APP_ID": app_id,
             "STREAMS_PARTITIONS": str(args["partitions"]),
             "STREAMS_GUARANTEE": args["guarantee"],
+            **(env or {}),
         }
     )
     app = build(app_id, args["topic"], f"{app_id}-{output}")
@@ -364,6 +387,8 @@ SCENARIOS: dict[str, Callable[[Args], Any]] = {
     "decode": decode,
     "pipeline": pipeline,
     "pipeline-user": pipeline_user,
+    "pipeline-avro": pipeline_avro,
+    "codec": codec,
     "pipeline-process": pipeline_process,
     "pipeline-join-stream": pipeline_join_stream,
     "pipeline-sliding": pipeline_sliding,

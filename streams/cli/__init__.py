@@ -15,6 +15,7 @@ from streams.errors import StreamsError
 # Verb modules; each defines a click command or group named ``command``.
 VERBS = (
     "kafka",
+    "registry",
     "topics",
     "publish",
     "generate",

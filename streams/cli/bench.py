@@ -62,6 +62,12 @@ def _rates(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     show_default=True,
     help="Events for faust-naive (it is slow; its rate is measured on this many).",
 )
+@click.option(
+    "--codec-events",
+    default=100_000,
+    show_default=True,
+    help="Events codec decodes and encodes in process (the first of the input's).",
+)
 @click.option("--latency-seconds", default=15.0, show_default=True, help="Latency run length.")
 @click.option(
     "--latency-rate",
@@ -93,13 +99,15 @@ def command(
     partitions: int,
     scenarios: tuple[str, ...],
     faust_events: int,
+    codec_events: int,
     latency_seconds: float,
     latency_rates: tuple[float | str, ...],
     rounds: int,
     processes: tuple[int, ...],
     as_json: bool,
 ) -> None:
-    """Measure publish, raw consume (limit), decode, naive Faust and our pipeline.
+    """Measure publish, raw consume (limit), decode, naive Faust and our pipelines (JSON and,
+    through a Schema Registry the bench starts, Avro).
 
     Uses KAFKA_BOOTSTRAP_SERVERS (default: the local broker, `streams kafka start`). Exits 1
     if a scenario did not process every event (the harness checks itself).
@@ -110,6 +118,7 @@ def command(
         partitions=partitions,
         scenarios=scenarios or ALL_SCENARIOS,
         faust_events=faust_events,
+        codec_events=codec_events,
         latency_seconds=latency_seconds,
         latency_rates=latency_rates,
         rounds=rounds,
@@ -124,6 +133,7 @@ def command(
     # A latency run's events are its rate times its length (it checks its own count).
     expected = {r.scenario: r.events for r in results if r.scenario.startswith("latency-")}
     expected["faust-naive"] = min(events, faust_events)
+    expected["codec"] = min(events, codec_events)
     short = sorted({r.scenario for r in results if r.events < expected.get(r.scenario, events)})
     if as_json:
         click.echo(orjson.dumps({"environment": environment(), "results": rows}).decode())
@@ -138,6 +148,8 @@ def command(
         for name in columns:
             table.add_column(name, justify="right" if name != "scenario" else "left")
         for r in rows:
+            if r["scenario"] == "codec":
+                continue  # no topic, no rate: its figures follow the table
             ratio = r["ratio_to_limit"]
             cells = [
                 r["scenario"],
@@ -152,6 +164,8 @@ def command(
                 cells.append(" ".join(f"{x:.3f}" for x in each if x is not None) or "-")
             table.add_row(*cells)
         Console().print(table)
+        for line in _avro_lines(rows):
+            click.echo(line)
         for r in rows:
             if r["scenario"] == "state":
                 click.echo(
@@ -170,6 +184,32 @@ def command(
     if short:
         click.echo(f"error: scenarios that did not process every event: {short}", err=True)
         sys.exit(1)
+
+
+def _avro_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """pipeline-avro's ratio next to pipeline-alo's, and codec's figures, one line each."""
+    by_name = {r["scenario"]: r for r in rows}
+    lines = []
+    avro = by_name.get("pipeline-avro")
+    if avro is not None and avro["ratio_to_limit"] is not None:
+        line = f"pipeline-avro (Avro in and out): {avro['ratio_to_limit']:.3f} x limit"
+        alo = by_name.get("pipeline-alo")
+        if alo is not None and alo["ratio_to_limit"] is not None:
+            line += f", pipeline-alo (JSON) {alo['ratio_to_limit']:.3f}"
+        if avro.get("ratio_to_pipeline_alo") is not None:
+            line += f"; {avro['ratio_to_pipeline_alo']:.3f} x pipeline-alo's rate (same round)"
+        lines.append(line)
+    codec = by_name.get("codec")
+    if codec is not None:
+        lines.append(
+            f"codec, µs per record (best of {codec['repeats']}, {codec['events']:,} events):"
+            f" decode JSON+validate {codec['json_decode_us']:.2f}, Avro"
+            f" {codec['avro_decode_us']:.2f}; encode {codec['aggregates']:,} aggregates JSON"
+            f" {codec['json_encode_us']:.2f}, Avro {codec['avro_encode_us']:.2f} (on top of"
+            f" JSON); bytes per event JSON {codec['json_bytes_per_event']:.0f},"
+            f" Avro {codec['avro_bytes_per_event']:.0f}"
+        )
+    return lines
 
 
 def _latency_table(rows: list[dict[str, Any]]) -> Table:

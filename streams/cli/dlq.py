@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import click
 import orjson
 
 from streams.config import Settings
+from streams.core.formats import value_reader
 from streams.dlq import ReplayFilter, replay
 from streams.errors import ConfigError
+from streams.registry import RegistryClient
 
 
 def _time_ms(value: str | None, option: str) -> int | None:
@@ -37,6 +41,15 @@ def _match(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _value_reader(settings: Settings) -> Callable[[bytes], Any]:
+    """JSON, and with STREAMS_SCHEMA_REGISTRY_URL set, values in the registry's wire format:
+    what ``--match FIELD=VALUE`` reads a dead letter's fields from."""
+    if not settings.schema_registry.url:
+        return orjson.loads
+    registry = RegistryClient.from_settings(settings.schema_registry, what="dlq replay")
+    return value_reader(registry)
+
+
 @click.group(name="dlq")
 def command() -> None:
     """Dead-letter topic tools."""
@@ -47,7 +60,11 @@ def command() -> None:
 @click.option("--since", default=None, help="Only dead letters from this time (ms or ISO 8601).")
 @click.option("--until", default=None, help="Only dead letters before this time (ms or ISO).")
 @click.option(
-    "--match", "matches", multiple=True, help="FIELD=VALUE on a header or a JSON field; repeatable."
+    "--match",
+    "matches",
+    multiple=True,
+    help="FIELD=VALUE on a header or a field of the value (JSON, or Avro/JSON Schema in the "
+    "registry's wire format with STREAMS_SCHEMA_REGISTRY_URL); repeatable.",
 )
 @click.option("--to", "to_topic", default=None, help="Destination (default: each source topic).")
 @click.option(
@@ -80,6 +97,7 @@ def replay_command(
         until_ms=_time_ms(until, "--until"),
         matches=_match(matches),
         max_replays=max_replays,
+        read=_value_reader(settings),
     )
     report = asyncio.run(
         replay(

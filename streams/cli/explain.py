@@ -92,7 +92,18 @@ def explain(
         else:
             partitions = counts.get(name)
             state = NOT_CREATED if partitions is None else "created"
-        return {"name": name, "role": role, "partitions": partitions, "state": state}
+        # Values: JSON, unless the topic is in a schema registry's format (with its schema).
+        decl = planned.formats.get(name)
+        fmt = "json" if decl is None or role not in ("input", "output") else decl.format
+        schema = None if decl is None or decl.schema is None else str(decl.schema)
+        return {
+            "name": name,
+            "role": role,
+            "partitions": partitions,
+            "state": state,
+            "format": fmt,
+            "schema": schema if fmt != "json" else None,
+        }
 
     pipelines = []
     for name in planned.pipelines:
@@ -203,7 +214,10 @@ def render(doc: dict[str, Any]) -> list[str]:
         width = max(len(t["name"]) for t in pipeline["topics"])
         for t in pipeline["topics"]:
             count = f"{t['partitions']} partitions" if t["partitions"] is not None else t["state"]
-            lines.append(f"    {t['role']:<12}{t['name']:<{width}}  {count}")
+            fmt = "" if t.get("format", "json") == "json" else f"  format {t['format']}"
+            if t.get("schema"):
+                fmt += f" ({t['schema']})"
+            lines.append(f"    {t['role']:<12}{t['name']:<{width}}  {count}{fmt}")
         for segment in pipeline["segments"]:
             lines += [
                 f"  segment {segment['name']}: {segment['input']} -> {segment['output']}",

@@ -8,7 +8,9 @@ from typing import Any
 import click
 import orjson
 
-from streams.errors import StreamsError
+from streams.core.avro_compat import reader_problems
+from streams.core.formats import check_schema, load_schema_data
+from streams.errors import DeclarationError, StreamsError
 from streams.schemas import check_backward_compatible, compile_schema
 
 
@@ -24,9 +26,13 @@ def command() -> None:
 def check(old: Path, new: Path, as_json: bool) -> None:
     """Check that consumers using schema NEW can read everything written under schema OLD.
 
-    Prints "compatible" and exits 0, or prints each reason it is not and exits 1.
+    JSON Schemas, or Avro schemas (``.avsc`` files: Avro's schema resolution rules). Prints
+    "compatible" and exits 0, or prints each reason it is not and exits 1.
     """
-    reasons = check_backward_compatible(_read_schema(old), _read_schema(new))
+    if old.suffix == ".avsc" or new.suffix == ".avsc":
+        reasons = reader_problems(_read_avro(old), _read_avro(new))
+    else:
+        reasons = check_backward_compatible(_read_schema(old), _read_schema(new))
     if as_json:
         click.echo(orjson.dumps({"compatible": not reasons, "reasons": reasons}).decode())
     elif reasons:
@@ -36,6 +42,15 @@ def check(old: Path, new: Path, as_json: bool) -> None:
         click.echo("compatible")
     if reasons:
         raise SystemExit(1)
+
+
+def _read_avro(path: Path) -> Any:
+    try:
+        data = load_schema_data(path)
+        check_schema("avro", data, str(path))
+    except DeclarationError as exc:
+        raise StreamsError(str(exc)) from None
+    return data
 
 
 def _read_schema(path: Path) -> dict[str, Any]:

@@ -47,6 +47,8 @@ class TopicDecoder:
     """Turns a chunk of message values into ``(indices, values, failures)``: the valid
     values, their indices in the chunk, and ``(index, reason)`` for every invalid one."""
 
+    stage = "validate"  # what the dead letters of its failures carry in error.stage
+
     def __init__(self, topic: str, schema: Path | None, max_bytes: int) -> None:
         self.topic = topic
         self.max_bytes = max_bytes

@@ -41,8 +41,8 @@ import orjson
 
 from streams.core.aggregations import canonical
 from streams.core.compile import canonical_key, check_accumulator, check_json, copy_json
-from streams.core.decode import TopicDecoder
 from streams.core.failures import USER_ERRORS, reason
+from streams.core.formats import Decoder, SchemaSource, input_decoder
 from streams.core.jsonbytes import dumps
 from streams.core.sliding_model import SlidingModel
 from streams.topology import nodes
@@ -215,14 +215,16 @@ def interpret(
     flush: bool = True,
     process_times: Mapping[int, int] | None = None,
     join_time: int | None = None,
+    schemas: SchemaSource | None = None,
 ) -> Interpretation:
     """Run ``segment`` over one partition's batches; with ``flush``, close every window
     still open at the end (as if stream time had passed them all). ``process_times`` moves
     the stream time of the segment's ``.process`` number ``n`` (0, 1, ...) to where a worker
     left it at the end (its idle advance fires timers: the audit reads it from the
     changelog); ``join_time`` does the same for a join's stream time (its idle advance
-    emits the left events nothing joined)."""
-    return _Interpreter(segment, tables or {}, idle_timeout_ms, max_message_bytes).run(
+    emits the left events nothing joined). ``schemas`` gives the writer schemas of inputs
+    in a registry format."""
+    return _Interpreter(segment, tables or {}, idle_timeout_ms, max_message_bytes, schemas).run(
         batches, flush, process_times or {}, join_time
     )
 
@@ -234,16 +236,12 @@ class _Interpreter:
         tables: Mapping[str, Mapping[str, Any]],
         idle_timeout_ms: int,
         max_bytes: int,
+        schemas: SchemaSource | None = None,
     ) -> None:
         self.segment = segment
         self.tables = tables
         self.idle_timeout = idle_timeout_ms
-        source = segment.source
-        self.decoder = (
-            TopicDecoder(source.name, source.schema, max_bytes)
-            if source is not None
-            else TopicDecoder(segment.input, None, max_bytes)
-        )
+        self.decoder = input_decoder(segment.input, segment.source, max_bytes, schemas)
         self.result = Interpretation()
         # The stages: operators split at each map_batch / enrich / process; the last one
         # before the window ends in it (``main``, which owns ``stream_time``), and the
@@ -271,11 +269,7 @@ class _Interpreter:
         right = segment.right
         self.right_ops: list[nodes.Op] = [] if right is None else list(right.ops)
         self.right_decoder = (
-            None
-            if right is None
-            else TopicDecoder(
-                right.input, None if right.source is None else right.source.schema, max_bytes
-            )
+            None if right is None else input_decoder(right.input, right.source, max_bytes, schemas)
         )
         # Events no input record made (a final record, a timer): index -1 - n is origins[n].
         self.origins: list[tuple[bytes | None, Any]] = []
@@ -348,13 +342,13 @@ class _Interpreter:
             self.result.derived.append((key, value, stage, where))
         return self.result
 
-    def _records(self, records: Sequence[Any], decoder: TopicDecoder, stage: int) -> None:
+    def _records(self, records: Sequence[Any], decoder: Decoder, stage: int) -> None:
         _, vals, failures = decoder.decode([r.value for r in records])
         why = dict(failures)
         valid = iter(vals)
         for position, record in enumerate(records):
             if position in why:
-                self.result.dead[self.records_seen] = ("validate", why[position], "")
+                self.result.dead[self.records_seen] = (decoder.stage, why[position], "")
             else:
                 self._record(record, next(valid), stage)
             self.records_seen += 1

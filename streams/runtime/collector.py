@@ -12,13 +12,14 @@ stage ``produce``, and processing goes on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 
 from streams.broker.batches import Headers, Poison, partition_for
 from streams.compat import observe_many
+from streams.core.formats import EncodeError, FormatEncoder
 from streams.core.jsonbytes import dumps
 from streams.core.outcome import Outcome, resolve_origin
 from streams.core.segment import SegmentTask
@@ -103,8 +104,11 @@ class Collector:
         metrics: WorkerMetrics,
         stats: RunStats,
         drained: Drained = _ignore,
+        encoders: Mapping[str, FormatEncoder] | None = None,
     ) -> None:
         self.drained = drained
+        # Output topics in a schema registry's format: values re-encoded on their way out.
+        self.encoders = dict(encoders or {})
         self.partitions = layout.partitions
         self.metrics = metrics
         self.stats = stats
@@ -314,9 +318,17 @@ class Collector:
         # Grouped by partition (in order within each), then appended in bulk.
         by_partition: dict[int, list[tuple[bytes | None, bytes, int | None]]] = {}
         keyless = partition % parts
+        encoder = self.encoders.get(topic)
         for output in outputs:
             key, value, _ = output
             target = keyless if key is None else partition_for(key, parts)
+            if encoder is not None:
+                try:
+                    output = (key, encoder.encode(value), output[2])
+                except EncodeError as exc:  # the JSON value goes to the dead-letter topic
+                    refused.append(Poison(topic, target, key, value, [], str(exc)))
+                    continue
+                value = output[1]
             if len(value) + (0 if key is None else len(key)) > room:
                 reason = f"a record of {len(value)} bytes exceeds {topic}'s max.message.bytes"
                 refused.append(Poison(topic, target, key, value, [], reason))

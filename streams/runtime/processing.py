@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from streams.core.compile import NONE, Compiled, compile_segment
-from streams.core.decode import TopicDecoder
+from streams.core.formats import Decoder, SchemaSource, input_decoder
+from streams.errors import ConfigError
 from streams.runtime.calls import drive
 from streams.runtime.collector import Collector, Sink
+from streams.runtime.formats import learn_ids
 from streams.runtime.tasks import PartitionTask
 from streams.topology.plan import Plan
 
@@ -24,19 +26,35 @@ from streams.topology.plan import Plan
 DECODE_CHUNK = 2_000
 
 
+def make_decoder(
+    topic: str, source: Any, max_message_bytes: int, schemas: SchemaSource | None
+) -> Decoder:
+    """The decoder of an input topic: JSON (validated by its schema, if any), or a registry
+    format's (needs ``schemas``)."""
+    if source is not None and source.format != "json" and schemas is None:
+        raise ConfigError(
+            f"topic {topic!r} is format={source.format!r}: set STREAMS_SCHEMA_REGISTRY_URL"
+        )
+    return input_decoder(topic, source, max_message_bytes, schemas)
+
+
 def compile_plan(
-    plan: Plan, max_message_bytes: int, *, spilled: bool = False
-) -> tuple[dict[str, TopicDecoder], dict[str, list[Compiled]]]:
+    plan: Plan,
+    max_message_bytes: int,
+    *,
+    spilled: bool = False,
+    schemas: SchemaSource | None = None,
+) -> tuple[dict[str, Decoder], dict[str, list[Compiled]]]:
     """Every input topic's decoder and the compiled segments reading it, in plan order;
-    ``spilled`` compiles stateful segments for a key-value store (STREAMS_STORE=rocksdb)."""
-    decoders: dict[str, TopicDecoder] = {}
+    ``spilled`` compiles stateful segments for a key-value store (STREAMS_STORE=rocksdb);
+    ``schemas`` gives the writer schemas of ``format="avro"``/``"json-schema"`` inputs."""
+    decoders: dict[str, Decoder] = {}
     compiled: dict[str, list[Compiled]] = {}
 
-    def decoder_of(topic: str, source: Any) -> TopicDecoder:
+    def decoder_of(topic: str, source: Any) -> Decoder:
         decoder = decoders.get(topic)
         if decoder is None:
-            schema = source.schema if source is not None else None
-            decoder = decoders[topic] = TopicDecoder(topic, schema, max_message_bytes)
+            decoder = decoders[topic] = make_decoder(topic, source, max_message_bytes, schemas)
         return decoder
 
     for segment in plan.segments:
@@ -72,13 +90,16 @@ async def run_partition(
     tp = task.tp
     decoder = task.decoder
     metrics = collector.metrics
+    stage = decoder.stage
     for lo in range(0, len(records), DECODE_CHUNK):
         chunk = records[lo : lo + DECODE_CHUNK]
         values = [record.value for record in chunk]
+        if stage == "decode":  # a registry format: ids not seen yet are looked up first
+            await learn_ids(decoder, values)
         idxs, vals, failures = decoder.decode(values)
         if failures:
             collector.dead_letters(
-                outputs, dlq, tp, chunk, [(i, "validate", why, None) for i, why in failures], wall
+                outputs, dlq, tp, chunk, [(i, stage, why, None) for i, why in failures], wall
             )
             metrics.invalid.labels(tp.topic).inc(len(failures))
             collector.stats.invalid += len(failures)

@@ -45,8 +45,8 @@ from streams.broker.batches import Acked
 from streams.config import Settings
 from streams.core.changelog import Record
 from streams.core.compile import Compiled
-from streams.core.decode import TopicDecoder
 from streams.core.enrich import TtlCache
+from streams.core.formats import Decoder
 from streams.core.segment import SegmentTask
 from streams.errors import StateMismatchError, StreamsError
 from streams.runtime.localstate import LocalState
@@ -67,7 +67,7 @@ class PartitionTask:
     """One assigned input partition: its topic's decoder and its segments' tasks."""
 
     tp: TopicPartition
-    decoder: TopicDecoder
+    decoder: Decoder
     segments: list[SegmentTask]
     # Each segment's store kept on disk (None: state in memory, or a temporary store).
     stores: list[LocalState | None] = field(default_factory=list)
@@ -118,7 +118,7 @@ class TaskManager:
         self,
         settings: Settings,
         compiled: Mapping[str, list[Compiled]],
-        decoders: Mapping[str, TopicDecoder],
+        decoders: Mapping[str, Decoder],
         tables: Mapping[str, Mapping[str, Any]],
         metrics: WorkerMetrics,
         *,

@@ -39,6 +39,7 @@ from streams.runtime import topics
 from streams.runtime.calls import drive
 from streams.runtime.collector import Collector, now_ms
 from streams.runtime.committer import AtLeastOnce, Batch, Committer, ExactlyOnce
+from streams.runtime.formats import register_outputs, registry_for
 from streams.runtime.health import Health, RunStats
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.positions import Positions
@@ -152,8 +153,13 @@ class Worker:
             functools.partial(delete_records, settings.kafka),
             None if purge_ms < 0 else purge_ms / 1000,
         )
+        # The schema registry of format="avro"/"json-schema" topics (None: JSON only).
+        self._registry = registry_for(plan, settings.schema_registry)
         self._decoders, self._compiled = compile_plan(
-            plan, settings.max_message_bytes, spilled=settings.store == "rocksdb"
+            plan,
+            settings.max_message_bytes,
+            spilled=settings.store == "rocksdb",
+            schemas=self._registry,
         )
         metrics.declare(
             [s.name for s in plan.segments], plan.inputs, {s.dlq for s in plan.segments}
@@ -182,6 +188,11 @@ class Worker:
         gc.set_threshold(50_000, 50, 1_000)
         s = self.settings
         kafka = s.kafka
+        encoders = (
+            {}
+            if self._registry is None
+            else await asyncio.to_thread(register_outputs, self.plan, self._registry)
+        )
         self._layout = layout = await topics.prepare(kafka, self.plan, s.partitions)
         topics.check_copartitioned(self.plan, layout.partitions)
         await self._tables.load()
@@ -194,7 +205,12 @@ class Worker:
             read_committed=self.eos,
         )
         self._collector = Collector(
-            self.plan, layout, self.metrics, self.stats, drained=self._tasks.drained
+            self.plan,
+            layout,
+            self.metrics,
+            self.stats,
+            drained=self._tasks.drained,
+            encoders=encoders,
         )
         self._consumer = RawRecordsConsumer(
             **kafka.client_kwargs(),

@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import os
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -37,12 +39,15 @@ from streams.api.app import App
 from streams.broker.batches import Headers, partition_for
 from streams.config import Settings
 from streams.core.failures import Site
+from streams.core.formats import FormatDecoder, FormatEncoder
 from streams.core.process import ProcessState
 from streams.core.segment import SegmentTask
 from streams.dlq import header_map
 from streams.errors import StreamsError
+from streams.registry import MemoryRegistry
 from streams.runtime.calls import drive
 from streams.runtime.collector import Collector
+from streams.runtime.formats import encoder_for, register_outputs
 from streams.runtime.health import RunStats
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.processing import compile_plan, run_partition
@@ -162,9 +167,22 @@ class TestDriver:
         self._topics.clock = now_ms
         self.metrics = WorkerMetrics()
         self.stats = RunStats()
-        self._collector = Collector(self.plan, TopicLayout(counts, {}), self.metrics, self.stats)
+        # format="avro"/"json-schema" topics use a registry in memory: output schemas are
+        # registered as a worker registers them, and sent values encoded with their topic's.
+        self.registry = MemoryRegistry()
+        self._writers: dict[tuple[str, str], FormatEncoder] = {}
+        encoders = register_outputs(self.plan, self.registry) if self.plan.formats else {}
+        self._collector = Collector(
+            self.plan, TopicLayout(counts, {}), self.metrics, self.stats, encoders=encoders
+        )
         self.tables: dict[str, dict[str, Any]] = {name: {} for name in self.plan.tables}
-        self._decoders, self._compiled = compile_plan(self.plan, self.settings.max_message_bytes)
+        self._decoders, self._compiled = compile_plan(
+            self.plan, self.settings.max_message_bytes, schemas=self.registry
+        )
+        self._readers = {
+            name: FormatDecoder(name, decl.format, self.registry, 1 << 62)
+            for name, decl in self.plan.formats.items()
+        }
         for site in self._sites():
             site.capture = raise_errors
         self._dlq_of_input = {segment.input: segment.dlq for segment in self.plan.segments}
@@ -189,11 +207,20 @@ class TestDriver:
         timestamp: int | None = None,
         partition: int | None = None,
         headers: Mapping[str, str] | None = None,
+        schema: str | os.PathLike[str] | None = None,
     ) -> None:
         """Publish one record and process it (one batch). ``value`` is JSON-encoded unless it
-        is bytes (or None, a tombstone); ``timestamp`` defaults to the wall clock."""
+        is bytes (or None, a tombstone); ``timestamp`` defaults to the wall clock. On a
+        ``format="avro"``/``"json-schema"`` topic it is encoded in the wire format with
+        ``schema`` (a file), else the topic's declared schema, registered in memory."""
         self.send_many(
-            topic, [value], key=key, timestamp=timestamp, partition=partition, headers=headers
+            topic,
+            [value],
+            key=key,
+            timestamp=timestamp,
+            partition=partition,
+            headers=headers,
+            schema=schema,
         )
 
     def send_many(
@@ -206,6 +233,7 @@ class TestDriver:
         timestamp: int | None = None,
         partition: int | None = None,
         headers: Mapping[str, str] | None = None,
+        schema: str | os.PathLike[str] | None = None,
     ) -> None:
         """Publish several records, then process them as one batch per partition."""
         self._require(topic)
@@ -215,7 +243,13 @@ class TestDriver:
             raise StreamsError(f"send_many: {len(values)} values but {len(key_list)} keys")
         for value, one_key in zip(values, key_list, strict=True):
             self.publish(
-                topic, value, key=one_key, timestamp=timestamp, partition=partition, headers=headers
+                topic,
+                value,
+                key=one_key,
+                timestamp=timestamp,
+                partition=partition,
+                headers=headers,
+                schema=schema,
             )
         self.process()
 
@@ -228,11 +262,17 @@ class TestDriver:
         timestamp: int | None = None,
         partition: int | None = None,
         headers: Mapping[str, str] | None = None,
+        schema: str | os.PathLike[str] | None = None,
     ) -> None:
         """Append a record without processing it yet (see :meth:`process`)."""
         self._require(topic)
         raw_key = key.encode() if isinstance(key, str) else key
-        raw_value = value if value is None or isinstance(value, bytes) else orjson.dumps(value)
+        if value is None or isinstance(value, bytes):
+            raw_value = value
+        elif topic in self.plan.formats:
+            raw_value = self._writer(topic, schema).encode_value(value)
+        else:
+            raw_value = orjson.dumps(value)
         parts = self._topics.partitions[topic]
         if partition is None:
             partition = 0 if raw_key is None else partition_for(raw_key, parts)
@@ -248,6 +288,21 @@ class TestDriver:
         )
         if topic in self.tables:
             self._apply_table(topic, raw_key, raw_value)
+
+    def _writer(self, topic: str, schema: str | os.PathLike[str] | None) -> FormatEncoder:
+        """The encoder of values sent to a format topic: ``schema``, else the topic's own."""
+        decl = self.plan.formats[topic]
+        path = Path(schema) if schema is not None else decl.schema
+        if path is None:
+            raise StreamsError(
+                f"topic {topic!r} is format={decl.format!r} and declares no schema: pass "
+                "send(..., schema='file') to encode the value with, or send the wire bytes"
+            )
+        writer = self._writers.get((topic, str(path)))
+        if writer is None:
+            writer = encoder_for(topic, decl.format, path, self.registry)
+            self._writers[(topic, str(path))] = writer
+        return writer
 
     def put(self, table: str, key: str, value: Any) -> None:
         """Set a table's value for ``key`` (``None`` deletes it), as a compacted topic write."""
@@ -277,9 +332,15 @@ class TestDriver:
         """Every record ``topic`` received, partition by partition, in offset order."""
         self._require(topic)
         out = []
+        reader = self._readers.get(topic)
         for partition, log in enumerate(self._topics.logs[topic]):
             for stored in log:
-                out.append(_record(topic, partition, stored))
+                record = _record(topic, partition, stored)
+                if reader is not None and stored.value is not None:
+                    _, values, _ = reader.decode([stored.value])
+                    if values:
+                        record = dataclasses.replace(record, value=values[0])
+                out.append(record)
         return out
 
     def values(self, topic: str) -> list[Any]:

@@ -19,11 +19,14 @@ UserFn = Callable[..., Any]
 
 @dataclass(frozen=True)
 class TopicDecl:
-    """An input or output topic of JSON objects; ``schema`` validates values read from it."""
+    """An input or output topic. ``format``: ``json`` (UTF-8 JSON objects; ``schema``, a JSON
+    Schema, validates values read), or ``avro``/``json-schema`` in the schema registry's wire
+    format (``schema``: the reader schema of an input, the registered schema of an output)."""
 
     name: str
     schema: Path | None = None
     dlq: str | None = None
+    format: str = "json"
 
     @property
     def dlq_topic(self) -> str:
@@ -237,4 +240,5 @@ class AppDecl:
     pipelines: tuple[PipelineDecl, ...]
     tables: tuple[str, ...] = ()
     dangling: tuple[str, ...] = ()
+    topics: tuple[TopicDecl, ...] = ()
     where: str = field(default="", compare=False)

@@ -167,6 +167,8 @@ class Plan:
     segments: tuple[Segment, ...]
     topics: tuple[PlannedTopic, ...]
     tables: tuple[str, ...]
+    # Topics in a schema registry's format (``format="avro"`` or ``"json-schema"``), by name.
+    formats: Mapping[str, nodes.TopicDecl] = field(default_factory=dict)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -234,7 +236,35 @@ def plan(app: nodes.AppDecl, app_id: str | None = None) -> Plan:
         segments=tuple(segments),
         topics=_topics(segments, app),
         tables=tuple(app.tables),
+        formats=_formats(segments, app),
     )
+
+
+def _formats(segments: list[Segment], app: nodes.AppDecl) -> dict[str, nodes.TopicDecl]:
+    """The declared topics in a schema registry's format that the plan reads or writes; an
+    output among them needs its schema (what it is registered and encoded with)."""
+    declared = {decl.name: decl for decl in app.topics if decl.format != "json"}
+    used: dict[str, nodes.TopicDecl] = {}
+    for segment in segments:
+        for topic in segment.inputs:
+            if topic in declared:
+                used[topic] = declared[topic]
+        sink = segment.sink
+        if sink is not None and sink.topic in declared:
+            decl = used[sink.topic] = declared[sink.topic]
+            if decl.schema is None:
+                raise DeclarationError(
+                    f"{sink.where}: .to({sink.topic!r}) writes a format={decl.format!r} topic "
+                    f"declared without a schema; declare it with app.topic({sink.topic!r}, "
+                    f"format={decl.format!r}, schema='schemas/....') to register and encode with"
+                )
+    for name in app.tables:
+        if name in declared:
+            raise DeclarationError(
+                f"{app.where}: table {name!r} is declared format={declared[name].format!r}; "
+                "tables read JSON values only"
+            )
+    return used
 
 
 def _check_name(where: str, what: str, name: str) -> None:

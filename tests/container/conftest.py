@@ -3,9 +3,9 @@
 Nothing here skips. A machine without podman (and the rest below) fails these tests with one
 line naming the script that installs it; ``make test`` and ``.ci/run`` run that script first.
 Registry images cannot be pulled here, so ``deploy/podman/build-images.sh`` makes local
-stand-ins (a debootstrap Debian base, Python, Kafka, Prometheus) and a wheelhouse, cached in
-``.cache/`` and podman's store. What each test measured (image sizes, how long each step took)
-and what could not run here is printed at the end of the session.
+stand-ins (a debootstrap Debian base, Python, Kafka, Prometheus, the Schema Registry) and a
+wheelhouse, cached in ``.cache/`` and podman's store. What each test measured (image sizes, how
+long each step took) and what could not run here is printed at the end of the session.
 """
 
 from __future__ import annotations
@@ -165,18 +165,20 @@ class LocalImages:
 
 @pytest.fixture(scope="module")
 def local_images(notes: list[str]) -> LocalImages:
-    """The local base, Kafka and Prometheus images and the wheelhouse (cached after a first run)."""
+    """The local base, Kafka, Prometheus and registry images and the wheelhouse (cached after a
+    first run)."""
     podman_compose = _require_tools()
     env = {**os.environ, "PYTHON": sys.executable}
     with timed(
-        notes, "deploy/podman/build-images.sh (base, Python, Kafka, Prometheus, wheelhouse)"
+        notes,
+        "deploy/podman/build-images.sh (base, Python, Kafka, Prometheus, registry, wheelhouse)",
     ):
         done = run([str(BUILD_IMAGES)], env=env, timeout=1500, what="building the local images")
     for line in done.stdout.splitlines():
         name, _, value = line.removeprefix("export ").partition("=")
         env[name] = value
     images = LocalImages(env, podman_compose)
-    for name in ("PYTHON_BASE_IMAGE", "KAFKA_IMAGE", "PROMETHEUS_IMAGE"):
+    for name in ("PYTHON_BASE_IMAGE", "KAFKA_IMAGE", "PROMETHEUS_IMAGE", "REGISTRY_IMAGE"):
         notes.append(f"image {env[name]}: {images.size_mb(env[name]):.0f} MB")
     return images
 

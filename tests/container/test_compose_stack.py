@@ -19,6 +19,7 @@ import functools
 import json
 import re
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ import pytest
 import yaml
 
 from streams.broker.local import free_port
+from streams.broker.registry import API_PATH
 from tests.container.conftest import (
     COMPOSE_OVERRIDE,
     REPO,
@@ -49,9 +51,19 @@ from tests.unit.test_deploy_tools import (
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
 # Everything but Grafana (not to be had here) and the generator (the load, started later).
-SERVICES = ["kafka", "topic-init", "worker", "lag-exporter", "prometheus"]
+SERVICES = ["kafka", "registry", "topic-init", "worker", "lag-exporter", "prometheus"]
 WORKERS = 2
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
+# Run in a worker container: registers argv[2] under argv[1] through the compose stack's
+# registry URL, then reads it back by id with a second client (the first one caches it).
+REGISTER_AND_READ = """
+import json, os, sys
+from streams.registry import RegistryClient
+url = os.environ["STREAMS_SCHEMA_REGISTRY_URL"]
+RegistryClient(url).check()
+schema_id = RegistryClient(url).register(sys.argv[1], "AVRO", sys.argv[2])
+print(json.dumps([schema_id, *RegistryClient(url).schema(schema_id)]))
+"""
 
 
 def _seconds(duration: str) -> float:
@@ -150,7 +162,8 @@ def stack(
 ) -> Iterator[Stack]:
     """A podman-compose project of its own (name, network, volumes, host ports); afterwards
     every container's log is saved under the test's tmp_path and all of it is removed."""
-    ports = {name: free_port() for name in ("KAFKA_HOST_PORT", "PROMETHEUS_HOST_PORT")}
+    names = ("KAFKA_HOST_PORT", "REGISTRY_HOST_PORT", "PROMETHEUS_HOST_PORT")
+    ports = {name: free_port() for name in names}
     stack = Stack(local_images, f"streams-test-{uuid.uuid4().hex[:8]}", ports)
     yield stack
     saved = stack.save_logs(tmp_path / "logs")
@@ -190,6 +203,25 @@ def _bring_up(stack: Stack, services: dict[str, Any]) -> None:
             wait_until(f"{container} healthy", functools.partial(stack.healthy, container), 180)
 
 
+def _check_registry(stack: Stack, worker: str) -> int:
+    """A worker registers an Avro schema by the registry's service name and reads it back by
+    id; the host then finds its subject on the published port. The schema's id."""
+    subject = "compose-check-value"
+    schema = {"type": "record", "name": "Check", "fields": [{"name": "n", "type": "long"}]}
+    done = stack.podman(
+        "exec", worker, "python", "-c", REGISTER_AND_READ, subject, json.dumps(schema)
+    )
+    schema_id, schema_type, text = json.loads(done.stdout.splitlines()[-1])
+    assert (schema_type, json.loads(text)) == ("AVRO", schema), done.stdout
+    url = f"http://127.0.0.1:{stack.env['REGISTRY_HOST_PORT']}{API_PATH}/subjects"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        subjects = json.load(response)
+    assert isinstance(subjects, list), subjects
+    assert subject in subjects, subjects
+    return int(schema_id)
+
+
 def _audit(stack: Stack) -> tuple[int, dict[str, Any]]:
     """``streams verify --allow-duplicates --json`` in a one-off worker container, as the
     README runs it: its exit code and report."""
@@ -215,6 +247,13 @@ def test_the_compose_stack_runs_end_to_end(stack: Stack, notes: list[str], tmp_p
 
     with timed(notes, f"up: {', '.join(SERVICES)} ({WORKERS} workers), all healthy"):
         _bring_up(stack, services)
+
+    schema_id = _check_registry(stack, workers[0])
+    notes.append(
+        f"registry: {workers[0]} registered an Avro schema (id {schema_id}) at "
+        f"{worker_env['STREAMS_SCHEMA_REGISTRY_URL']} and read it back; the host found its "
+        "subject on the published port"
+    )
 
     scrape = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
     expected = {

@@ -6,6 +6,7 @@ only guards the harness against rot.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -17,11 +18,13 @@ import orjson
 import pytest
 
 from streams.bench.runner import ALL_SCENARIOS
+from streams.broker.local import port_in_use
 
 pytestmark = pytest.mark.integration
 
 EVENTS = 50_000
 FAUST_EVENTS = 3_000
+CODEC_EVENTS = 5_000
 
 
 def test_bench_runs_every_scenario_on_every_event(project_env: dict[str, str]) -> None:
@@ -36,6 +39,8 @@ def test_bench_runs_every_scenario_on_every_event(project_env: dict[str, str]) -
                 str(EVENTS),
                 "--faust-events",
                 str(FAUST_EVENTS),
+                "--codec-events",
+                str(CODEC_EVENTS),
                 "--latency-seconds",
                 "3",
                 "--rounds",
@@ -64,20 +69,31 @@ def test_bench_runs_every_scenario_on_every_event(project_env: dict[str, str]) -
         "limit-again",
         "decode",
         "pipeline-alo",
+        "pipeline-avro",
         "pipeline-eos",
         "pipeline-user",
     ):
         assert rows[name]["events"] == EVENTS, name
     assert rows["faust-naive"]["events"] == FAUST_EVENTS
+    assert rows["codec"]["events"] == CODEC_EVENTS
     for name in latency:
         assert rows[name]["measured"] == rows[name]["events"] > 0, name
     for name in latency - {"latency-echo-half"}:
         phases = rows[name]["phases"]
         assert all(phases[phase]["batches"] > 0 for phase in phases), name
     # Every scenario but the slow Faust one ran in both rounds, on every event each time.
-    for name in ("limit", "limit-again", "decode", "pipeline-alo", "pipeline-eos", "pipeline-user"):
+    for name in (
+        "limit",
+        "limit-again",
+        "decode",
+        "pipeline-alo",
+        "pipeline-avro",
+        "pipeline-eos",
+        "pipeline-user",
+    ):
         assert [r["round"] for r in rows[name]["rounds"]] == [1, 2], name
     assert "rounds" not in rows["faust-naive"]
+    assert "rounds" not in rows["codec"]
     # The state scenario's worker held one aggregate and one id per event, before and after
     # its restart, and reported its own RSS (far above the ~50 MB of the scenario process).
     state = rows["state"]
@@ -162,3 +178,46 @@ def test_bench_runs_pipeline_alo_with_processes(project_env: dict[str, str]) -> 
         row = rows[f"pipeline-alo-p{processes}"]
         assert (row["events"], row["processes"]) == (20_000, processes)
         assert row["ratio_to_limit"] > 0
+
+
+def test_bench_runs_pipeline_avro_and_codec(project_env: dict[str, str]) -> None:
+    """pipeline-avro reads the Avro copy of the input through the run's own Schema Registry
+    (started and stopped by the bench), next to pipeline-alo; codec measures in process."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "streams", "bench", "--events", "20000"),
+            *("--scenario", "limit", "--scenario", "pipeline-alo", "--scenario", "pipeline-avro"),
+            *("--scenario", "codec", "--codec-events", "2000", "--json"),
+        ],
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["scenario"]: row for row in orjson.loads(done.stdout)["results"]}
+    assert set(rows) == {"limit", "pipeline-alo", "pipeline-avro", "limit-again", "codec"}
+    avro, alo = rows["pipeline-avro"], rows["pipeline-alo"]
+    assert avro["events"] == alo["events"] == 20_000
+    # The same events give as many aggregates (none final yet: 20k events are 20 s of event
+    # time), none of them invalid either way.
+    assert avro["emitted"] == alo["emitted"]
+    assert avro["invalid"] == alo["invalid"] == 0
+    assert avro["ratio_to_limit"] > 0
+    assert avro["ratio_to_pipeline_alo"] > 0
+    # Avro input is smaller than the JSON (MB/s are of each one's own bytes).
+    assert (
+        0
+        < avro["mb_per_second"] / avro["events_per_second"]
+        < (alo["mb_per_second"] / alo["events_per_second"])
+    )
+    codec = rows["codec"]
+    assert codec["events"] == codec["json_valid"] == codec["avro_valid"] == 2_000
+    for name in ("json_decode_us", "avro_decode_us", "avro_encode_us", "json_encode_us"):
+        assert codec[name] > 0, name
+    assert codec["ratio_to_limit"] is None
+    # The registry the bench started is stopped.
+    started = re.search(r"Schema Registry on port (\d+)", done.stderr)
+    assert started is not None, done.stderr[-3000:]
+    assert not port_in_use(int(started.group(1)))

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from streams.broker.local import KAFKA_VERSION, LocalKafka
+from streams.broker.registry import API_PATH, REGISTRY_VERSION
 from streams.config import Settings
 from tests.unit.test_deploy_tools import (
     COMPOSE_FILE,
@@ -27,7 +28,16 @@ from tests.unit.test_deploy_tools import (
     load_compose,
 )
 
-SERVICES = {"kafka", "topic-init", "worker", "lag-exporter", "generator", "prometheus", "grafana"}
+SERVICES = {
+    "kafka",
+    "registry",
+    "topic-init",
+    "worker",
+    "lag-exporter",
+    "generator",
+    "prometheus",
+    "grafana",
+}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
@@ -94,10 +104,20 @@ def test_kafka_runs_the_version_the_tests_use() -> None:
     assert _services()["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
 
 
+def test_the_registry_is_the_one_the_tests_use_and_the_app_is_pointed_at_it() -> None:
+    services = _services()
+    assert services["registry"]["image"] == f"apicurio/apicurio-registry-mem:{REGISTRY_VERSION}"
+    (published,) = services["registry"]["ports"]
+    url = f"http://registry:{published.rpartition(':')[2]}{API_PATH}"
+    for name in ("topic-init", "worker", "lag-exporter", "generator"):
+        assert services[name]["environment"]["STREAMS_SCHEMA_REGISTRY_URL"] == url, name
+
+
 # The public images a user's `docker compose up` pulls, each replaceable by a variable (where
-# no registry answers: deploy/podman/build-images.sh makes stand-ins for the first two).
+# no image registry answers: deploy/podman/build-images.sh makes stand-ins for all but Grafana).
 PUBLIC_IMAGES = {
     "kafka": ("KAFKA_IMAGE", f"apache/kafka:{KAFKA_VERSION}"),
+    "registry": ("REGISTRY_IMAGE", f"apicurio/apicurio-registry-mem:{REGISTRY_VERSION}"),
     "prometheus": ("PROMETHEUS_IMAGE", "prom/prometheus:v3.5.0"),
     "grafana": ("GRAFANA_IMAGE", "grafana/grafana:12.1.1"),
 }
