@@ -127,14 +127,11 @@ class TopicDecoder:
         max_bytes = self.max_bytes
         loads = orjson.loads
         for index, raw in enumerate(values):
-            if raw is None:
-                failures.append((index, TOMBSTONE))
+            unreadable = unreadable_size(raw, max_bytes)
+            if unreadable is not None:
+                failures.append((index, unreadable))
                 continue
-            if len(raw) > max_bytes:
-                failures.append(
-                    (index, f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
-                )
-                continue
+            assert raw is not None
             try:
                 value = loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -147,6 +144,16 @@ class TopicDecoder:
             else:
                 failures.append((index, reason))
         return idxs, vals, failures
+
+
+def unreadable_size(raw: bytes | None, max_bytes: int) -> str | None:
+    """Why a message cannot be decoded whatever its format (a tombstone, or over the size
+    limit), or None."""
+    if raw is None:
+        return TOMBSTONE
+    if len(raw) > max_bytes:
+        return f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit"
+    return None
 
 
 def _schema_reason(exc: BaseException) -> str:

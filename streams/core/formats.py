@@ -22,10 +22,16 @@ import orjson
 
 from streams.core.avro import AvroCodec, AvroMismatch
 from streams.core.compile import NONE, Guarantees
-from streams.core.decode import Decoded, TopicDecoder, compile_schema, load_schema
+from streams.core.decode import (
+    Decoded,
+    TopicDecoder,
+    compile_schema,
+    load_schema,
+    unreadable_size,
+)
 from streams.errors import DeclarationError, UnknownSchemaError
 from streams.topology.nodes import TopicDecl
-from streams.validation import TOMBSTONE, describe_value
+from streams.validation import describe_value
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +197,11 @@ class FormatDecoder:
         vals: list[Any] = []
         failures: list[tuple[int, str]] = []
         for index, raw in enumerate(values):
-            if raw is None:
-                failures.append((index, TOMBSTONE))
+            unreadable = unreadable_size(raw, max_bytes)
+            if unreadable is not None:
+                failures.append((index, unreadable))
                 continue
-            if len(raw) > max_bytes:
-                failures.append(
-                    (index, f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
-                )
-                continue
+            assert raw is not None
             if len(raw) < HEADER_BYTES or raw[0] != MAGIC:
                 failures.append((index, _not_framed(raw, self.format)))
                 continue

@@ -31,6 +31,7 @@ def note(what):
         f.write(f"{time.monotonic()} {slot} {what}\n")
 
 asked_ready = threading.Event()
+scraped = threading.Event()
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -40,6 +41,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "# TYPE streams_events_consumed_total counter\n"
                 f"streams_events_consumed_total {10 * (slot + 1)}.0\n"
             ).encode()
+            scraped.set()
         else:
             body = b"{}"
             asked_ready.set()
@@ -70,6 +72,7 @@ if mode == "fail":
     sys.exit(2)
 if mode in ("crash", "idle"):
     asked_ready.wait()  # the supervisor saw it ready
+    scraped.wait()  # and read its counters (a real worker's since the last scrape are lost)
     if mode == "idle":
         totals()
     sys.exit(1 if mode == "crash" else 0)
