@@ -47,6 +47,7 @@ def _value_reader(settings: Settings) -> Callable[[bytes], Any]:
     if not settings.schema_registry.url:
         return orjson.loads
     registry = RegistryClient.from_settings(settings.schema_registry, what="dlq replay")
+    registry.check()
     return value_reader(registry)
 
 

@@ -63,6 +63,7 @@ def command(
         if schema is None:
             raise click.UsageError(f"--format {fmt} needs --schema FILE (an .avsc or JSON Schema)")
         registry = RegistryClient.from_settings(RegistrySettings.from_env(), what=f"--format {fmt}")
+        registry.check()
         encode = encoder_for(topic, fmt, schema, registry).encode_value
 
     async def run() -> None:

@@ -27,6 +27,8 @@ from streams.errors import ConfigError, SchemaRegistryError, UnknownSchemaError
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+# Where Apicurio Registry serves Confluent's API.
+APICURIO_CCOMPAT = "/apis/ccompat/v7"
 # Backoff between attempts at a request the registry failed with a 5xx or a dropped connection.
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 
@@ -101,8 +103,25 @@ class RegistryClient:
     # -- the API -------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Raise :class:`SchemaRegistryError` unless the registry answers."""
-        self._request("GET", "/subjects")
+        """Raise :class:`SchemaRegistryError` unless the registry answers. An Apicurio
+        server's root URL (its Confluent API lives under ``/apis/ccompat/v7``) is taken for
+        that API, with a log line saying so."""
+        status, _ = self._request("GET", "/subjects", missing_ok=True)
+        if status != 404:
+            return
+        if not self.url.endswith(APICURIO_CCOMPAT):
+            root = self.url
+            self.url = root + APICURIO_CCOMPAT
+            status, _ = self._request("GET", "/subjects", missing_ok=True)
+            if status != 404:
+                log.info("schema registry: using %s (Apicurio's Confluent API)", self.url)
+                return
+            self.url = root
+        raise SchemaRegistryError(
+            f"the schema registry at {self.url} answered GET /subjects with HTTP 404; is "
+            "STREAMS_SCHEMA_REGISTRY_URL the registry's API base URL (Apicurio's: "
+            f"http://host:port{APICURIO_CCOMPAT})?"
+        )
 
     def schema(self, schema_id: int) -> tuple[str, str]:
         """``(schema_type, text)`` of ``schema_id``, fetched once and cached."""

@@ -380,3 +380,19 @@ def test_memory_registry_ids() -> None:
 def test_memory_registry_unknown_id() -> None:
     with pytest.raises(UnknownSchemaError, match="schema id 5 is not in the registry"):
         MemoryRegistry().schema(5)
+
+
+def test_an_apicurio_root_url_is_taken_for_its_confluent_api(fake: FakeRegistry) -> None:
+    fake.on("GET", "/apis/ccompat/v7/subjects", (200, []))
+    registry = client(fake)
+    registry.check()
+    assert registry.url == fake.url + "/apis/ccompat/v7"
+    fake.on("GET", "/apis/ccompat/v7/schemas/ids/7", (200, {"schema": USER_SCHEMA}))
+    assert registry.schema(7) == ("AVRO", USER_SCHEMA)
+
+
+def test_a_url_that_serves_no_registry_is_one_line_naming_the_api_path(
+    fake: FakeRegistry,
+) -> None:
+    with pytest.raises(SchemaRegistryError, match=r"HTTP 404.*/apis/ccompat/v7"):
+        client(fake).check()
