@@ -29,11 +29,13 @@ from pathlib import Path
 
 from streams.broker.local import cache_root, port_in_use, terminate
 from streams.errors import RegistryServerError
+from streams.registry.client import APICURIO_CCOMPAT
 
 REGISTRY_VERSION = "2.4.2.Final"
 DEFAULT_PORT = 8081
 RUNNER_JAR = "apicurio-registry-runner.jar"
-API_PATH = "/apis/ccompat/v7"
+# Where Apicurio serves Confluent's API: the path clients (and RegistryClient) use.
+API_PATH = APICURIO_CCOMPAT
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The environment the server sees: Apicurio reads dozens of variables (HTTP_PORT, LOG_LEVEL,

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from streams.config import RegistrySettings
 from streams.core.formats import SCHEMA_TYPES, FormatDecoder, FormatEncoder, codec_for, schema_text
@@ -79,17 +79,13 @@ def encoder_for(topic: str, fmt: str, schema: Path, registry: Registry) -> Forma
     return FormatEncoder(topic, fmt, schema_id, codec_for(schema_type, text, str(schema)))
 
 
-async def learn_ids(decoder: Any, values: Collection[bytes | None]) -> None:
+async def learn_ids(decoder: FormatDecoder, values: Collection[bytes | None]) -> None:
     """Look up the schema ids of ``values`` that ``decoder`` does not know yet, in a thread.
     While the registry does not answer, wait and ask again (processing waits, lag grows,
     nothing is dead-lettered for it): a stop cancels the wait."""
-    unknown = getattr(decoder, "unknown", None)
-    if unknown is None:
-        return
-    missing = unknown(values)
+    missing = decoder.unknown(values)
     if not missing:
         return
-    assert isinstance(decoder, FormatDecoder)
     attempt = 0
     while True:
         try:

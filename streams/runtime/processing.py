@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streams.core.compile import NONE, Compiled, compile_segment
-from streams.core.formats import Decoder, SchemaSource, input_decoder
+from streams.core.formats import Decoder, FormatDecoder, SchemaSource, input_decoder
 from streams.errors import ConfigError
 from streams.runtime.calls import drive
 from streams.runtime.collector import Collector, Sink
@@ -94,7 +94,7 @@ async def run_partition(
     for lo in range(0, len(records), DECODE_CHUNK):
         chunk = records[lo : lo + DECODE_CHUNK]
         values = [record.value for record in chunk]
-        if stage == "decode":  # a registry format: ids not seen yet are looked up first
+        if decoder.__class__ is FormatDecoder:  # ids not seen yet are looked up first
             await learn_ids(decoder, values)
         idxs, vals, failures = decoder.decode(values)
         if failures:
