@@ -159,14 +159,14 @@ class _ModelState:
         self.cleared = True
 
     def timer(self, at_ms: int) -> None:
-        if type(at_ms) is not int or at_ms < 0:
+        if type(at_ms) is not int or not 0 <= at_ms < 2**63:
             self._refuse("not a time")
         if not self.timed:
             self._refuse("no on_timer")
         self.pending.add(at_ms)
 
     def cancel(self, at_ms: int) -> None:
-        if type(at_ms) is not int or at_ms < 0:
+        if type(at_ms) is not int or not 0 <= at_ms < 2**63:
             self._refuse("not a time")
         self.pending.discard(at_ms)
 

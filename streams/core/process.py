@@ -57,6 +57,8 @@ _NO_VALUE = object()
 
 
 _NAMES: dict[str, bytes] = {}
+_dumps = orjson.dumps
+_join = b"".join
 
 # A heap entry: ``at_ms << _GEN_BITS | generation``. Generations count timers pushed, modulo
 # 2**40: two pending timers share one only after a trillion pushes.
@@ -68,6 +70,8 @@ _GEN_MASK = (1 << _GEN_BITS) - 1
 # own, one per TIMER_BUCKET_MS of at_ms, until they are down to INLINE_AGAIN: a busy key
 # rewrites the buckets a drain changed, not thousands of timers, nor a record per timer.
 INLINE_TIMERS = 32
+# The largest timer (a Kafka timestamp's range, int64): its changelog records are orjson's.
+MAX_TIMER = 2**63 - 1
 INLINE_AGAIN = 8
 TIMER_BUCKET_MS = 1000
 
@@ -110,16 +114,22 @@ class KeyState:
         """The key's changelog value: the JSON of ``{"s": {name: value}, "t": [at_ms, ...],
         "u": touch}``, joined from the values' bytes; ``"T": 1`` instead of ``t`` when its
         timers have records of their own."""
-        body = b",".join([_name(name) + value for name, value in self.values.items()])
-        record = b'{"s":{%b}' % body
+        values = self.values
+        if len(values) == 1:  # the common case: one join less
+            [(name, value)] = values.items()
+            body = (_NAMES.get(name) or _name(name)) + value
+        else:
+            body = b",".join([(_NAMES.get(name) or _name(name)) + v for name, v in values.items()])
         if self.split:
-            record += b',"T":1'
+            timers = b',"T":1'
         elif self.timers:
             # In order: the same timers make the same bytes, however they came to be held.
-            record += b',"t":[%b]' % b",".join([b"%d" % at for at in sorted(self.timers)])
+            timers = b',"t":' + _dumps(sorted(self.timers))
+        else:
+            timers = b""
         if with_touch:
-            record += b',"u":%d' % self.touched
-        return record + b"}"
+            return b'{"s":{%b}%b,"u":%d}' % (body, timers, self.touched)
+        return b'{"s":{%b}%b}' % (body, timers)
 
     def decode(self, value: bytes) -> None:
         """Take a changelog value (see :meth:`encode`): a key whose timers are in its record
@@ -173,9 +183,10 @@ class State:
 
     def get(self, name: str, default: Any = None) -> Any:
         """The value of ``name`` (a fresh copy), or ``default``."""
-        staged = self._writes.get(name, _NO_VALUE)
-        if staged is not _NO_VALUE:
-            return default if staged is _DELETED else _loads(staged)
+        if self._writes:
+            staged = self._writes.get(name, _NO_VALUE)
+            if staged is not _NO_VALUE:
+                return default if staged is _DELETED else _loads(staged)
         held = self._held
         if held is None or self._cleared:
             return default
@@ -187,7 +198,10 @@ class State:
         if name.__class__ is not str:
             self._refuse(f"state.set(name, ...) needs a string name, got {name!r}")
         try:
-            self._writes[name] = dumps(value)
+            try:  # jsonbytes.dumps, inline (a call per set): a copy of its own size
+                self._writes[name] = _join((_dumps(value), b""))
+            except TypeError:  # orjson refused: the fallback has the last word
+                self._writes[name] = dumps(value)
         except USER_ERRORS as exc:
             self._refuse(
                 f"state.set({name!r}, ...): the value is not JSON-serialisable ({reason(exc)})"
@@ -205,7 +219,8 @@ class State:
 
     def timer(self, at_ms: int) -> None:
         """Call ``on_timer(key, state, at_ms)`` once stream time reaches ``at_ms``."""
-        self._check_time("timer", at_ms)
+        if at_ms.__class__ is not int or not 0 <= at_ms <= MAX_TIMER:
+            self._check_time("timer", at_ms)
         if not self._timed:
             self._refuse(
                 f"state.timer({at_ms}) in a .process without on_timer: declare "
@@ -215,7 +230,8 @@ class State:
 
     def cancel(self, at_ms: int) -> None:
         """Cancel the key's timer at ``at_ms`` (if any)."""
-        self._check_time("cancel", at_ms)
+        if at_ms.__class__ is not int or not 0 <= at_ms <= MAX_TIMER:
+            self._check_time("cancel", at_ms)
         self._timers[at_ms] = False
 
     def timers(self) -> list[int]:
@@ -234,6 +250,8 @@ class State:
             self._refuse(
                 f"state.{what}({at_ms!r}): a timer is an integer >= 0 (epoch ms of event time)"
             )
+        if at_ms > MAX_TIMER:  # a Kafka timestamp's range: it must survive the changelog
+            self._refuse(f"state.{what}({at_ms!r}): a timer is at most 2**63 - 1 (epoch ms)")
 
     def _refuse(self, why: str) -> None:
         if self._bad is None:
@@ -291,10 +309,10 @@ class ProcessState:
         self.pending = 0  # timers held
         self.stream_time = NO_TIME
         self.at_last_activity = NO_TIME
-        # Since the last drain: keys whose record changed; the record name of each timer
-        # bucket changed (of split keys).
+        # Since the last drain: keys whose record changed; each timer bucket changed (of
+        # split keys), as (key, bucket).
         self.changed: dict[str, None] = {}
-        self.timer_changes: dict[bytes, None] = {}
+        self.timer_changes: dict[tuple[str, int], None] = {}
         self.timer_tag = b"P" + tag[1:]
         self.state = State(on_timer is not None)
 
@@ -404,8 +422,14 @@ class ProcessState:
                         self.pending += 1
                         self.timer_keys[generation] = key
                         heapq.heappush(heap, at << _GEN_BITS | generation)
-                        if split:
-                            self._timer_set(key, held, at)
+                        if split:  # _timer_set, inline: a busy key sets one per event
+                            bucket = at // TIMER_BUCKET_MS
+                            ats = held.buckets.get(bucket)  # type: ignore[union-attr]
+                            if ats is None:
+                                held.buckets[bucket] = {at}  # type: ignore[index]
+                            else:
+                                ats.add(at)
+                            self.timer_changes[key, bucket] = None
                 elif at in mine:
                     del mine[at]
                     self.pending -= 1
@@ -426,7 +450,7 @@ class ProcessState:
             held.buckets[bucket] = {at}
         else:
             ats.add(at)
-        self.timer_changes[b"%b%d:%b" % (self.timer_tag, bucket, key.encode())] = None
+        self.timer_changes[key, bucket] = None
 
     def _timer_gone(self, key: str, held: KeyState, at: int) -> None:
         """A split key's timer gone from its bucket."""
@@ -436,15 +460,13 @@ class ProcessState:
         ats.discard(at)
         if not ats:
             del held.buckets[bucket]
-        self.timer_changes[b"%b%d:%b" % (self.timer_tag, bucket, key.encode())] = None
+        self.timer_changes[key, bucket] = None
 
     def _unsplit(self, key: str, held: KeyState) -> None:
         """A split key's timers back in its record: its bucket records become tombstones."""
         assert held.buckets is not None
-        tag = self.timer_tag
-        encoded = key.encode()
         for bucket in sorted(held.buckets):
-            self.timer_changes[b"%b%d:%b" % (tag, bucket, encoded)] = None
+            self.timer_changes[key, bucket] = None
         held.split = False
         held.buckets = None
         self.changed[key] = None
@@ -478,26 +500,38 @@ class ProcessState:
         state = self.state
         bind = state._bind
         changed = self.changed
+        timer_changes = self.timer_changes
+        ttl = self.ttl_ms is not None
         later: list[int] = []
         fired = 0
         pop = heapq.heappop
-        due: list[tuple[str, int]] = []
-        while heap and heap[0] >> _GEN_BITS <= st:
+        due: list[tuple[str, int]] | tuple[tuple[str, int]]
+        while heap:
             at = heap[0] >> _GEN_BITS
-            while heap and heap[0] >> _GEN_BITS == at:
-                generation = pop(heap) & _GEN_MASK
-                due.append((timer_keys.pop(generation), generation))
-            if len(due) > 1:
+            if at > st:
+                break
+            generation = pop(heap) & _GEN_MASK
+            if heap and heap[0] >> _GEN_BITS == at:  # more keys at this at_ms: in key order
+                due = [(timer_keys.pop(generation), generation)]
+                while heap and heap[0] >> _GEN_BITS == at:
+                    generation = pop(heap) & _GEN_MASK
+                    due.append((timer_keys.pop(generation), generation))
                 due.sort()
+            else:  # the common case: one timer at this at_ms
+                due = ((timer_keys.pop(generation), generation),)
             for key, generation in due:
                 held = keys.get(key)
                 if held is None or held.timers.get(at) != generation:
                     continue  # cancelled, cleared or expired (or set again) since pushed
                 del held.timers[at]
-                self.pending -= 1
                 fired += 1
-                if held.split:
-                    self._timer_gone(key, held, at)
+                if held.split:  # _timer_gone, inline: a busy key fires one per event
+                    bucket = at // TIMER_BUCKET_MS
+                    ats = held.buckets[bucket]  # type: ignore[index]
+                    ats.discard(at)
+                    if not ats:
+                        del held.buckets[bucket]  # type: ignore[union-attr]
+                    timer_changes[key, bucket] = None
                 else:
                     changed[key] = None
                 bind(key, held)
@@ -515,7 +549,10 @@ class ProcessState:
                     self._timer_failed(key, held, at, out, failure, None)
                     continue
                 # Timers set now go in after the round (on the heap they could fire in it).
-                self._commit(key, held, st, later)
+                if state._writes or state._timers or state._cleared or ttl:
+                    self._commit(key, held, st, later)
+                else:  # a call that changed nothing (its _commit, short)
+                    held.touched = st
                 if values:
                     origin = out.origin(key, b'{"timer_ms":%d}' % at)
                     for value in values:
@@ -523,7 +560,7 @@ class ProcessState:
                 if not held.values and not held.timers and key in keys:
                     del keys[key]
                     changed[key] = None
-            due.clear()
+        self.pending -= fired
         out.timers_fired += fired
         for entry in later:
             heapq.heappush(heap, entry)
@@ -575,16 +612,9 @@ class ProcessState:
         """The changelog records of the keys and timers changed since the last drain: the
         timers' first, so that a key's record (the truth about its timers when they are in
         it) comes after the tombstones of the timer records it takes back."""
-        skip = len(self.timer_tag)
-        get = self.keys.get
-        for name in self.timer_changes:
-            bucket_text, _, raw = name[skip:].partition(b":")
-            held = get(raw.decode())
-            ats = None
-            if held is not None and held.buckets is not None:
-                ats = held.buckets.get(int(bucket_text))
-            records.append((name, None if not ats else orjson.dumps(sorted(ats))))
-        self.timer_changes = {}
+        if self.timer_changes:
+            records.extend(self.bucket_records(self.keys))
+            self.timer_changes = {}
         tag = self.tag
         get = self.keys.get
         with_touch = self.ttl_ms is not None
@@ -593,6 +623,21 @@ class ProcessState:
             held = get(key)
             append((tag + key.encode(), None if held is None else held.encode(with_touch)))
         self.changed = {}
+
+    def bucket_records(self, keys: dict[str, KeyState]) -> list[tuple[bytes, bytes | None]]:
+        """The changelog records of the timer buckets changed since the last drain, their
+        keys' state in ``keys`` (in the order they first changed)."""
+        tag = self.timer_tag
+        get = keys.get
+        records: list[tuple[bytes, bytes | None]] = []
+        for key, bucket in self.timer_changes:
+            held = get(key)
+            ats = None
+            if held is not None and held.buckets is not None:
+                ats = held.buckets.get(bucket)
+            name = b"%b%d:%b" % (tag, bucket, key.encode())
+            records.append((name, None if not ats else orjson.dumps(sorted(ats))))
+        return records
 
     @property
     def dirty(self) -> bool:

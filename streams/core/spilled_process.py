@@ -195,20 +195,13 @@ class SpilledProcessState(ProcessState):
         self.timer_keys = {}
         self._base = {}
 
-    def _save_buckets(self, timer_changes: dict[bytes, None], affected: dict[str, None]) -> None:
+    def _save_buckets(
+        self, timer_changes: dict[tuple[str, int], None], affected: dict[str, None]
+    ) -> None:
         """The records of the timer buckets the chunk changed (see
         :meth:`ProcessState.drain`); their keys are ``affected``."""
-        skip = len(self.timer_tag)
-        view = self.keys
-        buckets = self._bucket_records
-        for name in timer_changes:
-            bucket_text, _, raw = name[skip:].partition(b":")
-            key = raw.decode()
-            held = view.get(key)
-            ats = None
-            if held is not None and held.buckets is not None:
-                ats = held.buckets.get(int(bucket_text))
-            buckets[name] = None if not ats else orjson.dumps(sorted(ats))
+        self._bucket_records.update(self.bucket_records(self.keys))
+        for key, _ in timer_changes:
             affected[key] = None
 
     def _reorder(self, key: str, before: _Base, held: KeyState | None) -> None:

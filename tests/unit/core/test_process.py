@@ -149,6 +149,7 @@ def test_a_timer_that_raises_is_gone_its_changes_dropped_and_a_dead_letter() -> 
         (lambda e, s: s.timer("soon"), "state.timer('soon'): a timer is an integer >= 0"),
         (lambda e, s: s.timer(-1), "state.timer(-1): a timer is an integer >= 0"),
         (lambda e, s: s.cancel(1.5), "state.cancel(1.5): a timer is an integer >= 0"),
+        (lambda e, s: s.timer(2**63), "state.timer(9223372036854775808): a timer is at most"),
     ],
 )
 def test_bad_returns_and_bad_uses_of_state_are_dead_letters_with_no_change(
