@@ -168,27 +168,26 @@ debian_image=localhost/streams-debian:$suite-$recipe
 debian_base
 wheelhouse
 
-kafka=$("$python" -c '
+# "VERSION PATH" of a server built from Maven Central and cached under .cache/ (as the
+# tests use it): module, its version constant, the function that builds it, its error.
+built() {
+  "$python" -c "
 import sys
-from streams.broker.local import KAFKA_VERSION, fetch_jars
-from streams.errors import BrokerError
+from $1 import $2, $3
+from streams.errors import $4
 try:
-    print(KAFKA_VERSION, fetch_jars())
-except BrokerError as exc:
-    sys.exit(f"build-images: {exc}")
-') || exit 1
+    print($2, $3())
+except $4 as exc:
+    sys.exit(f'build-images: {exc}')
+"
+}
+
+kafka=$(built streams.broker.local KAFKA_VERSION fetch_jars BrokerError) || exit 1
 read -r kafka_version kafka_libs <<<"$kafka"
 kafka_image=localhost/streams-kafka:$kafka_version
 
-registry=$("$python" -c '
-import sys
-from streams.broker.registry import REGISTRY_VERSION, ensure_registry_built
-from streams.errors import RegistryServerError
-try:
-    print(REGISTRY_VERSION, ensure_registry_built())
-except RegistryServerError as exc:
-    sys.exit(f"build-images: {exc}")
-') || exit 1
+registry=$(built streams.broker.registry REGISTRY_VERSION ensure_registry_built \
+  RegistryServerError) || exit 1
 read -r registry_version registry_server <<<"$registry"
 registry_image=localhost/streams-registry:$registry_version
 

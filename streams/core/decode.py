@@ -161,8 +161,8 @@ def _schema_reason(exc: BaseException) -> str:
     return " ".join(str(message).split())[:1000]
 
 
-def load_schema(path: Path) -> dict[str, Any]:
-    """Read a JSON Schema file; a missing or malformed one raises DeclarationError."""
+def read_schema_file(path: Path) -> Any:
+    """A schema file's JSON; a missing or malformed one raises DeclarationError."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -170,11 +170,16 @@ def load_schema(path: Path) -> dict[str, Any]:
             f"schema file {path} cannot be read ({exc.strerror}); fix the path"
         ) from None
     try:
-        schema = orjson.loads(data)
+        return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise DeclarationError(
             f"schema file {path} is not valid JSON: {exc}; fix the file"
         ) from None
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    """Read a JSON Schema file; a missing or malformed one raises DeclarationError."""
+    schema = read_schema_file(path)
     if not isinstance(schema, dict):
         raise DeclarationError(f"schema file {path} does not hold a JSON object; fix the file")
     return schema

@@ -27,6 +27,7 @@ from streams.core.decode import (
     TopicDecoder,
     compile_schema,
     load_schema,
+    read_schema_file,
     unreadable_size,
 )
 from streams.errors import DeclarationError, UnknownSchemaError
@@ -328,18 +329,7 @@ def load_schema_data(path: Path) -> Any:
     """A schema file's JSON (an ``.avsc`` may hold a record, a union or a name)."""
     if path.suffix == ".json":
         return load_schema(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DeclarationError(
-            f"schema file {path} cannot be read ({exc.strerror}); fix the path"
-        ) from None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DeclarationError(
-            f"schema file {path} is not valid JSON: {exc}; fix the file"
-        ) from None
+    return read_schema_file(path)
 
 
 def schema_text(fmt: str, path: Path) -> str:
