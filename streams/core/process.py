@@ -58,7 +58,6 @@ _NO_VALUE = object()
 
 _NAMES: dict[str, bytes] = {}
 _dumps = orjson.dumps
-_join = b"".join
 
 # A heap entry: ``at_ms << _GEN_BITS | generation``. Generations count timers pushed, modulo
 # 2**40: two pending timers share one only after a trillion pushes.
@@ -117,9 +116,9 @@ class KeyState:
         values = self.values
         if len(values) == 1:  # the common case: one join less
             [(name, value)] = values.items()
-            body = (_NAMES.get(name) or _name(name)) + value
+            body = _name(name) + value
         else:
-            body = b",".join([(_NAMES.get(name) or _name(name)) + v for name, v in values.items()])
+            body = b",".join([_name(name) + v for name, v in values.items()])
         if self.split:
             timers = b',"T":1'
         elif self.timers:
@@ -198,10 +197,7 @@ class State:
         if name.__class__ is not str:
             self._refuse(f"state.set(name, ...) needs a string name, got {name!r}")
         try:
-            try:  # jsonbytes.dumps, inline (a call per set): a copy of its own size
-                self._writes[name] = _join((_dumps(value), b""))
-            except TypeError:  # orjson refused: the fallback has the last word
-                self._writes[name] = dumps(value)
+            self._writes[name] = dumps(value)
         except USER_ERRORS as exc:
             self._refuse(
                 f"state.set({name!r}, ...): the value is not JSON-serialisable ({reason(exc)})"
@@ -422,14 +418,8 @@ class ProcessState:
                         self.pending += 1
                         self.timer_keys[generation] = key
                         heapq.heappush(heap, at << _GEN_BITS | generation)
-                        if split:  # _timer_set, inline: a busy key sets one per event
-                            bucket = at // TIMER_BUCKET_MS
-                            ats = held.buckets.get(bucket)  # type: ignore[union-attr]
-                            if ats is None:
-                                held.buckets[bucket] = {at}  # type: ignore[index]
-                            else:
-                                ats.add(at)
-                            self.timer_changes[key, bucket] = None
+                        if split:
+                            self._timer_set(key, held, at)
                 elif at in mine:
                     del mine[at]
                     self.pending -= 1
@@ -500,7 +490,6 @@ class ProcessState:
         state = self.state
         bind = state._bind
         changed = self.changed
-        timer_changes = self.timer_changes
         ttl = self.ttl_ms is not None
         later: list[int] = []
         fired = 0
@@ -525,13 +514,8 @@ class ProcessState:
                     continue  # cancelled, cleared or expired (or set again) since pushed
                 del held.timers[at]
                 fired += 1
-                if held.split:  # _timer_gone, inline: a busy key fires one per event
-                    bucket = at // TIMER_BUCKET_MS
-                    ats = held.buckets[bucket]  # type: ignore[index]
-                    ats.discard(at)
-                    if not ats:
-                        del held.buckets[bucket]  # type: ignore[union-attr]
-                    timer_changes[key, bucket] = None
+                if held.split:
+                    self._timer_gone(key, held, at)
                 else:
                     changed[key] = None
                 bind(key, held)
@@ -613,7 +597,7 @@ class ProcessState:
         timers' first, so that a key's record (the truth about its timers when they are in
         it) comes after the tombstones of the timer records it takes back."""
         if self.timer_changes:
-            records.extend(self.bucket_records(self.keys))
+            records.extend(self.bucket_records())
             self.timer_changes = {}
         tag = self.tag
         get = self.keys.get
@@ -624,11 +608,11 @@ class ProcessState:
             append((tag + key.encode(), None if held is None else held.encode(with_touch)))
         self.changed = {}
 
-    def bucket_records(self, keys: dict[str, KeyState]) -> list[tuple[bytes, bytes | None]]:
-        """The changelog records of the timer buckets changed since the last drain, their
-        keys' state in ``keys`` (in the order they first changed)."""
+    def bucket_records(self) -> list[tuple[bytes, bytes | None]]:
+        """The changelog records of the timer buckets changed since the last drain (in the
+        order they first changed)."""
         tag = self.timer_tag
-        get = keys.get
+        get = self.keys.get
         records: list[tuple[bytes, bytes | None]] = []
         for key, bucket in self.timer_changes:
             held = get(key)

@@ -200,7 +200,7 @@ class SpilledProcessState(ProcessState):
     ) -> None:
         """The records of the timer buckets the chunk changed (see
         :meth:`ProcessState.drain`); their keys are ``affected``."""
-        self._bucket_records.update(self.bucket_records(self.keys))
+        self._bucket_records.update(self.bucket_records())
         for key, _ in timer_changes:
             affected[key] = None
 
