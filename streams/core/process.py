@@ -216,7 +216,7 @@ class State:
     def timer(self, at_ms: int) -> None:
         """Call ``on_timer(key, state, at_ms)`` once stream time reaches ``at_ms``."""
         if at_ms.__class__ is not int or not 0 <= at_ms <= MAX_TIMER:
-            self._check_time("timer", at_ms)
+            self._refuse_time("timer", at_ms)
         if not self._timed:
             self._refuse(
                 f"state.timer({at_ms}) in a .process without on_timer: declare "
@@ -227,7 +227,7 @@ class State:
     def cancel(self, at_ms: int) -> None:
         """Cancel the key's timer at ``at_ms`` (if any)."""
         if at_ms.__class__ is not int or not 0 <= at_ms <= MAX_TIMER:
-            self._check_time("cancel", at_ms)
+            self._refuse_time("cancel", at_ms)
         self._timers[at_ms] = False
 
     def timers(self) -> list[int]:
@@ -241,13 +241,14 @@ class State:
                 pending.discard(at)
         return sorted(pending)
 
-    def _check_time(self, what: str, at_ms: Any) -> None:
+    def _refuse_time(self, what: str, at_ms: Any) -> None:
+        """Refuse ``at_ms``, which the caller found is not a timer, saying why."""
         if at_ms.__class__ is not int or at_ms < 0:
             self._refuse(
                 f"state.{what}({at_ms!r}): a timer is an integer >= 0 (epoch ms of event time)"
             )
-        if at_ms > MAX_TIMER:  # a Kafka timestamp's range: it must survive the changelog
-            self._refuse(f"state.{what}({at_ms!r}): a timer is at most 2**63 - 1 (epoch ms)")
+        # Above a Kafka timestamp's range: it would not survive the changelog.
+        self._refuse(f"state.{what}({at_ms!r}): a timer is at most 2**63 - 1 (epoch ms)")
 
     def _refuse(self, why: str) -> None:
         if self._bad is None:

@@ -177,7 +177,7 @@ class SpilledProcessState(ProcessState):
                     store[name] = _stored(held)
                 affected[key] = None
             if timer_changes:
-                self._save_buckets(timer_changes, affected)
+                self._save_buckets(affected)
             count = self._count
             for key in affected:
                 held = view.get(key)
@@ -195,13 +195,11 @@ class SpilledProcessState(ProcessState):
         self.timer_keys = {}
         self._base = {}
 
-    def _save_buckets(
-        self, timer_changes: dict[tuple[str, int], None], affected: dict[str, None]
-    ) -> None:
+    def _save_buckets(self, affected: dict[str, None]) -> None:
         """The records of the timer buckets the chunk changed (see
         :meth:`ProcessState.drain`); their keys are ``affected``."""
         self._bucket_records.update(self.bucket_records())
-        for key, _ in timer_changes:
+        for key, _ in self.timer_changes:
             affected[key] = None
 
     def _reorder(self, key: str, before: _Base, held: KeyState | None) -> None:
