@@ -189,8 +189,9 @@ def engine(records: list[list[_Record]]) -> tuple[float, int]:
 
 def measure(events: int, users: int, chunk: int, rounds: int) -> dict[str, Any]:
     """Each loop's best CPU-µs per event over ``rounds`` interleaved rounds, and what it
-    emitted (the functions, the thinnest loop and the engine emit the same alerts: the same
-    work, or the figures would not compare)."""
+    emitted (the thinnest loop and the engine emit the same alerts: the same work, or the
+    figures would not compare; ``functions`` calls ``quiet`` at each event's time, not a
+    minute later, so an out-of-order event can find another state there)."""
     generated = generate_messages(events, users=users, seed=INPUT_SEED, start_ts=INPUT_START_TS)
     messages = [(m.key, compact(m.value)) for m in generated]
     chunks = _chunks([value for _, value in messages], chunk)
@@ -232,8 +233,8 @@ def main() -> None:
     args = parser.parse_args()
     figures = measure(args.events, args.users, args.chunk, args.rounds)
     emitted = figures["emitted"]
-    if not emitted["functions"] == emitted["thinnest"] == emitted["engine"]:
-        raise SystemExit(f"the loops did not emit the same alerts: {emitted}")
+    if emitted["thinnest"] != emitted["engine"]:
+        raise SystemExit(f"the thinnest loop and the engine emitted other alerts: {emitted}")
     if args.json:
         print(orjson.dumps(figures).decode())
         return

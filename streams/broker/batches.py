@@ -165,7 +165,8 @@ class BatchSender:
         # failure (changelog records: their replay is idempotent).
         # With retain: what was appended since the last flush, as (topic, partition, records)
         # runs (one tuple per extend, not per record: no work for the garbage collector).
-        self._retained: list[tuple[str, int, Sequence[Record]]] | None = [] if retain else None
+        # A run written whole (extend_whole) carries its cap, any other 0.
+        self._retained: list[tuple[str, int, Sequence[Record], int]] | None = [] if retain else None
         self._open: dict[tuple[str, int], tuple[Any, list[Record]]] = {}
         self._full: list[tuple[str, int, Any, list[Record]]] = []
         self._pending: list[tuple[asyncio.Future[Any], str, int, list[Record]]] = []
@@ -231,7 +232,7 @@ class BatchSender:
                 raise ValueError(f"a record of {len(value or b'')} bytes exceeds the batch size")
         kept.append((key, value, timestamp_ms, headers))
         if self._retained is not None:
-            self._retained.append((topic, partition, ((key, value, timestamp_ms, headers),)))
+            self._retained.append((topic, partition, ((key, value, timestamp_ms, headers),), 0))
         self.records += 1
 
     def extend(
@@ -241,6 +242,7 @@ class BatchSender:
         records: Sequence[tuple[Any, ...]],
         *,
         timestamps: bool = False,
+        _whole: int = 0,
     ) -> None:
         """Add ``(key, value)`` records (``(key, value, timestamp_ms)`` with ``timestamps``)
         without headers to one partition, in order: :meth:`append`'s work in one loop,
@@ -274,8 +276,40 @@ class BatchSender:
             kept.append(record)
         compat.appended(batch, n)
         if self._retained is not None:
-            self._retained.append((topic, partition, records))
+            self._retained.append((topic, partition, records, _whole))
         self.records += len(records)
+
+    def extend_whole(
+        self, topic: str, partition: int, records: Sequence[tuple[Any, ...]], *, cap: int
+    ) -> bool:
+        """:meth:`extend` ``(key, value)`` records as one record batch of their own, when
+        they fit ``topic``'s known limit and ``cap`` (True); the broker appends a batch whole
+        or not at all, so a writer stopped (or a broker lost) mid-flush leaves all of them
+        written or none. Otherwise (False) :meth:`extend`'s batches, in order."""
+        if not records:
+            return True
+        limit = min(self._limits.get(topic, 0), cap)
+        size = BATCH_OVERHEAD + RECORD_OVERHEAD * len(records)
+        size += sum([len(r[0] or b"") + len(r[1] or b"") for r in records])
+        if size > limit:
+            self.extend(topic, partition, records)
+            return False
+        slot = (topic, partition)
+        self._close(slot)
+        producer = self._producer
+        default = compat.batch_size(producer)
+        batch = producer.create_batch() if size <= default else compat.sized_batch(producer, size)
+        self._open[slot] = (batch, [])
+        self.extend(topic, partition, records, _whole=cap)
+        self._close(slot)
+        return True
+
+    def _close(self, slot: tuple[str, int]) -> None:
+        """The open batch of ``slot`` (if any records) closed and queued as full."""
+        entry = self._open.pop(slot, None)
+        if entry is not None and entry[0].record_count():
+            entry[0].close()
+            self._full.append((slot[0], slot[1], entry[0], entry[1]))
 
     def next_round_robin(self, partitions: int) -> int:
         """A partition for a record without a key."""
@@ -342,7 +376,7 @@ class BatchSender:
         assert self._retained is not None, "a BatchSender(retain=True) keeps them"
         return [
             (topic, partition, record)
-            for topic, partition, records in self._retained
+            for topic, partition, records, _ in self._retained
             for record in records
         ]
 
@@ -351,6 +385,16 @@ class BatchSender:
         for topic, partition, record in records:
             key, value, ts, headers = fields(record)
             self.append(topic, partition, key, value, timestamp_ms=ts, headers=headers)
+
+    def resend_unacked(self, other: BatchSender) -> None:
+        """Append what ``other`` (``retain``) holds since its last successful flush, in
+        order: a write it took whole, whole again."""
+        assert other._retained is not None, "a BatchSender(retain=True) keeps them"
+        for topic, partition, records, cap in other._retained:
+            if cap:
+                self.extend_whole(topic, partition, records, cap=cap)
+            else:
+                self.resend([(topic, partition, record) for record in records])
 
     def _note_ack(self, topic: str, partition: int, kept: list[Record], metadata: Any) -> None:
         """A batch of ``kept`` was acknowledged with ``metadata`` (its base offset)."""

@@ -38,7 +38,7 @@ from streams.runtime.health import RunStats
 from streams.runtime.metrics import WorkerMetrics
 from streams.runtime.poison import KnownPoison
 from streams.runtime.topics import TopicLayout
-from streams.topology.plan import Plan
+from streams.topology.plan import CHANGELOG_BATCH_BYTES, Plan
 
 HEADER_PIPELINE = "error.pipeline"
 
@@ -69,6 +69,11 @@ class Sink(Protocol):
     ) -> None:
         """Add ``(key, value)`` records (``(key, value, timestamp_ms)`` with
         ``timestamps``), no headers, to one partition."""
+
+    def extend_whole(
+        self, topic: str, partition: int, records: Sequence[tuple[Any, ...]], *, cap: int
+    ) -> bool:
+        """:meth:`extend`, in one record batch when they fit (True)."""
 
     def fits(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None
@@ -387,7 +392,8 @@ class Collector:
         records = task.drain_changelog()
         topic = task.segment.changelog
         if records and topic is not None:
-            sender.extend(topic, partition, records)
+            # One batch: a drain is written whole or not at all (decision 0010, addendum).
+            sender.extend_whole(topic, partition, records, cap=CHANGELOG_BATCH_BYTES)
             self.metrics.produced.labels(topic).inc(len(records))
             self.drained(task, partition, sender, records)
         return len(records)

@@ -60,7 +60,12 @@ async def prepare(kafka: KafkaSettings, plan: Plan, partitions: int) -> TopicLay
             await ensure_topics(kafka, specs(_only(plan, topic), partitions, counts))
             counts[topic.name] = counts[topic.partitions_like]
     limits = await topic_limits(
-        kafka, [t.name for t in plan.topics if t.role in ("output", "dlq", "late", "repartition")]
+        kafka,
+        [
+            t.name
+            for t in plan.topics
+            if t.role in ("output", "dlq", "late", "repartition", "changelog")
+        ],
     )
     return TopicLayout(counts, limits)
 

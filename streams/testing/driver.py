@@ -127,6 +127,13 @@ class _Topics:
                 timestamp_ms=record[2] if timestamps else None,
             )
 
+    def extend_whole(
+        self, topic: str, partition: int, records: Sequence[tuple[Any, ...]], *, cap: int
+    ) -> bool:
+        """In memory, a write is always whole."""
+        self.extend(topic, partition, records)
+        return True
+
     def fits(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None
     ) -> bool:

@@ -204,7 +204,14 @@ class Plan:
         return next(t for t in self.topics if t.name == name)
 
 
-CHANGELOG_CONFIGS = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+# A changelog takes record batches up to CHANGELOG_BATCH_BYTES: each drain of a task goes in one
+# batch (BatchSender.extend_whole), which the broker appends whole or not at all.
+CHANGELOG_BATCH_BYTES = 8 * 1024 * 1024
+CHANGELOG_CONFIGS = {
+    "cleanup.policy": "compact",
+    "min.compaction.lag.ms": "60000",
+    "max.message.bytes": str(CHANGELOG_BATCH_BYTES),
+}
 # A repartitioned record carries its event time as its timestamp (the next segment reads event
 # time from it). Under time retention the broker deleted those of a replay of past events
 # (older than retention.ms) before the next segment or the audit had read them: no time

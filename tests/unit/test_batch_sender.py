@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2 as reference_murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder, MessageBatch
+from aiokafka.record.default_records import DefaultRecordBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -168,3 +169,55 @@ async def test_sends_given_up_on_report_no_unretrieved_error() -> None:
         gc.collect()
         assert len(reported) == (0 if abandon else 1)
         reported.clear()
+
+
+def _batches(sender: BatchSender) -> list[tuple[str, int, int]]:
+    """(topic, partition, records) of each batch queued or open, in order."""
+    built = [(t, p, b.record_count()) for t, p, b, _ in sender._full]
+    return built + [(t, p, b.record_count()) for (t, p), (b, _) in sender._open.items()]
+
+
+def test_a_write_that_fits_the_topics_limit_is_one_batch_of_its_own(
+    producer: AIOKafkaProducer,
+) -> None:
+    # 300 records of ~60 bytes: ~24 KB, past the producer's 4 KB batches, within the limit.
+    records = [(b"key-%03d" % n, b"v" * 50) for n in range(300)]
+    sender = BatchSender(producer, limits={"changelog": 1 << 20})
+    sender.append("changelog", 0, b"before", b"x")  # an open batch: closed first, apart
+    assert sender.extend_whole("changelog", 0, records, cap=1 << 20)
+    sender.append("changelog", 0, b"after", b"x")  # and nothing joins the write's batch
+    assert _batches(sender) == [("changelog", 0, 1), ("changelog", 0, 300), ("changelog", 0, 1)]
+    written = [r.key for r in DefaultRecordBatch(bytes(sender._full[1][2]._build()))]
+    assert written == [key for key, _ in records]
+
+
+@pytest.mark.parametrize(("limits", "cap"), [({"changelog": 8_000}, 1 << 20), ({}, 1 << 20)])
+def test_a_write_past_the_limit_or_to_a_topic_of_unknown_limit_goes_in_batches(
+    producer: AIOKafkaProducer, limits: dict[str, int], cap: int
+) -> None:
+    records = [(b"key-%03d" % n, b"v" * 50) for n in range(300)]
+    sender = BatchSender(producer, limits=limits)
+    assert not sender.extend_whole("changelog", 0, records, cap=cap)
+    batches = _batches(sender)
+    assert len(batches) > 1
+    assert sum(count for _, _, count in batches) == 300
+
+
+def test_a_write_past_the_cap_goes_in_batches(producer: AIOKafkaProducer) -> None:
+    records = [(b"key-%03d" % n, b"v" * 50) for n in range(300)]
+    sender = BatchSender(producer, limits={"changelog": 1 << 20})
+    assert not sender.extend_whole("changelog", 0, records, cap=10_000)
+    assert len(_batches(sender)) > 1
+
+
+def test_a_resend_after_a_failed_flush_keeps_a_whole_write_whole(
+    producer: AIOKafkaProducer,
+) -> None:
+    records = [(b"key-%03d" % n, b"v" * 50) for n in range(300)]
+    failed = BatchSender(producer, limits={"changelog": 1 << 20}, retain=True)
+    failed.append("changelog", 1, b"alone", b"x")
+    assert failed.extend_whole("changelog", 0, records, cap=1 << 20)
+    again = BatchSender(producer, limits={"changelog": 1 << 20}, retain=True)
+    again.resend_unacked(failed)
+    assert sorted(_batches(again)) == [("changelog", 0, 300), ("changelog", 1, 1)]
+    assert again.unacked() == failed.unacked()

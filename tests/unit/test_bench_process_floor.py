@@ -18,10 +18,10 @@ def _load() -> ModuleType:
     return module
 
 
-def test_the_thinnest_loop_emits_what_the_engine_and_the_functions_emit() -> None:
+def test_the_thinnest_loop_emits_what_the_engine_emits() -> None:
     # Past the first minute of event time (~60k of the bench's events), so timers fire.
     figures = _load().measure(events=70_000, users=2_000, chunk=5_000, rounds=1)
     emitted = figures["emitted"]
     assert emitted["engine"] > 0
-    assert emitted["functions"] == emitted["thinnest"] == emitted["engine"]
+    assert emitted["thinnest"] == emitted["engine"]
     assert set(figures["cpu_us_per_event"]) == {"decode", "functions", "thinnest", "engine"}

@@ -259,6 +259,9 @@ class FakeProducer:
 
     def __init__(self, **kwargs: Any) -> None:
         self.transactional_id = kwargs.get("transactional_id")
+        # What streams.compat reads of aiokafka's producer to size a batch of its own.
+        self._message_accumulator = SimpleNamespace(_batch_size=1 << 20, _compression_type=0)
+        self._txn_manager = SimpleNamespace(transactional_id=self.transactional_id)
         self.sent: list[tuple[str, int]] = []
         self.ends: dict[tuple[str, int], int] = {}
         self.stopped = False
