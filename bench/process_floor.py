@@ -1,7 +1,7 @@
 """What ``.process`` can cost at best in Python: the engine against the thinnest loop.
 
 Feeds the ``pipeline-process`` bench app's events (:mod:`streams.bench.process_app`, the
-bench's own generator, seed and users) into three loops on one partition, no broker, and
+bench's own generator, seed and users) into four loops on one partition, no broker, and
 reports the CPU-µs per event of each (best of ``--rounds``, the loops interleaved in every
 round so that the machine's drift falls on all of them):
 

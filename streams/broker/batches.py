@@ -5,6 +5,9 @@ to aiokafka ``BatchBuilder`` objects (C-accelerated) and each full batch is sent
 per-record cost is one ``append`` call. Partitions are picked like the Java client's default
 partitioner (murmur2 of the key), so keyed records land where any Kafka producer puts them.
 
+:meth:`BatchSender.extend_whole` puts a run of records (a changelog write) in one batch of
+its own when it fits, which the broker appends whole or not at all.
+
 A topic's size limit (``max.message.bytes``), when known, sizes its batches (so a batch is
 never refused for its size, as the Java producer splits one that is), and :meth:`fits` tells
 a caller before it appends a record that cannot fit at all. A batch the broker refuses for
@@ -242,12 +245,23 @@ class BatchSender:
         records: Sequence[tuple[Any, ...]],
         *,
         timestamps: bool = False,
-        _whole: int = 0,
     ) -> None:
         """Add ``(key, value)`` records (``(key, value, timestamp_ms)`` with ``timestamps``)
         without headers to one partition, in order: :meth:`append`'s work in one loop,
         straight into the C batch builder, keeping the caller's tuples (the hot path of
         outputs and changelog records: no call, no wrapper and no new tuple per record)."""
+        self._extend(topic, partition, records, timestamps, 0)
+
+    def _extend(
+        self,
+        topic: str,
+        partition: int,
+        records: Sequence[tuple[Any, ...]],
+        timestamps: bool,
+        whole: int,
+    ) -> None:
+        """:meth:`extend`; ``whole``: the cap of an :meth:`extend_whole` (kept with the run
+        for a resend), else 0."""
         if not records:
             return
         slot = (topic, partition)
@@ -276,7 +290,7 @@ class BatchSender:
             kept.append(record)
         compat.appended(batch, n)
         if self._retained is not None:
-            self._retained.append((topic, partition, records, _whole))
+            self._retained.append((topic, partition, records, whole))
         self.records += len(records)
 
     def extend_whole(
@@ -300,7 +314,7 @@ class BatchSender:
         default = compat.batch_size(producer)
         batch = producer.create_batch() if size <= default else compat.sized_batch(producer, size)
         self._open[slot] = (batch, [])
-        self.extend(topic, partition, records, _whole=cap)
+        self._extend(topic, partition, records, False, cap)
         self._close(slot)
         return True
 

@@ -260,11 +260,11 @@ class AtLeastOnce(_Committer):
                     return None
                 log.error("changelog write failed (%r); retrying with a new producer", exc)
                 _merge(acked, pending.acked)
-                unsent = pending
+                failed = pending
                 await self.restart()
                 assert self.producer is not None
                 pending = BatchSender(self.producer, limits=self.limits, retain=True)
-                pending.resend_unacked(unsent)
+                pending.resend_unacked(failed)
                 continue
             _merge(acked, pending.acked)
             return acked
