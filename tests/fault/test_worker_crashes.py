@@ -26,7 +26,10 @@ async def test_exactly_once_survives_repeated_sigkills(
 ) -> None:
     run = pipeline_run(partitions=3)
     await run.create_topics()
-    await run.publish(300_000, seed=21, dup_ratio=0.02, late_ratio=0.01, bad_ratio=0.01)
+    # Enough input that three workers killed early do not consume it all: a worker's metrics
+    # answer between fetches, and one killed as soon as they show its first events had
+    # consumed ~100k (a CI run of 2026-12-07 saw three of them consume all of 300k).
+    await run.publish(600_000, seed=21, dup_ratio=0.02, late_ratio=0.01, bad_ratio=0.01)
     rng = random.Random(7)
     for _ in range(3):
         worker = run.start_worker(**EOS)
